@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   builds the whole pipeline offline on the built-in corpus
+#   make test   runs the test suite
+# Both create .venv on first use. TORCH_SPEC picks the torch build (the CPU wheel by default).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/tinyllama: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/tinyllama
+	$(BIN)/tinyllama run --preset demo
+
+test: $(BIN)/tinyllama
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/tinyllama
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(BIN)/tinyllama
+	$(BIN)/python benchmarks/bench_model.py
+
+clean:
+	rm -rf $(VENV) .tinyllama

@@ -1,0 +1,1 @@
+"""The flows (the DAG of DESIGN.md) and the `tinyllama` command line."""

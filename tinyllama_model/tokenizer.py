@@ -1,0 +1,125 @@
+"""The SentencePiece tokenizer: training it and using it, with the fixed special ids of the design.
+
+PAD=0 EOS=1 UNK=2 BOS=3; BPE with byte fallback, so any text encodes without UNK. Newlines are kept
+as their own piece (`\\n` is a user-defined symbol and whitespace is not collapsed), so paragraphs
+survive a round trip. Nothing here knows about Parquet, Prefect or where the text comes from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import sentencepiece as spm
+
+PAD_ID, EOS_ID, UNK_ID, BOS_ID = 0, 1, 2, 3
+N_SPECIAL = 4
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def train_sentencepiece(
+    sentences: Iterable[str],
+    model_file: str | Path,
+    vocab_size: int = 12_000,
+    *,
+    input_sentence_size: int = 2_000_000,
+    max_sentence_length: int = 16_384,
+    character_coverage: float = 0.9995,
+    num_threads: int | None = None,
+    seed_sentencepiece_size: int = 1_000_000,
+) -> Path:
+    """Train a BPE model from a stream of texts and write it to `model_file` (atomically).
+
+    Texts are streamed through `sentence_iterator`, so nothing is spooled to a temporary file; each
+    text is split into lines because SentencePiece silently skips any "sentence" longer than
+    `max_sentence_length`. `input_sentence_size` caps how many lines it samples from a larger stream.
+    """
+    model_file = Path(model_file)
+    model_file.parent.mkdir(parents=True, exist_ok=True)
+    prefix = model_file.with_name(f".{model_file.stem}.{os.getpid()}.partial")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_lines(sentences),
+        model_prefix=str(prefix),
+        model_type="bpe",
+        vocab_size=vocab_size,
+        normalization_rule_name="nfkc",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        user_defined_symbols=["\n"],
+        byte_fallback=True,
+        character_coverage=character_coverage,
+        pad_id=PAD_ID,
+        eos_id=EOS_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        input_sentence_size=input_sentence_size,
+        shuffle_input_sentence=True,
+        max_sentence_length=max_sentence_length,
+        seed_sentencepiece_size=seed_sentencepiece_size,
+        num_threads=num_threads or os.cpu_count() or 1,
+        minloglevel=2,
+    )
+    os.replace(f"{prefix}.model", model_file)
+    Path(f"{prefix}.vocab").unlink(missing_ok=True)
+    return model_file
+
+
+def _lines(texts: Iterable[str]) -> Iterator[str]:
+    for text in texts:
+        for line in text.split("\n"):
+            if line.strip():
+                yield line
+
+
+class Tokenizer:
+    """A thin wrapper over a SentencePiece model that checks the special ids on load."""
+
+    def __init__(self, model_file: str | Path):
+        path = Path(model_file)
+        if path.is_dir():
+            path = path / TOKENIZER_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no tokenizer at {path}; train one with the tokenizer phase first")
+        self.path = path
+        self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        ids = (self.sp.pad_id(), self.sp.eos_id(), self.sp.unk_id(), self.sp.bos_id())
+        if ids != (PAD_ID, EOS_ID, UNK_ID, BOS_ID):
+            raise ValueError(f"{path} has special ids (pad, eos, unk, bos) = {ids}, expected (0, 1, 2, 3)")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
+        ids = self.sp.encode(text)
+        return ([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else [])
+
+    def encode_batch(self, texts: list[str], num_threads: int = -1) -> list[list[int]]:
+        """Encode many texts with SentencePiece's own thread pool (-1: all cores)."""
+        return self.sp.encode(texts, num_threads=num_threads)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.sp.decode([int(i) for i in ids if i >= N_SPECIAL or i == UNK_ID])
+
+    def normalize(self, text: str) -> str:
+        """The text as the model sees it (NFKC), i.e. what decode(encode(text)) gives back."""
+        return self.sp.normalize(text).replace("\u2581", " ")
+
+    def pieces(self, text: str) -> list[str]:
+        return self.sp.encode(text, out_type=str)
+
+    def stream_decode(self, ids: Iterable[int]) -> Iterator[str]:
+        """Yield text deltas as ids arrive; multi-byte characters appear once complete."""
+        seen: list[int] = []
+        emitted = ""
+        for i in ids:
+            seen.append(int(i))
+            text = self.decode(seen)
+            if text.endswith("\ufffd"):
+                continue  # a byte-fallback character is not complete yet
+            if len(text) > len(emitted):
+                yield text[len(emitted) :]
+                emitted = text
