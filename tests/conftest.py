@@ -14,3 +14,18 @@ def shared_corpus() -> Path:
     if not SHARED_CORPUS.is_file():
         pytest.skip(f"needs the real corpus at {SHARED_CORPUS} (not part of the repo)")
     return SHARED_CORPUS
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One real, temporary Prefect server (SQLite) for every test that runs tasks or flows.
+
+    Starting it costs 10-40 s on 2 busy cores, so the whole session shares it.
+    """
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -1,0 +1,98 @@
+"""The `tinyllama-build` flow: the diagram of DESIGN.md, one task per arrow.
+
+    collect -> preprocess -> tokenizer -> encode -> train -> evaluate -> register
+
+Every phase is cached on its content fingerprint, so a re-run with nothing changed re-uses every stored
+artifact, and a changed config section re-runs only its phase and what follows. Training runs in this
+process unless `train_deployment` names a deployment on the GPU pool.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.deployments import run_deployment
+
+from flows.config import PipelineConfig, load_config
+from tasks.artifacts import Artifact, load_artifact
+from tasks.collect import collect
+from tasks.evaluate import evaluate
+from tasks.preprocess import preprocess
+from tasks.register import register, start_pipeline_run
+from tasks.tokenizer import build_tokenizer, encode
+from tasks.train import train, train_fingerprint
+
+
+@flow(name="tinyllama-data")
+def prepare_data(cfg: PipelineConfig, root: str) -> Artifact:
+    """Collect and preprocess; the task runner (local or Dask) is chosen by `build`."""
+    raw = collect.submit(cfg.collect, root).result()
+    return preprocess.submit(cfg.preprocess, raw, root).result()
+
+
+def data_runner(cfg: PipelineConfig) -> Any:
+    """The flow that runs the data phases: as is, or on a Dask cluster (`dask.enabled`)."""
+    if not cfg.dask.enabled:
+        return prepare_data
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.dask.address:
+        runner = DaskTaskRunner(address=cfg.dask.address)
+    else:
+        runner = DaskTaskRunner(cluster_kwargs={"n_workers": cfg.dask.n_workers, "threads_per_worker": 1})
+    return prepare_data.with_options(task_runner=runner)
+
+
+def train_on_pool(cfg: PipelineConfig, tokens: Artifact, tokenizer: Artifact, root: str) -> Artifact:
+    """Hand training to the GPU deployment and pick its model up from the shared data root."""
+    run = run_deployment(
+        cfg.train_deployment,
+        parameters={
+            "model": cfg.model,
+            "train": cfg.train,
+            "tokens": tokens,
+            "tokenizer": tokenizer,
+            "data_root": root,
+        },
+    )
+    if not run.state or not run.state.is_completed():
+        state = run.state.name if run.state else "without a state"
+        raise RuntimeError(f"training deployment {cfg.train_deployment} ended {state}")
+    fingerprint = train_fingerprint(cfg.model, cfg.train, tokens, tokenizer)
+    artifact = load_artifact(root, "train", fingerprint)
+    if artifact is None:
+        raise FileNotFoundError(
+            f"{cfg.train_deployment} completed but {root}/train/{fingerprint} is missing: "
+            f"the GPU worker must see the same data_root ({root})"
+        )
+    return artifact
+
+
+@flow(name="tinyllama-build", log_prints=True)
+def build(
+    config: PipelineConfig | None = None, preset: str | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Build, evaluate and register a model. Give a full `config`, or a `preset` name plus `overrides`."""
+    cfg = config or load_config(preset, overrides or [])
+    root = str(Path(cfg.data_root).expanduser().resolve())
+
+    clean = data_runner(cfg)(cfg, root)
+    tokenizer = build_tokenizer(cfg.tokenizer, clean, root)
+    tokens = encode(cfg.tokenizer, clean, tokenizer, root)
+    if cfg.train_deployment:
+        model = train_on_pool(cfg, tokens, tokenizer, root)
+    else:
+        model = train(cfg.model, cfg.train, tokens, tokenizer, root)
+    evaluation = evaluate(cfg.evaluate, model, tokens, root)
+    run_id = start_pipeline_run(cfg.register, root, cfg, tags={"data_fingerprint": clean.fingerprint})
+    reports = {"data": clean, "tokenizer": tokenizer}
+    registered = register(cfg.register, model, evaluation, reports, run_id, root)
+
+    return {
+        "data_root": root,
+        "fingerprints": {a.phase: a.fingerprint for a in (clean, tokenizer, tokens, model, evaluation)},
+        "evaluation": evaluation.stats,
+        "registered": registered.stats,
+    }

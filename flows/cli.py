@@ -1,0 +1,235 @@
+"""The `tinyllama` command: build the pipeline, talk to a model, evaluate it, export it.
+
+Each command imports what it needs when it runs, so `tinyllama generate` never starts Prefect and
+`tinyllama run` never loads transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Build a small LLaMA-style model from raw text, then generate, chat, evaluate and export it.",
+)
+
+ModelRef = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="A model directory (config.json, model.safetensors, tokenizer.model) or an MLflow model URI "
+        "such as models:/tinyllama@champion.",
+    ),
+]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _model_dir(ref: str) -> Path:
+    path = Path(ref)
+    if path.is_dir():
+        return path
+    if "://" in ref or ref.startswith(("models:/", "runs:/")):
+        from tasks.register import resolve_model_dir
+
+        return resolve_model_dir(ref)
+    _fail(f"--model {ref!r} is neither a model directory nor an MLflow URI (e.g. models:/tinyllama@champion)")
+    raise AssertionError  # unreachable: _fail exits
+
+
+def _load(ref: str, device: str):
+    import torch
+
+    from tinyllama_model import TinyLlama
+    from tinyllama_model.tokenizer import Tokenizer
+
+    directory = _model_dir(ref)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        model = TinyLlama.from_pretrained(directory, map_location=device)
+        tokenizer = Tokenizer(directory)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    model.eval()
+    return model, tokenizer
+
+
+class Sampling:
+    """The sampling options shared by `generate` and `chat`."""
+
+    MaxNew = Annotated[int, typer.Option("--max-new-tokens", "-n", min=1, help="Tokens to generate.")]
+    Temperature = Annotated[
+        float, typer.Option("--temperature", "-t", min=0.0, help="0 is greedy; higher is more random.")
+    ]
+    TopK = Annotated[int | None, typer.Option("--top-k", min=1, help="Sample among the k likeliest tokens.")]
+    TopP = Annotated[
+        float | None, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling: smallest mass-p set.")
+    ]
+    Repetition = Annotated[
+        float, typer.Option("--repetition-penalty", min=1.0, help="Above 1 discourages repeating tokens.")
+    ]
+    Seed = Annotated[int | None, typer.Option("--seed", help="Fix the sampling for reproducible output.")]
+    Device = Annotated[str, typer.Option("--device", help="cpu, cuda, or auto.")]
+
+
+@app.command()
+def run(
+    preset: Annotated[
+        str | None,
+        typer.Option("--preset", "-p", help="Preset name (demo, wikipedia, cpu-10min) or a YAML file."),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override one field, e.g. --set train.max_minutes=10 (repeatable)."),
+    ] = None,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="Print the resolved configuration and exit.")
+    ] = False,
+) -> None:
+    """Run the whole build: collect, preprocess, tokenizer, encode, train, evaluate, register."""
+    from flows.config import ConfigError, load_config
+
+    try:
+        config = load_config(preset, overrides or [])
+    except ConfigError as err:
+        _fail(str(err))
+    if print_config:
+        typer.echo(config.model_dump_json(indent=2))
+        return
+    from flows.build import build
+
+    summary = build(config=config)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def generate(
+    model: ModelRef,
+    prompt: Annotated[list[str], typer.Option("--prompt", help="Prompt text (repeat for several prompts).")],
+    max_new_tokens: Sampling.MaxNew = 200,
+    temperature: Sampling.Temperature = 0.8,
+    top_k: Sampling.TopK = 50,
+    top_p: Sampling.TopP = 0.95,
+    repetition_penalty: Sampling.Repetition = 1.1,
+    seed: Sampling.Seed = None,
+    device: Sampling.Device = "auto",
+    stream: Annotated[bool, typer.Option(help="Print tokens as they come (one prompt at a time).")] = True,
+) -> None:
+    """Continue one or more prompts."""
+    from tinyllama_model.generate import generate_text, stream_text
+
+    net, tokenizer = _load(model, device)
+    options = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
+    if stream:
+        for text in prompt:
+            typer.secho(text, bold=True, nl=False)
+            for delta in stream_text(net, tokenizer, text, **options):
+                typer.echo(delta, nl=False)
+            typer.echo()
+    else:
+        completions = generate_text(net, tokenizer, list(prompt), **options)
+        for text, completion in zip(prompt, completions, strict=True):
+            typer.secho(text, bold=True, nl=False)
+            typer.echo(completion)
+
+
+@app.command()
+def chat(
+    model: ModelRef,
+    max_new_tokens: Sampling.MaxNew = 200,
+    temperature: Sampling.Temperature = 0.8,
+    top_k: Sampling.TopK = 50,
+    top_p: Sampling.TopP = 0.95,
+    repetition_penalty: Sampling.Repetition = 1.1,
+    seed: Sampling.Seed = None,
+    device: Sampling.Device = "auto",
+) -> None:
+    """An interactive loop: type a prompt, read the continuation. Empty line, /quit or Ctrl-D ends it.
+
+    The model is a plain language model, not instruction-tuned: each prompt is continued on its own.
+    """
+    from tinyllama_model.generate import stream_text
+
+    net, tokenizer = _load(model, device)
+    typer.echo("tinyllama chat — type a prompt; /quit or an empty line to leave.")
+    while True:
+        try:
+            text = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            typer.echo()
+            break
+        if not text.strip() or text.strip() == "/quit":
+            break
+        for delta in stream_text(
+            net,
+            tokenizer,
+            text,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            seed=seed,
+        ):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        typer.echo()
+
+
+@app.command("eval")
+def evaluate(
+    model: ModelRef,
+    data: Annotated[Path, typer.Option("--data", help="Text to score: .jsonl, .parquet or .txt.")],
+    text_field: Annotated[
+        str, typer.Option("--text-field", help="Field holding the text in jsonl/parquet rows.")
+    ] = "content",
+) -> None:
+    """Score a model on a file: prints JSON with loss, perplexity, bits per byte, tokens and bytes.
+
+    Every token of every document counts (sliding windows), and bytes are the UTF-8 size of the text as it
+    stands in the file, so bits per byte compare across tokenizers and preprocessing choices.
+    """
+    from tasks.evaluate import evaluate_file
+
+    if not data.is_file():
+        _fail(f"--data {data} does not exist")
+    try:
+        result = evaluate_file(_model_dir(model), data, text_field=text_field)
+    except (ValueError, KeyError) as err:
+        _fail(str(err))
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("export-hf")
+def export_hf(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model directory to export.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the Hugging Face model to.")],
+) -> None:
+    """Write a folder that transformers' LlamaForCausalLM and AutoTokenizer load with from_pretrained."""
+    from tinyllama_model.export import export_hf as export
+
+    if not model.is_dir():
+        _fail(f"--model {model} is not a model directory")
+    typer.echo(str(export(model, out)))
+
+
+if __name__ == "__main__":
+    app()

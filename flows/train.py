@@ -1,0 +1,32 @@
+"""The `tinyllama-train` flow: the train phase on its own, for the `gpu` work pool.
+
+`build` hands training here with `run_deployment` when `train_deployment` is set. Both flows share
+artifacts through the data root, so this flow receives only the token and tokenizer artifacts (paths +
+fingerprints) and publishes the model under `<data_root>/train/<fingerprint>/`, where `build` finds it.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.artifacts import Artifact
+from tasks.train import train as train_model
+from tinyllama_model.model import ModelConfig
+from tinyllama_model.trainer import TrainConfig
+
+
+@flow(name="tinyllama-train", log_prints=True)
+def train(
+    model: ModelConfig | None = None,
+    train: TrainConfig | None = None,
+    tokens: Artifact | None = None,
+    tokenizer: Artifact | None = None,
+    data_root: str | None = None,
+) -> Artifact:
+    """Train on the artifacts of an earlier `tinyllama-build` run (started by it, or by hand)."""
+    if tokens is None or tokenizer is None or data_root is None:
+        raise ValueError(
+            "tinyllama-train needs the `tokens` and `tokenizer` artifacts and the `data_root` they live in; "
+            "run it through tinyllama-build with train_deployment='tinyllama-train/gpu'"
+        )
+    return train_model(model or ModelConfig(), train or TrainConfig(), tokens, tokenizer, data_root)

@@ -1,0 +1,206 @@
+"""The evaluate phase and `tinyllama eval`: loss, perplexity and bits per byte on held-out text, plus samples.
+
+Every target counts: documents are packed as in training (`EOS d1 EOS d2 ... EOS`), and the stream is
+scored with sliding windows (`tinyllama_model.evaluation.sliding_nll`), each token once, with at least
+`context - stride` tokens of context after the first window. Nothing is truncated or padded.
+
+Bits per byte divides by the UTF-8 size of the text as it stands in its source (the clean corpus for
+the phase, the file for `evaluate_file`), so numbers compare across tokenizers and preprocessing choices.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, Field
+
+from tasks.artifacts import Artifact, phase_fingerprint, publish, task_cache_key
+from tasks.tokenizer import read_split
+from tinyllama_model.data import pack_documents
+from tinyllama_model.evaluation import evaluate_stream
+from tinyllama_model.generate import generate_text
+from tinyllama_model.model import TinyLlama
+from tinyllama_model.tokenizer import EOS_ID, Tokenizer
+from tinyllama_model.trainer import autocast_for, resolve_device
+
+CODE_VERSION = "1"
+MODEL_DIR = "model"  # inside the train artifact
+
+
+class EvaluateConfig(BaseModel):
+    prompts: list[str] = Field(
+        default=[
+            "Artificial intelligence is",
+            "The history of machine learning",
+            "A neural network",
+            "In natural language processing,",
+        ],
+        description="Prompts for the sample generations stored beside the metrics.",
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Tokens generated per prompt.")
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature (0: greedy).")
+    top_k: int | None = Field(50, ge=1, description="Sample among the k most likely tokens (None: all).")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling threshold (None: off).")
+    seed: int = Field(1234, description="Sampling seed, so samples are reproducible.")
+    stride: int | None = Field(
+        None,
+        ge=1,
+        description="Sliding-window step in tokens; None: half the context (every token still counts).",
+    )
+    batch_size: int = Field(4, ge=1, description="Windows scored per forward pass.")
+    device: str = Field("auto", description="auto (cuda if present, else cpu), cpu, cuda, cuda:N.")
+
+
+# -- scoring --------------------------------------------------------------------------------------------
+
+
+def score_documents(
+    model: TinyLlama,
+    docs: list[np.ndarray] | Iterator[np.ndarray],
+    n_bytes: int,
+    *,
+    stride: int | None = None,
+    batch_size: int = 4,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Loss, perplexity and bpb over documents packed as in training (every token of every document)."""
+    dev = resolve_device(device)
+    autocast, _ = autocast_for(dev, "auto")
+    model = model.to(dev)
+    stream = pack_documents(docs, EOS_ID)
+    return evaluate_stream(
+        model, stream, n_bytes, stride=stride, batch_size=batch_size, device=dev, autocast=autocast
+    )
+
+
+def read_texts(path: Path, text_field: str = "content") -> list[str]:
+    """Documents of a jsonl (one object per line), parquet (one row each) or txt (the whole file) file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file at {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return [path.read_text(encoding="utf-8")]
+    if suffix == ".jsonl":
+        texts = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if text_field not in row:
+                    raise KeyError(
+                        f"{path}:{n} has no field {text_field!r} (fields: {sorted(row)}); "
+                        "pass --text-field NAME"
+                    )
+                texts.append(row[text_field])
+        return texts
+    if suffix == ".parquet":
+        names = pq.ParquetFile(path).schema_arrow.names
+        if text_field not in names:
+            raise KeyError(f"{path} has no column {text_field!r} (columns: {names}); pass --text-field NAME")
+        return pq.read_table(path, columns=[text_field]).column(text_field).to_pylist()
+    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .parquet or .txt")
+
+
+def evaluate_file(
+    model_dir: Path,
+    data_path: Path,
+    text_field: str = "content",
+    *,
+    stride: int | None = None,
+    batch_size: int = 4,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """`tinyllama eval`: loss, perplexity, bpb, tokens and bytes of a model on the documents of a file.
+
+    `bytes` is the UTF-8 size of the texts as they stand in the file; `tokens` counts every scored
+    target (each document's tokens plus the EOS that ends it).
+    """
+    model_dir = Path(model_dir)
+    texts = [t for t in read_texts(Path(data_path), text_field) if t]
+    if not texts:
+        raise ValueError(f"{data_path} holds no non-empty {text_field!r} text to evaluate on")
+    tok = Tokenizer(model_dir)
+    model = TinyLlama.from_pretrained(model_dir)
+    docs = [np.asarray(ids, dtype=np.int64) for ids in tok.encode_batch(texts)]
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    result = score_documents(model, docs, n_bytes, stride=stride, batch_size=batch_size, device=device)
+    return {**result, "documents": len(texts)}
+
+
+# -- the phase ------------------------------------------------------------------------------------------
+
+
+def run_evaluate(cfg: EvaluateConfig, model: Artifact, tokens: Artifact, root: Path) -> Artifact:
+    fp = phase_fingerprint("evaluate", CODE_VERSION, cfg=cfg, model=model, tokens=tokens)
+
+    def build(out: Path) -> dict[str, Any]:
+        model_dir = model.file(MODEL_DIR)
+        net = TinyLlama.from_pretrained(model_dir)
+        docs, n_bytes = [], 0
+        for _doc_id, toks, size in read_split(tokens, "val"):
+            docs.append(toks)
+            n_bytes += size
+        if not docs:
+            raise ValueError(f"{tokens.path} has no validation documents; re-run encode with >= 2 documents")
+        metrics = score_documents(
+            net, docs, n_bytes, stride=cfg.stride, batch_size=cfg.batch_size, device=cfg.device
+        )
+        metrics["documents"] = len(docs)
+        tok = Tokenizer(model_dir)
+        with torch.no_grad():
+            samples = generate_text(
+                net,
+                tok,
+                cfg.prompts,
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_k=cfg.top_k,
+                top_p=cfg.top_p,
+                seed=cfg.seed,
+            )
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (out / "samples.json").write_text(
+            json.dumps(dict(zip(cfg.prompts, samples, strict=True)), indent=2, ensure_ascii=False)
+        )
+        return {f"val_{k}" if k in ("loss", "perplexity", "bpb") else k: v for k, v in metrics.items()}
+
+    return publish(root, "evaluate", fp, build)
+
+
+# -- Prefect ----------------------------------------------------------------------------------------------
+
+
+def evaluation_markdown(stats: dict[str, Any], samples: dict[str, str]) -> str:
+    lines = [
+        "# Evaluation on held-out documents",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| bits per byte | {stats['val_bpb']:.4f} |",
+        f"| loss (nats/token) | {stats['val_loss']:.4f} |",
+        f"| perplexity | {stats['val_perplexity']:.2f} |",
+        f"| documents / tokens / bytes | {stats['documents']:,} / {stats['tokens']:,} / {stats['bytes']:,} |",
+        "",
+        "## Samples",
+    ]
+    for prompt, text in samples.items():
+        lines += ["", f"**{prompt}**{text}"]
+    return "\n".join(lines)
+
+
+@task(name="evaluate", cache_key_fn=task_cache_key("evaluate", CODE_VERSION), persist_result=True)
+def evaluate(cfg: EvaluateConfig, model: Artifact, tokens: Artifact, root: Path) -> Artifact:
+    artifact = run_evaluate(cfg, model, tokens, Path(root))
+    samples = json.loads(artifact.file("samples.json").read_text())
+    create_markdown_artifact(evaluation_markdown(artifact.stats, samples), key="evaluation")
+    return artifact

@@ -1,0 +1,95 @@
+"""Where MLflow keeps runs and models for this pipeline: one tracking URI and one artifact folder.
+
+Nothing has to be started by hand: with no URI configured and no `MLFLOW_TRACKING_URI` in the
+environment, runs and the model registry live in a SQLite file under the data root and their files in
+an artifact folder beside it (`<root>/mlflow/mlflow.db`, `<root>/mlflow/artifacts`). Pointing
+`register.tracking_uri` (or `MLFLOW_TRACKING_URI`) at `http://host:5000` shares one registry through
+`mlflow server`, which then decides where artifacts go.
+
+The experiment's artifact location is set explicitly for file-based stores because MLflow's own default
+is `./mlruns` in whatever directory the process happens to run from.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import LifecycleStage
+from mlflow.exceptions import MlflowException
+
+STORE_DIR = "mlflow"
+DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "artifacts"
+
+
+@dataclass(frozen=True)
+class Store:
+    """A resolved MLflow store: where runs/models are recorded and where new experiments keep files."""
+
+    tracking_uri: str
+    artifact_location: str | None  # None: the tracking server decides
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def activate(self) -> None:
+        """Point MLflow's process-wide URIs at this store.
+
+        `mlflow.pyfunc.log_model`, `mlflow.pyfunc.load_model` and `models:/` URIs read the global URIs,
+        not a client's, so they need this; explicit `MlflowClient` calls do not.
+        """
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+
+
+def default_tracking_uri(root: str | Path) -> str:
+    return f"sqlite:///{(Path(root) / STORE_DIR / DB_FILE).resolve()}"
+
+
+def resolve_store(
+    tracking_uri: str | None, root: str | Path | None, artifact_location: str | None = None
+) -> Store:
+    """The configured URI, else `MLFLOW_TRACKING_URI`, else a SQLite store under the data root."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        if root is None:
+            raise ValueError(
+                "no MLflow store: set register.tracking_uri or MLFLOW_TRACKING_URI, or pass the data root "
+                "so the default SQLite store under it is used"
+            )
+        uri = default_tracking_uri(root)
+    if artifact_location is None:
+        artifact_location = _local_artifact_location(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return Store(tracking_uri=uri, artifact_location=artifact_location)
+
+
+def _local_artifact_location(uri: str) -> str | None:
+    """For a SQLite store the artifacts go beside the database file; a server picks its own."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent / ARTIFACTS_DIR).resolve().as_uri()
+    return None  # a file store keeps artifacts in its own folder; a server has its artifact root
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """The id of the experiment called `name`, created (or restored from the trash) when needed."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            # Another pipeline created it between our lookup and our create.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == LifecycleStage.DELETED:
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id

@@ -1,0 +1,338 @@
+"""Phase 2, preprocess: raw documents -> clean `documents.parquet`, `rejected.parquet`, `report.json`.
+
+Steps, in order, each dropping with a recorded rule: normalise (NFKC, whitespace, Wikipedia
+boilerplate; an empty result is rule `empty`), quality filters (`tasks.cleaning.filters`), exact
+duplicates, near duplicates (MinHash LSH). Filters run before dedup so a good document is never
+dropped as the duplicate of one that a filter rejects anyway. Then documents longer than `max_chars`
+are split into parts at paragraph boundaries (or kept whole, or dropped: `long_documents`).
+
+Clean rows keep the raw schema plus `part` (0 unless split) and the text statistics the filters used
+(`n_chars`, `n_words`, `n_sentences`, `mean_sentence_words`, `distinct_chars`, `symbol_ratio`,
+`repeated_line_ratio`). Every dropped document is a row of `rejected.parquet` with its rule, a
+human-readable detail and, for duplicates, the `doc_id` it duplicated and the similarity.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import BaseModel, Field, model_validator
+
+from tasks.artifacts import Artifact, phase_fingerprint, publish, task_cache_key, verify
+from tasks.cleaning.dedup import ExactDedup, NearDedup
+from tasks.cleaning.filters import (
+    Filter,
+    MaxChars,
+    MaxRepeatedLines,
+    MaxSymbolRatio,
+    MeanSentenceWords,
+    MinChars,
+    MinDistinctChars,
+    MinWords,
+    first_rejection,
+    text_stats,
+)
+from tasks.cleaning.normalize import DEFAULT_APPENDIX_HEADINGS, appendix_pattern, normalize
+from tasks.cleaning.report import build_report, report_markdown, stage_rows
+from tasks.cleaning.split import split_text
+from tasks.sources.document import DOCUMENT_SCHEMA, DOCUMENTS_FILE, Document, read_documents, write_table
+
+CODE_VERSION = "1"
+REJECTED_FILE = "rejected.parquet"
+REPORT_FILE = "report.json"
+
+CLEAN_SCHEMA = pa.schema(
+    [
+        *DOCUMENT_SCHEMA,
+        pa.field("part", pa.int32(), nullable=False),
+        pa.field("n_chars", pa.int64()),
+        pa.field("n_words", pa.int64()),
+        pa.field("n_sentences", pa.int64()),
+        pa.field("mean_sentence_words", pa.float64()),
+        pa.field("distinct_chars", pa.int64()),
+        pa.field("symbol_ratio", pa.float64()),
+        pa.field("repeated_line_ratio", pa.float64()),
+    ]
+)
+REJECTED_SCHEMA = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("url", pa.string()),
+        pa.field("rule", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+        pa.field("duplicate_of", pa.string()),
+        pa.field("similarity", pa.float64()),
+        pa.field("n_chars", pa.int64()),
+    ]
+)
+
+
+class PreprocessConfig(BaseModel):
+    """How raw documents are cleaned, deduplicated and filtered."""
+
+    wikipedia_cleanup_sources: list[str] = Field(
+        default_factory=lambda: ["wikipedia", "web", "local"],
+        description="Sources whose text gets Wikipedia clean-up (reference markers like [12], appendix "
+        "sections). Not 'builtin': in Python docs '[i]' is an index, not a footnote.",
+    )
+    appendix_headings: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_APPENDIX_HEADINGS),
+        description="Section headings that start a Wikipedia appendix; it and all after it are removed.",
+    )
+    exact_dedup: bool = Field(True, description="Drop documents whose normalised text equals an earlier one.")
+    near_dedup: bool = Field(True, description="Drop near-duplicates of earlier documents (MinHash LSH).")
+    shingle_size: int = Field(3, ge=1, le=10, description="Words per shingle for near dedup.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (more: finer, slower).")
+    threshold: float = Field(
+        0.7,
+        gt=0,
+        lt=1,
+        description="Jaccard similarity of shingle sets at or above which a document is a duplicate.",
+    )
+    minhash_seed: int = Field(1, description="Seed of the MinHash permutations.")
+    lsh_recall_weight: float = Field(
+        0.9,
+        gt=0,
+        lt=1,
+        description="Weight of missed duplicates against extra candidates when choosing LSH bands "
+        "(candidates are verified, so extra ones only cost time).",
+    )
+    min_chars: int = Field(100, ge=0, description="Fewest characters a document may have.")
+    max_chars: int = Field(50_000, ge=1000, description="Longest document row; see `long_documents`.")
+    long_documents: Literal["split", "keep", "drop"] = Field(
+        "split",
+        description="Documents over max_chars: 'split' into parts at paragraph boundaries (same doc_id, "
+        "numbered `part`), 'keep' whole, or 'drop' (the first version's behaviour).",
+    )
+    min_words: int = Field(20, ge=0, description="A document needs MORE than this many words.")
+    min_mean_sentence_words: float = Field(3.0, ge=0, description="Lowest mean words per sentence.")
+    max_mean_sentence_words: float = Field(100.0, gt=0, description="Highest mean words per sentence.")
+    min_distinct_chars: int = Field(10, ge=0, description="Fewest distinct characters (catches 'aaaa...').")
+    max_symbol_ratio: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Highest share of markup/code symbols (# { } < > | = * _ ...) in the text.",
+    )
+    max_repeated_line_ratio: float = Field(
+        0.3, ge=0, le=1, description="Highest share of non-empty lines that repeat an earlier line."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PreprocessConfig:
+        if self.min_mean_sentence_words > self.max_mean_sentence_words:
+            raise ValueError("preprocess.min_mean_sentence_words is above max_mean_sentence_words")
+        if self.min_chars > self.max_chars:
+            raise ValueError("preprocess.min_chars is above max_chars")
+        return self
+
+
+class EmptyCorpusError(ValueError):
+    """Every document was dropped: the message lists the rules that dropped them."""
+
+
+def build_filters(cfg: PreprocessConfig) -> list[Filter]:
+    filters: list[Filter] = [
+        MinChars(cfg.min_chars),
+        MinWords(cfg.min_words),
+        MeanSentenceWords(cfg.min_mean_sentence_words, cfg.max_mean_sentence_words),
+        MinDistinctChars(cfg.min_distinct_chars),
+        MaxSymbolRatio(cfg.max_symbol_ratio),
+        MaxRepeatedLines(cfg.max_repeated_line_ratio),
+    ]
+    if cfg.long_documents == "drop":
+        filters.insert(1, MaxChars(cfg.max_chars))
+    return filters
+
+
+@dataclass
+class CleanResult:
+    rows: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    report: dict[str, Any]
+
+
+@dataclass
+class _Stage:
+    name: str
+    n_in: int = 0
+    dropped: int = 0
+
+    def row(self) -> dict[str, Any]:
+        return {"stage": self.name, "in": self.n_in, "dropped": self.dropped, "out": self.n_in - self.dropped}
+
+
+@dataclass
+class _Pipeline:
+    """The documents still in, and the stage bookkeeping, as they pass through the steps."""
+
+    docs: list[tuple[Document, str]]  # (raw document, normalised text)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    stages: list[_Stage] = field(default_factory=list)
+
+    def step(self, name: str, verdict: Callable[[Document, str], dict[str, Any] | None]) -> None:
+        """Run one step: `verdict` returns None to keep a document, or the rejection fields."""
+        stage = _Stage(name, n_in=len(self.docs))
+        kept = []
+        for doc, text in self.docs:
+            reason = verdict(doc, text)
+            if reason is None:
+                kept.append((doc, text))
+                continue
+            stage.dropped += 1
+            self.rejected.append(
+                {
+                    "doc_id": doc.doc_id,
+                    "source": doc.source,
+                    "title": doc.title,
+                    "url": doc.url,
+                    "n_chars": len(text),
+                    **reason,
+                }
+            )
+        self.docs = kept
+        self.stages.append(stage)
+
+
+def clean_documents(raw: list[Document], cfg: PreprocessConfig) -> CleanResult:
+    """The whole preprocessing over in-memory documents (no I/O): rows to keep, rejections, report."""
+    appendix = appendix_pattern(cfg.appendix_headings) if cfg.appendix_headings else None
+    cleanup = set(cfg.wikipedia_cleanup_sources)
+    normalized = [
+        (d, normalize(d.text, wikipedia_cleanup=d.source in cleanup, appendix=appendix)) for d in raw
+    ]
+    pipe = _Pipeline(normalized)
+    pipe.step("empty", lambda d, t: None if t.strip() else {"rule": "empty", "detail": "no text left"})
+
+    stats = {doc.doc_id: text_stats(text) for doc, text in pipe.docs}
+    for rule in build_filters(cfg):
+
+        def quality(doc: Document, _text: str, rule: Filter = rule) -> dict[str, Any] | None:
+            rejection = first_rejection([rule], stats[doc.doc_id])
+            return None if rejection is None else {"rule": rejection[0], "detail": rejection[1]}
+
+        pipe.step(rule.name, quality)
+
+    if cfg.exact_dedup:
+        exact = ExactDedup()
+
+        def exact_verdict(doc: Document, text: str) -> dict[str, Any] | None:
+            first = exact.check(doc.doc_id, text)
+            if first is None:
+                return None
+            return {
+                "rule": "exact_duplicate",
+                "detail": "same text",
+                "duplicate_of": first,
+                "similarity": 1.0,
+            }
+
+        pipe.step("exact_duplicate", exact_verdict)
+
+    if cfg.near_dedup:
+        near = NearDedup(
+            cfg.threshold, cfg.num_perm, cfg.shingle_size, cfg.minhash_seed, cfg.lsh_recall_weight
+        )
+        signatures = near.signatures([text for _, text in pipe.docs])  # batched; consumed in step order
+
+        def near_verdict(doc: Document, _text: str) -> dict[str, Any] | None:
+            match = near.check_signature(doc.doc_id, next(signatures))
+            if match is None:
+                return None
+            return {
+                "rule": "near_duplicate",
+                "detail": f"estimated Jaccard {match[1]:.2f} >= {cfg.threshold}",
+                "duplicate_of": match[0],
+                "similarity": round(match[1], 4),
+            }
+
+        pipe.step("near_duplicate", near_verdict)
+
+    rows, split_docs = [], 0
+    for doc, text in pipe.docs:
+        parts = split_text(text, cfg.max_chars) if cfg.long_documents == "split" else [text]
+        split_docs += len(parts) > 1
+        for k, part in enumerate(parts):
+            part_stats = stats[doc.doc_id] if len(parts) == 1 else text_stats(part)
+            rows.append({**asdict(doc), "text": part, "part": k, **part_stats.as_dict()})
+
+    report = build_report(
+        sources_in=[d.source for d in raw],
+        chars_in=sum(len(d.text) for d in raw),
+        chars_normalized=sum(len(t) for _, t in normalized),
+        stages=[s.row() for s in pipe.stages],
+        rejected_rules=[r["rule"] for r in pipe.rejected],
+        rejected_sources=[r["source"] for r in pipe.rejected],
+        kept_sources=[r["source"] for r in rows],
+        row_chars=[r["n_chars"] for r in rows],
+        row_words=[r["n_words"] for r in rows],
+        split_documents=split_docs,
+    )
+    return CleanResult(rows, pipe.rejected, report)
+
+
+def run_preprocess(cfg: PreprocessConfig, raw: Artifact, root: Path) -> Artifact:
+    if raw.phase != "collect" or DOCUMENTS_FILE not in raw.files:
+        raise ValueError(
+            f"preprocess needs a collect artifact with {DOCUMENTS_FILE}; got {raw.phase} at {raw.path}"
+        )
+    fingerprint = phase_fingerprint("preprocess", CODE_VERSION, cfg=cfg, raw=raw)
+
+    def build(staging: Path) -> dict[str, Any]:
+        verify(raw)
+        result = clean_documents(read_documents(raw.file(DOCUMENTS_FILE)), cfg)
+        if not result.rows:
+            raise EmptyCorpusError(
+                f"preprocess dropped all {result.report['documents_in']} documents "
+                f"(by rule: {result.report['rejected_by_rule']}); loosen the preprocess bounds "
+                f"or collect more text. The raw documents are untouched at {raw.path}."
+            )
+        write_table(staging / DOCUMENTS_FILE, result.rows, CLEAN_SCHEMA)
+        write_table(staging / REJECTED_FILE, result.rejected, REJECTED_SCHEMA)
+        (staging / REPORT_FILE).write_text(json.dumps(result.report, indent=2))
+        r = result.report
+        return {
+            "documents_in": r["documents_in"],
+            "documents_kept": r["documents_kept"],
+            "rows": r["rows_out"],
+            "rejected": r["rejected"],
+            "rejected_by_rule": r["rejected_by_rule"],
+            "characters": r["characters"]["out"],
+        }
+
+    return publish(root, "preprocess", fingerprint, build)
+
+
+def load_report(artifact: Artifact) -> dict[str, Any]:
+    return json.loads(artifact.file(REPORT_FILE).read_text())
+
+
+# --- Prefect ----------------------------------------------------------------------------------------
+@task(
+    name="preprocess",
+    cache_key_fn=task_cache_key("preprocess", CODE_VERSION),
+    persist_result=True,
+)
+def preprocess(cfg: PreprocessConfig, raw: Artifact, root: str) -> Artifact:
+    artifact = run_preprocess(cfg, raw, Path(root))
+    report = load_report(artifact)
+    get_run_logger().info(
+        "preprocess: %d in, %d kept, %d rejected",
+        report["documents_in"],
+        report["documents_kept"],
+        report["rejected"],
+    )
+    create_table_artifact(stage_rows(report), key="preprocess-steps", description="Documents in/out per step")
+    create_markdown_artifact(
+        report_markdown(report), key="preprocess-report", description="Preprocess report"
+    )
+    return artifact

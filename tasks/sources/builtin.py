@@ -1,0 +1,116 @@
+"""The built-in offline corpus: documentation that ships inside Python's standard library.
+
+Present on every machine with Python and no network, and nothing is copied into the repository:
+the 79 language-reference topics of `pydoc_data.topics` (~465 KB, the text behind `help("assert")`)
+plus the docstrings of a fixed list of standard-library modules (module, classes, functions and
+methods, ~0.5 MB), one document per topic or module: about 1 MB of English prose about Python,
+enough for the quick-start model to learn something. The text depends on the Python version, and
+so does the collect fingerprint (it hashes content).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from types import ModuleType
+
+from tasks.sources.document import Document, make_doc_id
+
+SOURCE = "builtin"
+TOPIC = "python documentation"
+# Modules whose import has no side effects and whose docstrings are substantial prose.
+MODULES = (
+    "abc", "argparse", "array", "ast", "base64", "bisect", "calendar", "cmath", "collections",
+    "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "enum", "fnmatch",
+    "fractions", "functools", "glob", "gzip", "hashlib", "heapq", "hmac", "html", "http.client",
+    "inspect", "io", "ipaddress", "itertools", "json", "logging", "math", "mimetypes", "operator", "os",
+    "pathlib", "pickle", "pprint", "queue", "random", "re", "sched", "secrets", "shlex", "shutil",
+    "socket", "sqlite3", "statistics", "string", "struct", "subprocess", "tarfile", "tempfile",
+    "textwrap", "threading", "time", "timeit", "tokenize", "traceback", "typing", "unicodedata",
+    "unittest", "urllib.parse", "uuid", "warnings", "weakref", "zipfile", "zlib",
+)  # fmt: skip
+
+
+def builtin_documents() -> list[Document]:
+    docs = [_topic_document(name, text) for name, text in _reference_topics().items()]
+    for name in MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # a trimmed Python build; the corpus is just smaller
+            continue
+        text = module_text(module)
+        if text:
+            docs.append(
+                Document(
+                    doc_id=make_doc_id(SOURCE, f"module:{name}"),
+                    source=SOURCE,
+                    title=f"The {name} module",
+                    text=text,
+                    url=f"https://docs.python.org/{sys.version_info[0]}.{sys.version_info[1]}/library/{name}.html",
+                    topic=TOPIC,
+                )
+            )
+    return docs
+
+
+def _reference_topics() -> dict[str, str]:
+    from pydoc_data.topics import topics
+
+    return dict(sorted(topics.items()))
+
+
+def _topic_document(name: str, text: str) -> Document:
+    return Document(
+        doc_id=make_doc_id(SOURCE, f"topic:{name}"),
+        source=SOURCE,
+        title=text.strip().splitlines()[0].strip() if text.strip() else name,
+        text=text.strip(),
+        url=f"pydoc:{name}",
+        topic=TOPIC,
+    )
+
+
+def module_text(module: ModuleType) -> str:
+    """The module docstring, then each public class/function (and method) defined there with its docstring."""
+    parts = [inspect.getdoc(module) or ""]
+    for name, obj in sorted(vars(module).items()):
+        if name.startswith("_") or not (inspect.isclass(obj) or inspect.isroutine(obj)):
+            continue
+        if getattr(obj, "__module__", None) not in (module.__name__, None) and not inspect.isbuiltin(obj):
+            continue  # re-exported from elsewhere
+        doc = inspect.getdoc(obj)
+        if doc:
+            parts.append(f"{name}{_signature(obj)}\n\n{doc}")
+        if inspect.isclass(obj):
+            for attr, member in sorted(vars(obj).items()):
+                if attr.startswith("_") or not inspect.isroutine(member):
+                    continue
+                member_doc = inspect.getdoc(member)
+                if member_doc:
+                    parts.append(f"{name}.{attr}{_signature(member)}\n\n{member_doc}")
+    return "\n\n".join(p.strip() for p in parts if p.strip())
+
+
+class _Elided:
+    def __repr__(self) -> str:
+        return "..."
+
+
+def _signature(obj: object) -> str:
+    """The signature, with defaults that are live objects shown as `...`.
+
+    Such defaults print their memory address or current state (logging.shutdown's default is the live
+    list of handlers), which would make the corpus, and so every fingerprint, differ from run to run.
+    """
+    try:
+        sig = inspect.signature(obj)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return ""
+    params = [
+        p.replace(default=_Elided())
+        if p.default is not p.empty and not isinstance(p.default, (int, float, str, bytes, bool, type(None)))
+        else p
+        for p in sig.parameters.values()
+    ]
+    return str(sig.replace(parameters=params))

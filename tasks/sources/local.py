@@ -1,0 +1,210 @@
+"""Local files as documents: txt, md, html, jsonl and parquet, from files, folders or glob patterns.
+
+A text or HTML file is one document titled by its <title> or file name; a jsonl line or parquet row
+is one document whose text is `text_field` and whose title is `title_field` (else the file name and
+row number). A file or row that cannot be read (not UTF-8, binary, malformed JSON, no text field,
+an HTML bomb) is recorded with its reason rather than dropped silently; a file where *no* row has the
+text field stops the phase with the fields it does have, since the config is then clearly wrong.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from tasks.sources.document import Document, make_doc_id
+from tasks.sources.errors import ConfigError, InputError
+from tasks.sources.htmltext import HTMLBombError, html_to_text
+
+SOURCE = "local"
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
+HTML_SUFFIXES = (".html", ".htm", ".xhtml")
+TABLE_SUFFIXES = (".jsonl", ".parquet")
+SUFFIXES = TEXT_SUFFIXES + HTML_SUFFIXES + TABLE_SUFFIXES
+
+
+class LocalConfig(BaseModel):
+    """Files on this machine (or a mounted share)."""
+
+    paths: list[str] = Field(
+        default_factory=list,
+        description="Files, folders (read recursively) or glob patterns; empty turns the local source off.",
+    )
+    text_field: str = Field("text", description="Field (jsonl) or column (parquet) holding the text.")
+    title_field: str = Field("title", description="Field or column holding the title, if any.")
+    topic_field: str = Field("topic", description="Field or column holding the topic, if any.")
+    topic: str | None = Field(None, description="Topic for documents whose file gives none.")
+    max_file_bytes: int = Field(
+        500_000_000, ge=1, description="Largest file read; bigger files are recorded as failures."
+    )
+    max_html_depth: int = Field(2000, ge=10, description="Deepest HTML nesting parsed (HTML bomb guard).")
+
+
+class _Unreadable(InputError):
+    """This file (not the config) is the problem: record it and carry on with the others."""
+
+
+@dataclass
+class LocalResult:
+    documents: list[Document]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def expand_paths(patterns: list[str]) -> list[Path]:
+    """Files named by paths, folders and globs (sorted, each once); a pattern matching nothing is an error."""
+    files: dict[Path, None] = {}
+    for pattern in patterns:
+        path = Path(pattern).expanduser()
+        if path.is_dir():
+            matches = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in SUFFIXES]
+        elif path.is_file():
+            matches = [path]
+        else:
+            matches = [Path(p) for p in sorted(glob.glob(str(path), recursive=True)) if Path(p).is_file()]
+        if not matches:
+            raise ConfigError(
+                f"collect.local.paths entry {pattern!r} matches no file: name an existing file, folder, glob"
+            )
+        files.update(dict.fromkeys(matches))
+    return list(files)
+
+
+def read_local(cfg: LocalConfig) -> LocalResult:
+    docs: list[Document] = []
+    failures: list[dict[str, str]] = []
+    files = expand_paths(cfg.paths)
+    for path in files:
+        suffix = path.suffix.lower()
+        try:
+            if path.stat().st_size > cfg.max_file_bytes:
+                raise _Unreadable(f"{path} is larger than collect.local.max_file_bytes={cfg.max_file_bytes}")
+            if suffix == ".jsonl":
+                docs.extend(_read_jsonl(path, cfg, failures))
+            elif suffix == ".parquet":
+                docs.extend(_read_parquet(path, cfg, failures))
+            elif suffix in TEXT_SUFFIXES or suffix in HTML_SUFFIXES:
+                docs.append(_read_text_file(path, cfg))
+            else:
+                raise _Unreadable(
+                    f"{path}: unsupported file type {suffix!r} (supported: {', '.join(SUFFIXES)})"
+                )
+        except _Unreadable as err:
+            failures.append({"title": str(path), "error": str(err)})
+    summary = {"files": len(files), "documents": len(docs), "failed": len(failures), "failures": failures}
+    return LocalResult(docs, summary)
+
+
+def _decode(path: Path, data: bytes) -> str:
+    if b"\x00" in data[:8192]:
+        raise _Unreadable(f"{path} looks binary (NUL bytes), not text; remove it from collect.local.paths")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise _Unreadable(
+            f"{path} is not UTF-8 (invalid byte at offset {err.start}); convert it, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path.name}`"
+        ) from err
+
+
+def _document(path: Path, key: str, title: str, text: str, topic: str | None, cfg: LocalConfig) -> Document:
+    return Document(
+        doc_id=make_doc_id(SOURCE, key),
+        source=SOURCE,
+        title=title,
+        text=text,
+        url=key,
+        topic=topic or cfg.topic,
+    )
+
+
+def _read_text_file(path: Path, cfg: LocalConfig) -> Document:
+    text = _decode(path, path.read_bytes())
+    title = path.stem
+    if path.suffix.lower() in HTML_SUFFIXES:
+        try:
+            html_title, text = html_to_text(text, max_depth=cfg.max_html_depth)
+        except HTMLBombError as err:
+            raise _Unreadable(f"{path}: {err}") from err
+        title = html_title or title
+    return _document(path, path.resolve().as_uri(), title, text, None, cfg)
+
+
+def _read_jsonl(path: Path, cfg: LocalConfig, failures: list[dict[str, str]]) -> list[Document]:
+    text = _decode(path, path.read_bytes())
+    docs, missing_field, keys_seen = [], 0, set()
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    for n, line in lines:
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            failures.append({"title": where, "error": f"malformed JSON: {err.msg} at column {err.colno}"})
+            continue
+        if not isinstance(row, dict):
+            failures.append({"title": where, "error": f"expected a JSON object, got {type(row).__name__}"})
+            continue
+        keys_seen.update(row)
+        value = row.get(cfg.text_field)
+        if not isinstance(value, str):
+            missing_field += 1
+            failures.append({"title": where, "error": f"no string field {cfg.text_field!r} (text_field)"})
+            continue
+        title = row.get(cfg.title_field)
+        topic = row.get(cfg.topic_field)
+        docs.append(
+            _document(
+                path,
+                f"{path.resolve().as_uri()}#L{n}",
+                str(title) if title else f"{path.stem} {n}",
+                value,
+                str(topic) if topic else None,
+                cfg,
+            )
+        )
+    if lines and not docs and missing_field:
+        raise InputError(
+            f"{path}: no line has the text field {cfg.text_field!r}; its fields are {sorted(keys_seen)}. "
+            f"Set collect.local.text_field to the one holding the text."
+        )
+    return docs
+
+
+def _read_parquet(path: Path, cfg: LocalConfig, failures: list[dict[str, str]]) -> list[Document]:
+    try:
+        columns = pq.read_schema(path).names
+    except Exception as err:  # pyarrow raises several types for a file that is not Parquet
+        raise _Unreadable(f"{path} is not a readable Parquet file: {err}") from err
+    if cfg.text_field not in columns:
+        raise InputError(
+            f"{path} has no column {cfg.text_field!r}; its columns are {columns}. "
+            f"Set collect.local.text_field to the one holding the text."
+        )
+    wanted = [c for c in (cfg.text_field, cfg.title_field, cfg.topic_field) if c in columns]
+    table = pq.read_table(path, columns=list(dict.fromkeys(wanted)))
+    docs = []
+    for n, row in enumerate(table.to_pylist()):
+        text = row.get(cfg.text_field)
+        if not isinstance(text, str):
+            failures.append(
+                {"title": f"{path}#row={n}", "error": f"{cfg.text_field!r} is null or not a string"}
+            )
+            continue
+        title = row.get(cfg.title_field)
+        topic = row.get(cfg.topic_field)
+        docs.append(
+            _document(
+                path,
+                f"{path.resolve().as_uri()}#row={n}",
+                str(title) if title else f"{path.stem} {n}",
+                text,
+                str(topic) if topic else None,
+                cfg,
+            )
+        )
+    return docs

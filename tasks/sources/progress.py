@@ -1,0 +1,60 @@
+"""Progress saved as it goes: append-only JSON-lines files in a work folder.
+
+A collection that is interrupted (a crash, a Prefect retry, a killed worker) finds here what it had
+already searched and fetched and carries on from there. Each record is one line written and flushed
+on its own, so a crash can at worst leave one torn last line, which reading skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+STARTED = "started.json"
+
+
+class ProgressLog:
+    """Named JSONL streams in `folder`; with `folder=None` it remembers nothing (no resume)."""
+
+    def __init__(self, folder: Path | None, *, max_age_s: float | None = None) -> None:
+        self.folder = folder
+        if folder is None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = folder / STARTED
+        if stamp.is_file() and max_age_s is not None:
+            started = json.loads(stamp.read_text()).get("started", 0.0)
+            if time.time() - started > max_age_s:
+                # Too old to trust: the world it recorded has moved on. Start afresh.
+                for path in folder.glob("*.jsonl"):
+                    path.unlink()
+                stamp.unlink()
+        if not stamp.is_file():
+            stamp.write_text(json.dumps({"started": time.time()}))
+
+    def append(self, name: str, record: dict[str, Any]) -> None:
+        if self.folder is None:
+            return
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with open(self.folder / f"{name}.jsonl", "a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self, name: str) -> list[dict[str, Any]]:
+        if self.folder is None:
+            return []
+        path = self.folder / f"{name}.jsonl"
+        if not path.is_file():
+            return []
+        records = []
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a torn last line from an interrupted write
+        return records

@@ -1,0 +1,198 @@
+"""The train phase: token Parquet + tokenizer -> a model directory, its metrics and a summary.
+
+The model's vocabulary size always comes from the tokenizer (`model.vocab_size` is overridden, with a
+log line when it differed), so a tokenizer config change can never produce a model that cannot embed
+its ids. Training state lives in `scratch_dir(root, "train", fingerprint)`: packed `train.bin` /
+`val.bin`, `run.json` and the trainer's checkpoints, so a retried task resumes from its last checkpoint
+instead of starting over. The published artifact holds:
+
+    model/          config.json, model.safetensors, tokenizer.model: the checkpoint with the lowest
+                    validation loss. Validation always runs at the end, so with a schedule that decays to
+                    its floor this is usually the final model; if a long multi-epoch run starts to
+                    overfit, the earlier, better one is kept instead.
+    metrics.jsonl   per step: train_loss, lr, tokens_per_s, mfu; per evaluation: val_loss, val_ppl, val_bpb
+    result.json     the summary (also the artifact's stats)
+
+With `train.nproc_per_node > 1` the trainer runs under `torchrun` (DDP) in a child process and its
+metrics reach `on_metrics` by following metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+
+from tasks.artifacts import Artifact, phase_fingerprint, publish, scratch_dir, task_cache_key
+from tasks.tokenizer import read_split
+from tinyllama_model.data import token_dtype, write_packed
+from tinyllama_model.model import ModelConfig
+from tinyllama_model.tokenizer import EOS_ID, TOKENIZER_FILE, Tokenizer
+from tinyllama_model.trainer import (
+    BEST_DIR,
+    METRICS_FILE,
+    RESULT_FILE,
+    TrainConfig,
+    trainer_from_run_dir,
+    write_run_spec,
+)
+
+CODE_VERSION = "1"
+log = logging.getLogger(__name__)
+
+
+def effective_model_config(model_cfg: ModelConfig, tokenizer: Artifact) -> ModelConfig:
+    """The model config with vocab_size taken from the tokenizer."""
+    vocab = Tokenizer(tokenizer.file(TOKENIZER_FILE)).vocab_size
+    if model_cfg.vocab_size != vocab:
+        log.info("model.vocab_size %d -> %d (the tokenizer's vocabulary)", model_cfg.vocab_size, vocab)
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=vocab)
+    return model_cfg
+
+
+def pack_split(tokens: Artifact, split: str, out: Path, vocab_size: int) -> dict[str, int]:
+    """Pack one split of the encode artifact into `out` (EOS-joined); returns token/byte/document counts."""
+    counts = {"docs": 0, "bytes": 0}
+
+    def docs():
+        for _doc_id, toks, n_bytes in read_split(tokens, split):
+            counts["docs"] += 1
+            counts["bytes"] += n_bytes
+            yield toks
+
+    n = write_packed(docs(), out, token_dtype(vocab_size), eos_id=EOS_ID)
+    return {"tokens": n, **counts}
+
+
+def prepare_run(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, tokens: Artifact, tokenizer: Artifact, work: Path
+) -> None:
+    """Write the packed streams and run.json into the work folder (once; a retry reuses them)."""
+    if (work / "run.json").is_file():
+        return
+    train = pack_split(tokens, "train", work / "train.bin", model_cfg.vocab_size)
+    val = pack_split(tokens, "val", work / "val.bin", model_cfg.vocab_size)
+    if train["docs"] == 0 or val["docs"] == 0:
+        raise ValueError(
+            f"the encode artifact {tokens.path} has {train['docs']} training and {val['docs']} validation "
+            "documents; both are needed: add documents to the corpus"
+        )
+    write_run_spec(
+        work,
+        model_cfg,
+        train_cfg,
+        token_dtype=str(token_dtype(model_cfg.vocab_size)),
+        # every token after the leading EOS is a target; the bytes are those of the held-out texts
+        val_bytes_per_token=val["bytes"] / (val["tokens"] - 1),
+        tokenizer_file=tokenizer.file(TOKENIZER_FILE),
+    )
+
+
+def run_torchrun(work: Path, nproc: int, on_metrics: Callable[[dict], None] | None) -> None:
+    """Train under torchrun (DDP) in a child process, forwarding metrics rows as they are written."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "tinyllama_model.trainer", str(work),
+    ]  # fmt: skip
+    metrics, offset = work / METRICS_FILE, 0
+
+    def forward() -> None:
+        nonlocal offset
+        if on_metrics is None or not metrics.is_file():
+            return
+        if metrics.stat().st_size < offset:  # a resumed rank 0 rewrote the file
+            offset = 0
+        with open(metrics) as f:
+            f.seek(offset)
+            while (line := f.readline()).endswith("\n"):
+                on_metrics(json.loads(line))
+                offset = f.tell()
+
+    proc = subprocess.Popen(cmd)
+    while proc.poll() is None:
+        time.sleep(1.0)
+        forward()
+    forward()
+    if proc.returncode != 0:
+        raise RuntimeError(f"torchrun training exited with code {proc.returncode} (see its output above)")
+
+
+def train_fingerprint(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, tokens: Artifact, tokenizer: Artifact
+) -> str:
+    """Where `run_train` publishes: also how a flow finds a model trained elsewhere (the GPU pool)."""
+    model_cfg = effective_model_config(model_cfg, tokenizer)
+    return phase_fingerprint(
+        "train", CODE_VERSION, model=model_cfg, train=train_cfg, tokens=tokens, tokenizer=tokenizer
+    )
+
+
+def run_train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    tokens: Artifact,
+    tokenizer: Artifact,
+    root: Path,
+    on_metrics: Callable[[dict], None] | None = None,
+) -> Artifact:
+    model_cfg = effective_model_config(model_cfg, tokenizer)
+    fp = train_fingerprint(model_cfg, train_cfg, tokens, tokenizer)
+
+    def build(out: Path) -> dict[str, Any]:
+        work = scratch_dir(root, "train", fp)
+        prepare_run(model_cfg, train_cfg, tokens, tokenizer, work)
+        if train_cfg.nproc_per_node > 1:
+            run_torchrun(work, train_cfg.nproc_per_node, on_metrics)
+            result = json.loads((work / RESULT_FILE).read_text())
+        else:
+            result = trainer_from_run_dir(work, on_metrics=on_metrics).fit()
+        shutil.copytree(work / BEST_DIR, out / "model")
+        shutil.copyfile(work / METRICS_FILE, out / METRICS_FILE)
+        (out / RESULT_FILE).write_text(json.dumps(result, indent=2))
+        return {**result, "vocab_size": model_cfg.vocab_size}
+
+    return publish(root, "train", fp, build)
+
+
+# -- Prefect ------------------------------------------------------------------------------------------
+
+SUMMARY_ROWS = (
+    ("parameters", "num_params"),
+    ("steps", "steps"),
+    ("tokens", "tokens"),
+    ("epochs", "epochs"),
+    ("wall time (s)", "wall_time_s"),
+    ("tokens/s", "tokens_per_s"),
+    ("MFU", "mfu"),
+    ("best val bpb", "best_val_bpb"),
+    ("final val bpb", "final_val_bpb"),
+)
+
+
+@task(name="train", tags=["gpu"], cache_key_fn=task_cache_key("train", CODE_VERSION), persist_result=True)
+def train(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, tokens: Artifact, tokenizer: Artifact, root: Path
+) -> Artifact:
+    from prefect.logging import get_run_logger
+
+    logger = get_run_logger()
+
+    def on_metrics(row: dict) -> None:
+        if "val_loss" in row:
+            logger.info("step %d: val loss %.4f, bpb %s", row["step"], row["val_loss"], row.get("val_bpb"))
+
+    artifact = run_train(model_cfg, train_cfg, tokens, tokenizer, Path(root), on_metrics=on_metrics)
+    s = artifact.stats
+    rows = [{"metric": name, "value": s.get(key)} for name, key in SUMMARY_ROWS]
+    create_table_artifact(rows, key="train-summary", description="Training run")
+    return artifact

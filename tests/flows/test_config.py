@@ -1,0 +1,83 @@
+"""PipelineConfig: presets, dotted overrides, and the errors a user sees when they get one wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.config import ConfigError, PipelineConfig, load_config, preset_names
+from tinyllama_model.sizing import cpu_10min
+
+
+def test_defaults_are_the_full_design() -> None:
+    cfg = PipelineConfig()
+    assert (cfg.model.dim, cfg.model.n_layers, cfg.model.n_heads) == (512, 8, 8)
+    assert cfg.model.max_seq_len == 512
+    assert cfg.tokenizer.vocab_size == 12_000
+    assert cfg.collect.wikipedia.enabled and not cfg.collect.builtin
+
+
+@pytest.mark.parametrize("name", ["demo", "cpu-10min", "wikipedia"])
+def test_every_shipped_preset_loads(name: str) -> None:
+    assert name in preset_names()
+    assert isinstance(load_config(name), PipelineConfig)
+
+
+def test_demo_preset_is_offline() -> None:
+    cfg = load_config("demo")
+    assert cfg.collect.builtin and not cfg.collect.wikipedia.enabled
+    assert not cfg.collect.web.urls and not cfg.collect.local.paths
+
+
+def test_size_expands_into_model_train_and_vocabulary() -> None:
+    model, train, vocab = cpu_10min()
+    cfg = load_config("cpu-10min")
+    assert cfg.model == model
+    assert cfg.train == train
+    assert cfg.tokenizer.vocab_size == vocab
+
+
+def test_overrides_are_typed_and_nested() -> None:
+    cfg = load_config(
+        "demo", ["train.max_minutes=0.5", "model.n_layers=3", "collect.wikipedia.topics=[a, b]"]
+    )
+    assert cfg.train.max_minutes == 0.5
+    assert cfg.model.n_layers == 3
+    assert cfg.collect.wikipedia.topics == ["a", "b"]
+
+
+def test_override_beats_preset_and_size() -> None:
+    cfg = load_config("cpu-10min", ["tokenizer.vocab_size=1000", "model.dim=96"])
+    assert cfg.tokenizer.vocab_size == 1000
+    assert cfg.model.dim == 96
+
+
+def test_unknown_field_names_the_field_and_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigError, match=r"train has no field 'max_minute'.*max_minutes"):
+        load_config(None, ["train.max_minute=10"])
+
+
+def test_unknown_section() -> None:
+    with pytest.raises(ConfigError, match="the top level has no field 'trian'"):
+        load_config(None, ["trian.lr=1"])
+
+
+def test_malformed_override() -> None:
+    with pytest.raises(ConfigError, match=r"section\.field=value"):
+        load_config(None, ["train.lr"])
+
+
+def test_invalid_model_is_rejected_with_the_models_reason() -> None:
+    with pytest.raises(ConfigError, match="divisible"):
+        load_config(None, ["model.dim=100", "model.n_heads=8"])
+
+
+def test_missing_preset_lists_the_shipped_ones() -> None:
+    with pytest.raises(ConfigError, match="demo"):
+        load_config("no-such-preset")
+
+
+def test_preset_file_with_a_typo_is_refused(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  max_minuts: 3\n")
+    with pytest.raises(ConfigError, match="max_minuts"):
+        load_config(str(bad))

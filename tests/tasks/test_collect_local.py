@@ -1,0 +1,97 @@
+"""Local files: every supported format, and every way a file can be wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.sources.errors import ConfigError, InputError
+from tasks.sources.local import LocalConfig, read_local
+
+TEXT = "Plain words about models – with dashes, “quotes” and naïve accents.\n\nA second paragraph."
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_reads_every_format_from_folders_and_globs(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "first.txt").write_text(TEXT)
+    (tmp_path / "notes" / "second.md").write_text("# Heading\n\nMarkdown body.")
+    (tmp_path / "page.html").write_text(
+        "<html><head><title>A page</title></head><body><nav>x</nav><p>Body.</p></body></html>"
+    )
+    write_jsonl(
+        tmp_path / "rows.jsonl",
+        [{"title": "Row one", "content": "Text one.", "topic": "ai"}, {"content": "Text two."}],
+    )
+    table = pa.table({"content": ["Parquet text.", None], "title": ["P1", "P2"]})
+    pq.write_table(table, tmp_path / "table.parquet")
+
+    cfg = LocalConfig(
+        paths=[
+            str(tmp_path / "notes"),
+            str(tmp_path / "*.html"),
+            str(tmp_path / "rows.jsonl"),
+            str(tmp_path / "table.parquet"),
+        ],
+        text_field="content",
+    )
+    result = read_local(cfg)
+    got = {d.title: d for d in result.documents}
+    assert set(got) == {"first", "second", "A page", "Row one", "rows 2", "P1"}
+    assert got["first"].text == TEXT  # nothing stripped: normalisation is preprocess's job
+    assert got["A page"].text == "Body."
+    assert got["Row one"].topic == "ai" and got["Row one"].url.endswith("rows.jsonl#L1")
+    assert {d.source for d in result.documents} == {"local"}
+    assert len({d.doc_id for d in result.documents}) == 6
+    assert [f["title"] for f in result.summary["failures"]] == [f"{tmp_path / 'table.parquet'}#row=1"]
+
+
+def test_bad_files_are_recorded_and_the_rest_is_kept(tmp_path):
+    (tmp_path / "good.txt").write_text(TEXT)
+    (tmp_path / "latin1.txt").write_bytes("Café crème".encode("latin-1"))
+    (tmp_path / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (tmp_path / "bomb.html").write_text("<html><body>" + "<div>" * 5000 + "x")
+    (tmp_path / "fake.parquet").write_bytes(b"not parquet at all")
+    write_jsonl(
+        tmp_path / "mixed.jsonl", [{"text": "Fine row."}, "{broken json", {"body": "no text field"}, "[1, 2]"]
+    )
+
+    result = read_local(LocalConfig(paths=[str(tmp_path)]))
+    assert sorted(d.title for d in result.documents) == ["good", "mixed 1"]
+    errors = {f["title"].replace(str(tmp_path) + "/", ""): f["error"] for f in result.summary["failures"]}
+    assert "not UTF-8" in errors["latin1.txt"] and "iconv" in errors["latin1.txt"]
+    assert "binary" in errors["binary.txt"]
+    assert "nested more than" in errors["bomb.html"]
+    assert "not a readable Parquet" in errors["fake.parquet"]
+    assert "malformed JSON" in errors["mixed.jsonl:2"]
+    assert "no string field 'text'" in errors["mixed.jsonl:3"]
+    assert "expected a JSON object" in errors["mixed.jsonl:4"]
+
+
+def test_text_field_missing_everywhere_names_the_fields(tmp_path):
+    path = write_jsonl(
+        tmp_path / "dev.jsonl", [{"title": "A", "content": "x"}, {"title": "B", "content": "y"}]
+    )
+    with pytest.raises(InputError, match=r"'content', 'title'.*collect\.local\.text_field"):
+        read_local(LocalConfig(paths=[str(path)]))
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "t.parquet")
+    with pytest.raises(InputError, match=r"no column 'text'.*\['body'\]"):
+        read_local(LocalConfig(paths=[str(tmp_path / "t.parquet")]))
+
+
+def test_a_path_matching_nothing_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="matches no file"):
+        read_local(LocalConfig(paths=[str(tmp_path / "missing" / "*.txt")]))
+
+
+def test_the_shared_dev_corpus_reads_with_its_content_field(shared_corpus):
+    result = read_local(LocalConfig(paths=[str(shared_corpus)], text_field="content"))
+    assert len(result.documents) == 333 and not result.summary["failures"]
+    assert result.documents[0].title == "Artificial general intelligence"

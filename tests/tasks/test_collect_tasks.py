@@ -1,0 +1,75 @@
+"""The collect and preprocess Prefect tasks: UI artifacts, caching, and retries only for transient faults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import tasks.collect as collect_module
+from tasks.artifacts import Artifact
+from tasks.collect import CollectConfig
+from tasks.preprocess import PreprocessConfig
+from tasks.sources.errors import ConfigError, TransientSourceError
+
+OFFLINE = CollectConfig(builtin=True, wikipedia={"enabled": False})
+
+
+@pytest.mark.slow
+def test_collect_then_preprocess_in_a_flow(prefect_harness, tmp_path):
+    from prefect import flow
+    from prefect.artifacts import Artifact as UiArtifact
+
+    from tasks.collect import collect
+    from tasks.preprocess import preprocess
+
+    @flow
+    def build(root: str):
+        raw = collect(OFFLINE, root)
+        state = preprocess(PreprocessConfig(), raw, root, return_state=True)
+        return raw, state
+
+    raw, state = build(str(tmp_path))
+    clean = state.result()
+    assert isinstance(raw, Artifact) and raw.stats["per_source"]["builtin"] > 100
+    assert clean.phase == "preprocess" and clean.stats["documents_kept"] > 100
+    for key in ("collect-sources", "collect-summary", "preprocess-steps", "preprocess-report"):
+        assert UiArtifact.get(key) is not None, key
+
+    raw_again, state_again = build(str(tmp_path))
+    assert raw_again.fingerprint == raw.fingerprint  # collected again, same content
+    assert state_again.name == "Cached" and state_again.result() == clean
+
+
+@pytest.mark.slow
+def test_collect_retries_transient_faults_only(prefect_harness, tmp_path, monkeypatch):
+    from prefect import flow
+
+    from tasks.collect import collect
+
+    calls: list[str] = []
+    real = collect_module.run_collect
+
+    def flaky(cfg, root, **kw):
+        calls.append("call")
+        if len(calls) == 1:
+            raise TransientSourceError("API down")
+        return real(cfg, root, **kw)
+
+    monkeypatch.setattr(collect_module, "run_collect", flaky)
+    fast = collect.with_options(retry_delay_seconds=0)
+
+    @flow
+    def once(cfg: CollectConfig, root: str):
+        return fast(cfg, root)
+
+    assert once(OFFLINE, str(tmp_path)).stats["documents"] > 100
+    assert len(calls) == 2
+
+    calls.clear()
+    monkeypatch.setattr(
+        collect_module, "run_collect", lambda *a, **k: (calls.append("call"), real(*a, **k))[1]
+    )
+    with pytest.raises(ConfigError):
+        once(CollectConfig(wikipedia={"enabled": False}), str(Path(tmp_path) / "other"))
+    assert len(calls) == 1  # a bad config is not retried

@@ -1,0 +1,100 @@
+"""The train phase: what it publishes, the vocabulary override, caching, and resuming a failed attempt."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tasks.artifacts import verify
+from tasks.tokenizer import run_encode, run_tokenizer
+from tasks.train import run_train
+from tests.tasks.test_tokenizer_task import SMALL, doc_texts, write_clean
+from tinyllama_model import ModelConfig, TinyLlama
+from tinyllama_model.data import CorpusTooSmallError
+from tinyllama_model.tokenizer import Tokenizer
+from tinyllama_model.trainer import TrainConfig
+
+MODEL = ModelConfig(dim=32, n_layers=2, n_heads=2, vocab_size=12_000, max_seq_len=32, multiple_of=16)
+
+
+def train_config(**overrides) -> TrainConfig:
+    base = dict(
+        batch_size=4,
+        lr=5e-3,
+        warmup_steps=2,
+        max_steps=20,
+        max_minutes=None,
+        eval_every=10,
+        checkpoint_every=10,
+        eval_tokens=1024,
+        peak_flops=1e10,
+        num_threads=1,
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    clean = write_clean(root / "clean", doc_texts(30))
+    tok = run_tokenizer(SMALL, clean, root)
+    return tok, run_encode(SMALL, clean, tok, root)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_train_publishes_the_best_model_with_its_tokenizer(tmp_path, inputs):
+    tok, enc = inputs
+    rows: list[dict] = []
+    art = run_train(MODEL, train_config(), enc, tok, tmp_path, on_metrics=rows.append)
+    verify(art)
+
+    model = TinyLlama.from_pretrained(art.file("model"))
+    assert model.config.vocab_size == Tokenizer(art.file("model")).vocab_size == 400  # from the tokenizer
+    assert art.stats["vocab_size"] == 400
+    for key in ("best_val_bpb", "final_val_bpb", "steps", "tokens", "wall_time_s", "mfu", "num_params"):
+        assert art.stats[key] is not None, key
+    assert art.stats["steps"] == 20 and art.stats["best_val_bpb"] < 8
+    lines = [json.loads(line) for line in art.file("metrics.jsonl").read_text().splitlines()]
+    assert lines == rows and any("val_bpb" in r for r in lines)
+    assert not (tmp_path / "train" / f".work-{art.fingerprint}").exists()  # scratch removed once published
+
+    calls: list[dict] = []
+    assert run_train(MODEL, train_config(), enc, tok, tmp_path, on_metrics=calls.append) == art
+    assert calls == []  # cached: nothing retrained
+
+
+def test_a_failed_attempt_resumes_from_its_last_checkpoint(tmp_path, inputs):
+    tok, enc = inputs
+
+    def crash_at_step_15(row: dict) -> None:
+        if row.get("step") == 15:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_train(MODEL, train_config(), enc, tok, tmp_path / "a", on_metrics=crash_at_step_15)
+    retried = run_train(MODEL, train_config(), enc, tok, tmp_path / "a")
+    assert retried.stats["resumed_from_step"] == 10
+
+    straight = run_train(MODEL, train_config(), enc, tok, tmp_path / "b")
+    assert straight.stats["resumed_from_step"] is None
+    a, b = (
+        load_file(retried.file("model/model.safetensors")),
+        load_file(straight.file("model/model.safetensors")),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_corpus_smaller_than_one_window_is_refused_and_nothing_is_published(tmp_path):
+    clean = write_clean(tmp_path / "clean", ["tiny text one " * 3, "and a second document " * 3])
+    tok = run_tokenizer(SMALL.model_copy(update={"vocab_size": 270}), clean, tmp_path)
+    enc = run_encode(SMALL, clean, tok, tmp_path)
+    big_window = ModelConfig(dim=32, n_layers=1, n_heads=2, max_seq_len=256, multiple_of=16)
+    with pytest.raises(CorpusTooSmallError, match=r"lower train\.seq_len to \d+ or less"):
+        run_train(big_window, train_config(), enc, tok, tmp_path)
+    assert not [p for p in (tmp_path / "train").iterdir() if not p.name.startswith(".")]

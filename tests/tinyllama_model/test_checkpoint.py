@@ -1,0 +1,175 @@
+"""Model directories and torch files: exact round trips, atomic replacement, and refusing unsafe input."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tinyllama_model.checkpoint import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    load_torch_file,
+    save_torch_file,
+)
+from tinyllama_model.model import ConfigError, ModelConfig, TinyLlama
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second OpenMP thread only adds sync stalls when other processes share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make(seed: int = 0, **overrides) -> TinyLlama:
+    base = dict(dim=32, n_layers=2, n_heads=4, vocab_size=50, max_seq_len=16, multiple_of=16)
+    torch.manual_seed(seed)
+    return TinyLlama(ModelConfig(**{**base, **overrides})).eval()
+
+
+# -- the model directory ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": True, "n_kv_heads": 2}])
+def test_round_trip_is_bit_exact(tmp_path, overrides):
+    m = make(**overrides)
+    tokenizer = tmp_path / "some.model"
+    tokenizer.write_bytes(b"tokenizer bytes")
+    out = m.save_pretrained(tmp_path / "model", tokenizer_file=tokenizer)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.model"]
+    assert (out / "tokenizer.model").read_bytes() == b"tokenizer bytes"
+    loaded = TinyLlama.from_pretrained(out)
+    assert loaded.config == m.config
+    a, b = m.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    idx = torch.randint(0, 50, (2, 10))
+    assert torch.equal(m(idx)[0], loaded.eval()(idx)[0])
+    if m.config.tie_embeddings:
+        assert loaded.output.weight is loaded.tok_embeddings.weight
+        assert "output.weight" not in load_file(out / "model.safetensors")  # stored once
+
+
+def test_config_json_is_plain_model_config(tmp_path):
+    m = make(rope_theta=500_000.0)
+    m.save_pretrained(tmp_path / "m")
+    assert ModelConfig.from_dict(json.loads((tmp_path / "m" / "config.json").read_text())) == m.config
+
+
+def test_save_replaces_existing_dir_atomically(tmp_path):
+    target = tmp_path / "model"
+    make(seed=1).save_pretrained(target)
+    (target / "stale.txt").write_text("from the old save")
+    new = make(seed=2)
+    new.save_pretrained(target)
+    assert not (target / "stale.txt").exists()
+    assert torch.equal(
+        TinyLlama.from_pretrained(target).layers[0].attention.wq.weight, new.layers[0].attention.wq.weight
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary leftovers
+
+
+def test_failed_save_leaves_old_dir_intact(tmp_path):
+    target = tmp_path / "model"
+    old = make(seed=1)
+    old.save_pretrained(target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    with pytest.raises(FileNotFoundError):
+        make(seed=2).save_pretrained(target, tokenizer_file=tmp_path / "missing.model")
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path):
+    make().save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg | {"dim": 64}))
+    with pytest.raises(CheckpointError, match=r"do not match its config\.json.*wrong shapes"):
+        TinyLlama.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg | {"n_layers": 3}))
+    with pytest.raises(CheckpointError, match=r"missing \['layers.2"):
+        TinyLlama.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg | {"n_layers": 1}))
+    with pytest.raises(CheckpointError, match=r"unexpected \['layers.1"):
+        TinyLlama.from_pretrained(tmp_path / "m")
+
+
+def test_bad_model_dirs(tmp_path):
+    with pytest.raises(CheckpointError, match=r"config\.json is missing"):
+        TinyLlama.from_pretrained(tmp_path)
+    make().save_pretrained(tmp_path / "m")
+    cfg_path, weights = tmp_path / "m" / "config.json", tmp_path / "m" / "model.safetensors"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps(cfg | {"hidden_size": 32}))
+    with pytest.raises(ConfigError, match="unknown model config key"):
+        TinyLlama.from_pretrained(tmp_path / "m")
+    cfg_path.write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        TinyLlama.from_pretrained(tmp_path / "m")
+    cfg_path.write_text(json.dumps(cfg))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        TinyLlama.from_pretrained(tmp_path / "m")
+
+
+# -- torch files ------------------------------------------------------------------------------------
+
+
+class Payload:
+    """Unpickling this runs a shell command: what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_torch_file_round_trip(tmp_path):
+    state = {
+        "model": make().state_dict(),
+        "step": 12,
+        "lr": 3e-4,
+        "name": "run",
+        "rng": torch.get_rng_state(),
+        "history": [1.0, 2.0],
+    }
+    path = save_torch_file(state, tmp_path / "ckpt" / "state.pt")
+    loaded = load_torch_file(path)
+    assert loaded["step"] == 12 and loaded["name"] == "run" and loaded["history"] == [1.0, 2.0]
+    assert torch.equal(loaded["rng"], state["rng"])
+    assert all(torch.equal(loaded["model"][k], v) for k, v in state["model"].items())
+    assert [p.name for p in path.parent.iterdir()] == ["state.pt"]  # the temporary file is gone
+
+
+@pytest.mark.parametrize("writer", ["torch", "pickle"])
+def test_malicious_pickle_refused(tmp_path, writer):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    obj = {"model": {}, "payload": Payload(marker)}
+    if writer == "torch":
+        torch.save(obj, path)
+    else:
+        path.write_bytes(pickle.dumps(obj, protocol=2))  # a legacy, non-zip torch file
+    with pytest.raises(UnsafeCheckpointError, match="refusing to load"):
+        load_torch_file(path)
+    assert not marker.exists()
+    assert issubclass(UnsafeCheckpointError, ValueError)
+
+
+def test_truncated_and_missing_torch_files(tmp_path):
+    path = save_torch_file({"w": torch.randn(100, 100)}, tmp_path / "state.pt")
+    data = path.read_bytes()
+    for cut in (len(data) // 2, 10):
+        path.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="truncated or corrupt"):
+            load_torch_file(path)
+    with pytest.raises(CheckpointError, match="no checkpoint file"):
+        load_torch_file(tmp_path / "nope.pt")

@@ -1,0 +1,123 @@
+"""Exact resume: a run killed and restarted from its last checkpoint ends bit-identical to an unbroken one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.tinyllama_model.test_trainer import (
+    TINY,
+    make_trainer,
+    read_metrics,
+    synthetic_docs,
+    tiny_train_config,
+)
+from tinyllama_model.checkpoint import load_torch_file
+from tinyllama_model.data import write_packed
+from tinyllama_model.trainer import CHECKPOINT_DIR, list_checkpoints, trainer_from_run_dir, write_run_spec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Model weights and AdamW moments equal bit for bit."""
+    assert a["step"] == b["step"] and a["tokens"] == b["tokens"]
+    assert a["sampler"] == b["sampler"]
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    for i, state in a["optimizer"]["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[key], b["optimizer"]["state"][i][key]), (i, key)
+
+
+TIMING = ("tokens_per_s", "mfu", "elapsed_s")
+
+
+def metrics_without_timing(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in read_metrics(run_dir)]
+
+
+def final_state(run_dir: Path) -> dict:
+    return load_torch_file(list_checkpoints(run_dir / CHECKPOINT_DIR)[-1])
+
+
+def test_resume_after_a_crash_is_bit_exact(tmp_path):
+    # dropout on: the resumed run must also restore the torch RNG that drives it
+    model_cfg = TINY.__class__(**{**TINY.to_dict(), "dropout": 0.1})
+    cfg = tiny_train_config(max_steps=24, checkpoint_every=8, eval_every=8)
+    make_trainer(tmp_path / "straight", cfg, model_cfg=model_cfg).fit()
+
+    def crash_at_step_13(row: dict) -> None:
+        if row.get("step") == 13 and "train_loss" in row:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        make_trainer(tmp_path / "crashed", cfg, model_cfg=model_cfg, on_metrics=crash_at_step_13).fit()
+    resumed = make_trainer(tmp_path / "crashed", cfg, model_cfg=model_cfg)
+    assert resumed.step == 8
+    result = resumed.fit()
+    assert result["resumed_from_step"] == 8
+
+    assert_same_state(final_state(tmp_path / "straight"), final_state(tmp_path / "crashed"))
+    # metrics.jsonl: rows logged after the checkpoint by the crashed run were dropped and logged again
+    assert metrics_without_timing(tmp_path / "crashed") == metrics_without_timing(tmp_path / "straight")
+
+
+def _write_run(run_dir: Path, cfg) -> None:
+    run_dir.mkdir(parents=True)
+    write_packed(synthetic_docs(200, 0), run_dir / "train.bin", np.uint16)
+    write_packed(synthetic_docs(8, 1), run_dir / "val.bin", np.uint16)
+    write_run_spec(run_dir, TINY, cfg, token_dtype="uint16", val_bytes_per_token=2.0, tokenizer_file=None)
+
+
+def _train_process(run_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tinyllama_model.trainer", str(run_dir), "--quiet"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_is_bit_identical(tmp_path):
+    cfg = tiny_train_config(max_steps=300, checkpoint_every=30, eval_every=100, keep_last=3)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _write_run(straight, cfg)
+    _write_run(killed, cfg)
+
+    proc = _train_process(killed)
+    deadline = time.monotonic() + 60
+    while not list_checkpoints(killed / CHECKPOINT_DIR):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint within 60 s"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    killed_at = int(list_checkpoints(killed / CHECKPOINT_DIR)[-1].stem.split("-")[1])
+    assert killed_at < 300
+
+    proc = _train_process(killed)  # restart: it resumes from the last checkpoint
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    trainer_from_run_dir(straight, progress=False).fit()  # the same run, never interrupted
+
+    assert_same_state(final_state(straight), final_state(killed))
+    assert metrics_without_timing(killed) == metrics_without_timing(straight)
+    assert not [
+        p for p in (killed / CHECKPOINT_DIR).iterdir() if p.name.startswith(".")
+    ]  # no temp files left

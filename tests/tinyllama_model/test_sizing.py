@@ -1,0 +1,82 @@
+"""The model-size rule and the presets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tinyllama_model import ModelConfig
+from tinyllama_model.sizing import (
+    LADDER,
+    PRESETS,
+    budget_flops,
+    cpu_10min,
+    default,
+    matmul_params,
+    measure_matmul_flops,
+    size_for_budget,
+)
+from tinyllama_model.trainer import TrainConfig
+
+
+def test_plentiful_data_gives_the_chinchilla_point():
+    choice = size_for_budget(1e18, corpus_tokens=10**12, vocab_size=12_000)
+    assert not choice.data_limited
+    assert choice.tokens_per_param >= 20  # the largest shape that still gets 20 tokens per parameter ...
+    i = [s[0] for s in LADDER].index(choice.model.dim)
+    bigger = size_for_budget(1e18, 10**12, vocab_size=12_000, ladder=LADDER[i + 1 : i + 2])
+    assert bigger.tokens_per_param < 20  # ... and the next one would not
+
+
+def test_a_small_corpus_caps_the_epochs_and_buys_parameters_instead():
+    plentiful = size_for_budget(3e14, corpus_tokens=10**10, vocab_size=4096)
+    small = size_for_budget(3e14, corpus_tokens=200_000, vocab_size=4096, max_epochs=4)
+    assert small.data_limited
+    assert small.epochs >= 4 or small.model.dim == LADDER[-1][0]
+    assert matmul_params(small.model) >= matmul_params(plentiful.model)
+
+
+def test_more_compute_never_picks_a_smaller_model():
+    dims = [size_for_budget(10.0**e, 10**9, vocab_size=4096).model.dim for e in range(11, 19)]
+    assert dims == sorted(dims) and dims[0] < dims[-1]
+
+
+def test_the_choice_is_a_valid_config():
+    choice = size_for_budget(1e14, 10**6, vocab_size=2048, seq_len=128)
+    assert isinstance(choice.model, ModelConfig)
+    assert choice.model.vocab_size == 2048 and choice.model.max_seq_len == 128
+    assert choice.tokens == pytest.approx(1e14 / choice.model.flops_per_token(128), rel=1e-6)
+
+
+def test_bad_budgets_are_refused():
+    with pytest.raises(ValueError, match="positive budget"):
+        size_for_budget(0, 1000, vocab_size=512)
+
+
+def test_minutes_become_flops():
+    assert budget_flops(10, flops_per_s=1e11, mfu=0.5) == pytest.approx(10 * 60 * 1e11 * 0.5)
+
+
+def test_measuring_matmul_flops_leaves_the_global_rng_alone():
+    state = torch.get_rng_state()
+    assert measure_matmul_flops(n=128, seconds=0.01) > 1e6
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_are_valid_and_agree_on_the_vocabulary(name):
+    model, train, vocab = PRESETS[name]()
+    assert isinstance(model, ModelConfig) and isinstance(train, TrainConfig)
+    assert model.vocab_size == vocab
+    assert (train.seq_len or model.max_seq_len) <= model.max_seq_len
+
+
+def test_the_original_design_stays_the_default():
+    model, train, vocab = default()
+    assert (model.dim, model.n_layers, model.n_heads, model.max_seq_len, vocab) == (512, 8, 8, 512, 12_000)
+    assert model == ModelConfig() and train == TrainConfig()
+
+
+def test_the_ten_minute_preset_is_a_wall_clock_budget():
+    _, train, _ = cpu_10min()
+    assert train.max_minutes == 10 and train.max_steps is None and train.max_tokens is None

@@ -1,0 +1,265 @@
+"""The trainer on a tiny model and a learnable synthetic stream: schedule, budgets, outputs, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import itertools
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pydantic
+import pytest
+import torch
+
+from tinyllama_model import ModelConfig, TinyLlama
+from tinyllama_model.checkpoint import CheckpointError
+from tinyllama_model.data import CorpusTooSmallError, PackedTokens, pack_documents
+from tinyllama_model.trainer import (
+    BEST_DIR,
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    RESULT_FILE,
+    CheckpointMismatchError,
+    ProgressLine,
+    TrainConfig,
+    Trainer,
+    list_checkpoints,
+    lr_at,
+)
+
+TINY = ModelConfig(dim=32, n_layers=2, n_heads=2, vocab_size=64, max_seq_len=32, multiple_of=16)
+
+
+def tiny_train_config(**overrides) -> TrainConfig:
+    base = dict(
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=2,
+        max_steps=30,
+        max_minutes=None,
+        eval_every=10,
+        checkpoint_every=10,
+        keep_last=2,
+        eval_tokens=512,
+        peak_flops=1e10,  # skip the matmul measurement
+        num_threads=1,  # bit-exact comparisons need the same reduction order every run
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def synthetic_docs(n_docs: int, seed: int, vocab: int = 64) -> list[np.ndarray]:
+    """Documents from a sticky Markov chain over ids 4..vocab-1: next = 3 * prev + 1 (mod), 10% noise."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for _ in range(n_docs):
+        t = int(rng.integers(4, vocab))
+        doc = []
+        for _ in range(int(rng.integers(20, 80))):
+            doc.append(t)
+            t = int(rng.integers(4, vocab)) if rng.random() < 0.1 else (3 * t + 1) % (vocab - 4) + 4
+        docs.append(np.array(doc))
+    return docs
+
+
+def synthetic_streams(n_train: int = 60, n_val: int = 8) -> tuple[PackedTokens, PackedTokens]:
+    return (
+        PackedTokens(pack_documents(synthetic_docs(n_train, 0), dtype=np.uint16)),
+        PackedTokens(pack_documents(synthetic_docs(n_val, 1), dtype=np.uint16)),
+    )
+
+
+def make_trainer(
+    run_dir: Path, cfg: TrainConfig | None = None, model_cfg: ModelConfig = TINY, **kw
+) -> Trainer:
+    train, val = synthetic_streams()
+    return Trainer(
+        model_cfg,
+        cfg or tiny_train_config(),
+        train,
+        val,
+        run_dir,
+        val_bytes_per_token=2.0,
+        progress=False,
+        **kw,
+    )
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+
+
+# -- config ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("batch_size", 0, "train.batch_size must be a positive integer"),
+        ("lr", -1.0, "train.lr must be positive"),
+        ("min_lr_ratio", 1.5, r"train.min_lr_ratio must be in \[0, 1\]"),
+        ("betas", (0.9, 1.0), "train.betas"),
+        ("dtype", "float16", "train.dtype must be one of auto, float32, bfloat16"),
+        ("max_epochs", 0, "train.max_epochs must be a positive number"),
+    ],
+)
+def test_bad_train_config_names_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_a_budget_is_required():
+    with pytest.raises(ValueError, match="needs a budget"):
+        TrainConfig(max_minutes=None)
+
+
+def test_train_config_round_trips_and_rejects_unknown_keys():
+    cfg = TrainConfig(max_steps=5, betas=[0.8, 0.9])
+    assert cfg.betas == (0.8, 0.9)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="unknown train config key"):
+        TrainConfig.from_dict({"learning_rate": 1.0})
+
+
+def test_every_field_has_a_description_for_the_prefect_form():
+    schema = pydantic.TypeAdapter(TrainConfig).json_schema()
+    missing = [name for name, prop in schema["properties"].items() if not prop.get("description")]
+    assert not missing
+
+
+def test_warmup_then_cosine_to_the_floor():
+    cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10, max_steps=100)
+    assert lr_at(cfg, 0, 0.0) == pytest.approx(0.1)
+    assert lr_at(cfg, 9, 0.0) == pytest.approx(1.0)
+    assert lr_at(cfg, 50, 0.5) == pytest.approx(0.55)
+    assert lr_at(cfg, 100, 1.0) == pytest.approx(0.1)
+    lrs = [lr_at(cfg, s, s / 100) for s in range(10, 100)]
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+
+
+# -- training -------------------------------------------------------------------------------------------
+
+
+def test_training_learns_and_writes_metrics_checkpoints_and_the_best_model(tmp_path):
+    rows: list[dict] = []
+    result = make_trainer(tmp_path, on_metrics=rows.append).fit()
+    metrics = read_metrics(tmp_path)
+    assert metrics == rows  # the callback sees exactly what metrics.jsonl holds
+
+    train = [r for r in metrics if "train_loss" in r]
+    val = [r for r in metrics if "val_loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 31))
+    assert [r["step"] for r in val] == [10, 20, 30]
+    assert {"lr", "tokens_per_s", "mfu", "epoch", "tokens"} <= set(train[0])
+    assert {"val_ppl", "val_bpb"} <= set(val[0])
+    assert train[-1]["train_loss"] < 0.6 * train[0]["train_loss"]  # the chain is learnable
+    assert val[-1]["val_loss"] < math.log(64) - 1.0
+    assert val[-1]["val_bpb"] == pytest.approx(val[-1]["val_loss"] / math.log(2) / 2.0)
+
+    assert [p.name for p in list_checkpoints(tmp_path / CHECKPOINT_DIR)] == [
+        "step-00000020.pt",
+        "step-00000030.pt",
+    ]
+    best = TinyLlama.from_pretrained(tmp_path / BEST_DIR)
+    assert best.config == TINY
+    assert result["best_val_loss"] == min(r["val_loss"] for r in val)
+    assert result["steps"] == 30 and result["tokens"] == 30 * 4 * 32
+    assert json.loads((tmp_path / RESULT_FILE).read_text()) == result
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
+    big = make_trainer(tmp_path / "a", tiny_train_config(batch_size=8, max_steps=6))
+    accum = make_trainer(tmp_path / "b", tiny_train_config(batch_size=4, grad_accum=2, max_steps=6))
+    big.fit(), accum.fit()
+    for (name, p), q in zip(big.model.named_parameters(), accum.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_token_budget(tmp_path):
+    result = make_trainer(tmp_path, tiny_train_config(max_steps=None, max_tokens=1000)).fit()
+    assert result["steps"] == math.ceil(1000 / (4 * 32)) and result["tokens"] >= 1000
+
+
+def test_epoch_budget(tmp_path):
+    trainer = make_trainer(tmp_path, tiny_train_config(max_steps=None, max_epochs=1.0))
+    result = trainer.fit()
+    per_step = 4 / len(trainer.sampler._order(0))
+    assert 1.0 <= result["epochs"] < 1.0 + 2 * per_step
+
+
+def test_wall_clock_budget_spans_the_cosine(tmp_path):
+    cfg = tiny_train_config(max_steps=None, max_minutes=0.03, eval_every=1000, checkpoint_every=1000)
+    result = make_trainer(tmp_path, cfg).fit()
+    assert 1.8 <= result["wall_time_s"] < 1.8 + 1.0
+    lrs = [r["lr"] for r in read_metrics(tmp_path) if "lr" in r]
+    assert lrs[-1] < 0.15 * cfg.lr  # the schedule reached (about) its floor when time ran out
+    assert max(lrs) > 0.9 * cfg.lr
+
+
+def test_progress_line_does_not_spam_non_tty_logs(caplog):
+    line = ProgressLine(every_s=60.0, stream=io.StringIO())
+    with caplog.at_level(logging.INFO, logger="tinyllama_model.trainer"):
+        for i in range(100):
+            line.update(f"step {i}")
+    assert [r.message for r in caplog.records] == ["step 0"]
+
+
+# -- bad input ------------------------------------------------------------------------------------------
+
+
+def test_a_corpus_smaller_than_one_window_names_the_fix(tmp_path):
+    tiny = PackedTokens(pack_documents([np.arange(4, 14)], dtype=np.uint16))
+    _, val = synthetic_streams()
+    with pytest.raises(CorpusTooSmallError, match=r"train\.seq_len"):
+        Trainer(TINY, tiny_train_config(), tiny, val, tmp_path, progress=False)
+
+
+def test_a_window_longer_than_the_context_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"exceeds model\.max_seq_len"):
+        make_trainer(tmp_path, tiny_train_config(seq_len=64))
+
+
+def test_an_empty_validation_stream_is_refused(tmp_path):
+    train, _ = synthetic_streams()
+    with pytest.raises(ValueError, match="validation stream is empty"):
+        Trainer(TINY, tiny_train_config(), train, PackedTokens(np.zeros(0, np.uint16)), tmp_path)
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    ("model_cfg", "train_cfg", "named"),
+    [
+        (
+            dataclasses.replace(TINY, dim=48, n_heads=2),
+            tiny_train_config(max_steps=10),
+            "model.dim: checkpoint 32",
+        ),
+        (TINY, tiny_train_config(max_steps=10, batch_size=2), "train.batch_size: checkpoint 4 vs now 2"),
+    ],
+)
+def test_a_checkpoint_from_another_config_is_refused_and_kept(tmp_path, model_cfg, train_cfg, named):
+    make_trainer(tmp_path, tiny_train_config(max_steps=10)).fit()
+    before = _snapshot(tmp_path)
+    with pytest.raises(CheckpointMismatchError, match=named) as e:
+        make_trainer(tmp_path, train_cfg, model_cfg=model_cfg)
+    assert "fresh run directory" in str(e.value)
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_truncated_checkpoint_is_a_clear_error_and_nothing_is_overwritten(tmp_path):
+    make_trainer(tmp_path, tiny_train_config(max_steps=10)).fit()
+    path = list_checkpoints(tmp_path / CHECKPOINT_DIR)[-1]
+    path.write_bytes(path.read_bytes()[:1000])
+    before = _snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt.*earlier checkpoint") as e:
+        make_trainer(tmp_path, tiny_train_config(max_steps=20))
+    assert str(path) in str(e.value)
+    assert _snapshot(tmp_path) == before

@@ -1,0 +1,154 @@
+"""Loss, perplexity and bits per byte of a model on a packed token stream. Pure functions, no I/O.
+
+Bits per byte divides the summed negative log-likelihood (in bits) by the UTF-8 size of the text that
+produced the tokens, so it does not depend on the tokenizer: a model with a larger vocabulary predicts
+fewer, harder tokens, and bpb charges it for exactly the information in the text either way.
+
+Two ways to cover a stream:
+- `windows_nll` scores fixed non-overlapping windows (cheap; what the trainer validates with).
+- `sliding_nll` scores every target exactly once, each with as much left context as the model's window
+  allows: windows of `context` tokens advance by `stride`, and only the targets not scored by an earlier
+  window count, so after the first window every target sees at least `context - stride` tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LN2 = math.log(2.0)
+
+
+def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
+    return nll_nats / (LN2 * n_bytes)
+
+
+def summarize(nll_nats: float, n_tokens: int, n_bytes: int | None) -> dict[str, float | int | None]:
+    """The numbers users compare: mean loss (nats/token), perplexity, bits per byte, and the counts."""
+    loss = nll_nats / max(n_tokens, 1)
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "bpb": bits_per_byte(nll_nats, n_bytes) if n_bytes else None,
+        "tokens": n_tokens,
+        "bytes": n_bytes,
+    }
+
+
+def _nll_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: AbstractContextManager) -> float:
+    with autocast:
+        logits, _ = model(x)  # (B, T, V), float32
+    return float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum"))
+
+
+@torch.no_grad()
+def windows_nll(
+    model: nn.Module,
+    tokens: np.ndarray,
+    starts: np.ndarray,
+    seq_len: int,
+    *,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    autocast: AbstractContextManager | None = None,
+) -> tuple[float, int]:
+    """Summed NLL (nats) and target count over windows `tokens[s : s + seq_len + 1]` for s in starts."""
+    autocast = autocast or nullcontext()
+    total, count = 0.0, 0
+    for i in range(0, len(starts), batch_size):
+        rows = np.stack(
+            [np.asarray(tokens[s : s + seq_len + 1], dtype=np.int64) for s in starts[i : i + batch_size]]
+        )
+        xy = torch.from_numpy(rows).to(device)  # (B, seq_len + 1)
+        total += _nll_sum(model, xy[:, :-1], xy[:, 1:], autocast)
+        count += xy.shape[0] * seq_len
+    return total, count
+
+
+def sliding_windows(n_tokens: int, context: int, stride: int) -> Iterator[tuple[int, int, int]]:
+    """(begin, end, first_scored) per window: inputs tokens[begin:end], targets tokens[begin+1:end+1].
+
+    Targets at stream positions >= first_scored are scored; together the windows score positions
+    1 .. n_tokens-1 exactly once.
+    """
+    if not 0 < stride <= context:
+        raise ValueError(f"stride={stride} must be in [1, context={context}]")
+    scored_to = 1  # next stream position whose prediction is not yet scored
+    begin = 0
+    while scored_to < n_tokens:
+        end = min(begin + context, n_tokens - 1)
+        yield begin, end, scored_to
+        scored_to = end + 1
+        begin = max(0, min(begin + stride, n_tokens - 1 - context))
+
+
+@torch.no_grad()
+def sliding_nll(
+    model: nn.Module,
+    tokens: np.ndarray,
+    context: int,
+    *,
+    stride: int | None = None,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    autocast: AbstractContextManager | None = None,
+) -> tuple[float, int]:
+    """Summed NLL (nats) and count of every target of a packed stream, each scored once (module doc)."""
+    autocast = autocast or nullcontext()
+    stride = stride or max(1, context // 2)
+    total, count = 0.0, 0
+    batch: list[tuple[int, int, int]] = []
+
+    def flush() -> None:
+        nonlocal total, count
+        xs, ys = [], []
+        for begin, end, first in batch:
+            window = torch.from_numpy(np.asarray(tokens[begin : end + 1], dtype=np.int64))
+            y = window[1:].clone()
+            y[: first - begin - 1] = -1  # targets an earlier window already scored
+            xs.append(window[:-1])
+            ys.append(y)
+            count += end + 1 - first
+        x, y = torch.stack(xs).to(device), torch.stack(ys).to(device)  # (B, length)
+        total += _nll_sum(model, x, y, autocast)
+        batch.clear()
+
+    for window in sliding_windows(len(tokens), context, stride):
+        if batch and (window[1] - window[0] != batch[0][1] - batch[0][0] or len(batch) == batch_size):
+            flush()
+        batch.append(window)
+    if batch:
+        flush()
+    return total, count
+
+
+def evaluate_stream(
+    model: nn.Module,
+    tokens: np.ndarray,
+    n_bytes: int | None,
+    *,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    autocast: AbstractContextManager | None = None,
+) -> dict[str, float | int | None]:
+    """Loss, perplexity and bpb of every target of a packed stream (`n_bytes`: the text's UTF-8 size)."""
+    if len(tokens) < 2:
+        raise ValueError("the token stream has fewer than 2 tokens: there is nothing to predict")
+    context = context or model.config.max_seq_len
+    was_training = model.training
+    model.eval()
+    try:
+        nll, count = sliding_nll(
+            model, tokens, context, stride=stride, batch_size=batch_size, device=device, autocast=autocast
+        )
+    finally:
+        model.train(was_training)
+    return summarize(nll, count, n_bytes)

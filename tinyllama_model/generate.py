@@ -1,0 +1,248 @@
+"""Sampling from a TinyLlama: the decode loop with a KV cache, the sampling rules, text helpers.
+
+The loop knows token ids only; `generate_text` / `stream_text` at the bottom add the tokenizer.
+
+Rules (the same with and without the cache, so both give the same tokens):
+- Prompts are encoded WITHOUT BOS: the training stream separates documents with EOS (id 1) and never
+  contains BOS (id 3), so BOS would be a token the model has never seen. An empty text prompt becomes
+  [EOS], i.e. "a new document starts here".
+- Context window: the model sees at most `max_seq_len` of the most recent tokens. A longer prompt
+  keeps its last `max_seq_len` tokens. When the window is full, it is cut to its last
+  `max_seq_len // 2` tokens and the cache is rebuilt from them, so generation can run past the context
+  window at the cost of one prefill every `max_seq_len // 2` tokens (not one per token).
+- Several prompts run as one batch, left-padded: padding is masked out and rotary positions count
+  from each row's first real token, so a row gets the tokens it would get alone (exactly so until the
+  window first slides: it slides for all rows together, when the longest row fills it).
+- A row stops at EOS (the EOS is not part of the returned ids); the batch stops when all rows have.
+- Sampling order as in Hugging Face: repetition penalty -> temperature (0 = greedy) -> top-k -> top-p.
+  Randomness comes from a local `torch.Generator` seeded with `seed`, never the global RNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from tinyllama_model.tokenizer import EOS_ID, PAD_ID
+
+if TYPE_CHECKING:
+    from tinyllama_model.model import TinyLlama
+    from tinyllama_model.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0  # 0 = greedy (argmax)
+    top_k: int | None = None  # keep the k most likely tokens
+    top_p: float | None = None  # keep the smallest set of tokens whose probability reaches p (nucleus)
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the row (CTRL / HF rule)
+    eos_id: int | None = EOS_ID  # stop a row at this id; None never stops early
+    seed: int | None = None  # reproducible sampling; None draws a fresh seed
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 means greedy)")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k={self.top_k} must be >= 1 or None")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1] or None")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 = off)")
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        if self.temperature == 0:
+            return None
+        g = torch.Generator(device=device)
+        if self.seed is None:
+            g.seed()  # fresh entropy, still without touching the global RNG
+        else:
+            g.manual_seed(self.seed)
+        return g
+
+
+def sample_next(
+    logits: torch.Tensor,
+    s: Sampling,
+    generator: torch.Generator | None = None,
+    seen: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pick one token per row from logits (B, V); `seen` (B, V) bool marks tokens already in each row."""
+    logits = logits.float()
+    if s.repetition_penalty != 1.0 and seen is not None:
+        penalised = torch.where(logits > 0, logits / s.repetition_penalty, logits * s.repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    if s.temperature == 0:
+        return logits.argmax(dim=-1)  # (B,)
+    logits = logits / s.temperature
+    if s.top_k is not None and s.top_k < logits.size(-1):
+        kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p is not None and s.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens ranked above it already reach top_p (the first one always stays)
+        drop = probs.cumsum(dim=-1) - probs >= s.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    rows = [[PAD_ID] * (width - len(p)) + list(p) for p in prompts]
+    pad = torch.tensor([width - len(p) for p in prompts], device=device)
+    return torch.tensor(rows, dtype=torch.long, device=device), pad  # (B, W), (B,)
+
+
+@torch.inference_mode()
+def decode_steps(
+    model: TinyLlama,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    s: Sampling,
+    *,
+    use_cache: bool = True,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (tokens (B,), active (B,) bool) per step; a row's token counts only while it is active.
+
+    A row turns inactive on the step after it produced EOS. `use_cache=False` recomputes the whole
+    window with the plain training forward each step (row by row when padded): the reference the
+    cached path must equal.
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (use [EOS] to start a new document)")
+    vocab, window_len = model.config.vocab_size, model.config.max_seq_len
+    if any(not 0 <= t < vocab for p in prompts for t in p):
+        raise ValueError(f"prompt ids must be in [0, {vocab}) (the model's vocab_size)")
+    if max_new_tokens == 0:
+        return
+    keep = max(1, window_len // 2)
+    device = model.rope_cos.device
+    was_training = model.training
+    model.eval()
+    try:
+        b = len(prompts)
+        seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
+        for i, p in enumerate(prompts):
+            seen[i, torch.tensor(p, device=device)] = True
+        window, pad = _left_pad([p[-window_len:] for p in prompts], device)  # (B, W)
+        generator = s.generator(device)
+        active = torch.ones(b, dtype=torch.bool, device=device)
+        cache = model.new_cache(b, pad) if use_cache else None
+
+        def full_logits() -> torch.Tensor:  # (B, V) for the last position of the whole window
+            if cache is not None:
+                cache.reset(pad)
+                return model.forward_cached(window, cache)[:, -1]
+            if not bool(pad.any()):
+                return model(window, last_only=True)[0][:, -1]
+            rows = [model(window[i : i + 1, int(pad[i]) :], last_only=True)[0][:, -1] for i in range(b)]
+            return torch.cat(rows)
+
+        logits = full_logits()
+        for step in range(max_new_tokens):
+            token = sample_next(logits, s, generator, seen)  # (B,)
+            token = torch.where(active, token, torch.full_like(token, PAD_ID))
+            yield token, active.clone()
+            if s.eos_id is not None:
+                active &= token != s.eos_id
+            if step == max_new_tokens - 1 or not bool(active.any()):
+                return
+            seen[torch.arange(b, device=device), token] = True
+            window = torch.cat([window, token[:, None]], dim=1)  # (B, W+1)
+            if window.size(1) > window_len:  # slide: keep the last `keep` tokens, rebuild the cache
+                cut = window.size(1) - keep
+                window, pad = window[:, cut:], (pad - cut).clamp(min=0)
+                logits = full_logits()
+            elif cache is not None:
+                logits = model.forward_cached(token[:, None], cache)[:, -1]
+            else:
+                logits = full_logits()
+    finally:
+        model.train(was_training)
+
+
+def generate_ids(
+    model: TinyLlama,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    use_cache: bool = True,
+    **sampling,
+) -> list[list[int]]:
+    """New token ids for each prompt (without the prompt, cut before EOS). `sampling`: `Sampling` fields."""
+    s = Sampling(**sampling)
+    out: list[list[int]] = [[] for _ in prompts]
+    for token, active in decode_steps(model, prompts, max_new_tokens, s, use_cache=use_cache):
+        for i, (t, a) in enumerate(zip(token.tolist(), active.tolist(), strict=True)):
+            if a and t != s.eos_id:
+                out[i].append(t)
+    return out
+
+
+def stream_ids(
+    model: TinyLlama, prompt: Sequence[int], max_new_tokens: int, *, use_cache: bool = True, **sampling
+) -> Iterator[int]:
+    """Yield new token ids of one prompt as they are produced; stops before EOS."""
+    s = Sampling(**sampling)
+    for token, _ in decode_steps(model, [prompt], max_new_tokens, s, use_cache=use_cache):
+        t = int(token[0])
+        if t == s.eos_id:
+            return
+        yield t
+
+
+def generate_tensor(model: TinyLlama, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
+    """nanoGPT-style: idx (B, T) -> (B, T + n), rows that ended keep their EOS and are PAD-filled after it."""
+    if idx.dim() != 2:
+        raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+    s = Sampling(**sampling)
+    steps = [token for token, _ in decode_steps(model, idx.tolist(), max_new_tokens, s)]
+    if not steps:
+        return idx
+    return torch.cat([idx, torch.stack(steps, dim=1).to(idx.device)], dim=1)
+
+
+# -- text ---------------------------------------------------------------------------------------------
+
+
+def _encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    return tokenizer.encode(prompt, bos=False) or [EOS_ID]
+
+
+def generate_text(
+    model: TinyLlama, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int = 200, **sampling
+) -> list[str]:
+    """The continuation (without the prompt) of each prompt, generated as one batch."""
+    ids = generate_ids(model, [_encode_prompt(tokenizer, p) for p in prompts], max_new_tokens, **sampling)
+    return [tokenizer.decode(row) for row in ids]
+
+
+def stream_text(
+    model: TinyLlama, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 200, **sampling
+) -> Iterator[str]:
+    """Yield pieces of the continuation as they are produced; joined they equal `generate_text`'s.
+
+    `Tokenizer.stream_decode` holds back a trailing incomplete UTF-8 character; if generation ends on
+    one, the remainder (with its replacement character) is flushed at the end, as `decode` shows it.
+    """
+    ids: list[int] = []
+
+    def record() -> Iterator[int]:
+        for t in stream_ids(model, _encode_prompt(tokenizer, prompt), max_new_tokens, **sampling):
+            ids.append(t)
+            yield t
+
+    emitted = 0
+    for piece in tokenizer.stream_decode(record()):
+        emitted += len(piece)
+        yield piece
+    rest = tokenizer.decode(ids)[emitted:]
+    if rest:
+        yield rest

@@ -1,0 +1,202 @@
+"""How big a model a compute budget buys, and the named presets built on that rule.
+
+The rule (`size_for_budget`): a budget of C training FLOPs trains a model of N matmul parameters on
+D = C / flops_per_token tokens (flops_per_token ~ 6N plus attention). Chinchilla (Hoffmann et al., 2022)
+puts the compute-optimal point near D = 20 N. A small corpus caps D: repeating data beyond a few epochs
+buys little (Muennighoff et al., 2023, "Scaling Data-Constrained Language Models": up to ~4 epochs are
+almost as good as fresh tokens), so D is also capped at `max_epochs` passes over the corpus. We pick the
+largest shape on a ladder of LLaMA-like shapes whose token count still reaches min(20 N, max_epochs *
+corpus tokens): compute-optimal when data is plentiful, and when it is not, the rest of the budget goes
+into parameters rather than into more repeats.
+
+A budget in minutes becomes FLOPs through a FLOP/s figure: given, or measured here with a large matmul
+(`measure_matmul_flops`) times the share of it training reaches (`mfu`; small models on CPU reach
+0.2-0.4 of a bare matmul).
+
+Presets are small functions returning `(ModelConfig, TrainConfig, tokenizer vocab size)`:
+`default()` is the original design (512/8/8, vocab 12,000), `debug()` the tiny shape tests use and
+`cpu_10min()` the tuned 10-minute CPU recipe.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from tinyllama_model.model import ModelConfig
+from tinyllama_model.trainer import TrainConfig
+
+CHINCHILLA_TOKENS_PER_PARAM = 20.0
+
+# (dim, n_layers, n_heads): widths and depths of small LLaMA-like models, head_dim 32 up to dim 256
+# and 64 above (small heads keep attention meaningful at small widths).
+LADDER: tuple[tuple[int, int, int], ...] = (
+    (64, 2, 2),
+    (96, 3, 3),
+    (128, 4, 4),
+    (160, 4, 5),
+    (192, 5, 6),
+    (256, 6, 8),
+    (320, 6, 5),
+    (384, 8, 6),
+    (512, 8, 8),
+    (640, 10, 10),
+    (768, 12, 12),
+    (1024, 16, 16),
+)
+
+
+def measure_matmul_flops(
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    n: int | None = None,
+    seconds: float = 0.3,
+) -> float:
+    """FLOP/s of an (n x n) @ (n x n) matmul on this device: the peak that MFU is measured against.
+
+    Uses a private generator so measuring never shifts the global RNG (exact resume depends on it).
+    """
+    device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 1024)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    a @ b  # warm up (thread pool, kernels)
+    sync()
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        a @ b
+        reps += 1
+        sync()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return 2 * n**3 * reps / elapsed
+
+
+def shape_config(dim: int, n_layers: int, n_heads: int, vocab_size: int, seq_len: int) -> ModelConfig:
+    """A ladder shape as a ModelConfig (FFN width rounded up to 32, not 256, which bloats small models)."""
+    return ModelConfig(
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        vocab_size=vocab_size,
+        max_seq_len=seq_len,
+        multiple_of=32,
+    )
+
+
+def matmul_params(cfg: ModelConfig) -> int:
+    """Parameters that cost FLOPs per token: all but the embedding lookup (unless it is tied)."""
+    return cfg.num_params() - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.dim)
+
+
+@dataclass
+class SizingChoice:
+    model: ModelConfig
+    tokens: int  # training tokens the budget buys at this size
+    epochs: float  # tokens / corpus tokens
+    tokens_per_param: float
+    data_limited: bool  # True: the epoch cap, not 20 tokens/param, set the size
+
+
+def size_for_budget(
+    budget_flops: float,
+    corpus_tokens: int,
+    *,
+    vocab_size: int,
+    seq_len: int = 256,
+    max_epochs: float = 4.0,
+    tokens_per_param: float = CHINCHILLA_TOKENS_PER_PARAM,
+    ladder: tuple[tuple[int, int, int], ...] = LADDER,
+) -> SizingChoice:
+    """The largest ladder shape whose token budget reaches min(tokens_per_param * N, max_epochs * corpus)."""
+    if budget_flops <= 0 or corpus_tokens <= 0:
+        raise ValueError(
+            f"need a positive budget and corpus (got {budget_flops:.3g} FLOPs, {corpus_tokens} tokens)"
+        )
+    data_cap = max_epochs * corpus_tokens
+    best: SizingChoice | None = None
+    for dim, n_layers, n_heads in ladder:
+        cfg = shape_config(dim, n_layers, n_heads, vocab_size, seq_len)
+        n = matmul_params(cfg)
+        tokens = budget_flops / cfg.flops_per_token(seq_len)
+        wanted = min(tokens_per_param * n, data_cap)
+        if best is None or tokens >= wanted:
+            best = SizingChoice(
+                cfg,
+                int(tokens),
+                tokens / corpus_tokens,
+                tokens / n,
+                data_limited=tokens_per_param * n > data_cap,
+            )
+        if tokens < wanted:
+            break
+    assert best is not None
+    return best
+
+
+def budget_flops(minutes: float, flops_per_s: float | None = None, mfu: float = 0.3) -> float:
+    """Training FLOPs in `minutes` here: measured (or given) matmul FLOP/s times the MFU training reaches."""
+    flops_per_s = flops_per_s or measure_matmul_flops()
+    return minutes * 60.0 * flops_per_s * mfu
+
+
+# -- presets ---------------------------------------------------------------------------------------
+
+
+def default() -> tuple[ModelConfig, TrainConfig, int]:
+    """The original design: dim 512, 8 layers, 8 heads, context 512, vocabulary 12,000."""
+    return ModelConfig(), TrainConfig(), 12_000
+
+
+def debug() -> tuple[ModelConfig, TrainConfig, int]:
+    """A model of a few ten thousand parameters that trains in seconds: tests and the offline demo."""
+    model = ModelConfig(dim=64, n_layers=2, n_heads=4, vocab_size=512, max_seq_len=64, multiple_of=32)
+    train = TrainConfig(
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=5,
+        max_steps=50,
+        max_minutes=None,
+        eval_every=25,
+        checkpoint_every=25,
+    )
+    return model, train, 512
+
+
+def cpu_10min() -> tuple[ModelConfig, TrainConfig, int]:
+    """Ten minutes on a 2-core CPU, tuned on the 3.6 MB AI-Wikipedia corpus (benchmarks/quality_10min.py)."""
+    vocab = 4096
+    model = ModelConfig(
+        dim=192,
+        n_layers=4,
+        n_heads=6,
+        vocab_size=vocab,
+        max_seq_len=256,
+        multiple_of=32,
+        tie_embeddings=False,
+    )
+    train = TrainConfig(
+        batch_size=16,
+        grad_accum=1,
+        lr=2e-3,
+        min_lr_ratio=0.05,
+        warmup_steps=30,
+        weight_decay=0.1,
+        max_minutes=10.0,
+        eval_every=1_000_000,  # validate once, at the end: every second of the budget trains
+        eval_tokens=None,
+        checkpoint_every=200,
+        keep_last=1,
+    )
+    return model, train, vocab
+
+
+PRESETS = {"default": default, "debug": debug, "cpu_10min": cpu_10min}
