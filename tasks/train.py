@@ -98,6 +98,10 @@ def prepare_run(
     )
 
 
+class TrainingCrashed(RuntimeError):
+    """A training process died (killed, out of memory, lost peer): worth a retry, which resumes."""
+
+
 def run_torchrun(work: Path, nproc: int, on_metrics: Callable[[dict], None] | None) -> None:
     """Train under torchrun (DDP) in a child process, forwarding metrics rows as they are written."""
     cmd = [
@@ -124,7 +128,7 @@ def run_torchrun(work: Path, nproc: int, on_metrics: Callable[[dict], None] | No
         forward()
     forward()
     if proc.returncode != 0:
-        raise RuntimeError(f"torchrun training exited with code {proc.returncode} (see its output above)")
+        raise TrainingCrashed(f"torchrun training exited with code {proc.returncode} (see its output above)")
 
 
 def train_fingerprint(
@@ -179,7 +183,26 @@ SUMMARY_ROWS = (
 )
 
 
-@task(name="train", tags=["gpu"], cache_key_fn=task_cache_key("train", CODE_VERSION), persist_result=True)
+def _crashed_only(_task: Any, _run: Any, state: Any) -> bool:
+    """Retry a crashed training process (the retry resumes from its last checkpoint); bad input fails."""
+    try:
+        state.result()
+    except TrainingCrashed:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    name="train",
+    tags=["gpu"],
+    cache_key_fn=task_cache_key("train", CODE_VERSION),
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=_crashed_only,
+)
 def train(
     model_cfg: ModelConfig, train_cfg: TrainConfig, tokens: Artifact, tokenizer: Artifact, root: Path
 ) -> Artifact:

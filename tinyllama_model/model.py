@@ -285,8 +285,8 @@ class KVCache:
     """Keys and values of the positions seen so far, for incremental decoding. Inference only.
 
     Rows share one timeline: a batch of prompts of different lengths is left-padded, and `pad[b]` says
-    how many leading slots of row b are padding (never attended to, and positions count from the first
-    real token, so a padded row computes what it would alone).
+    how many leading slots of row b are padding (never attended to; rotary positions count from the
+    first real token), so a padded row computes what it would alone.
     """
 
     def __init__(
@@ -319,6 +319,8 @@ class KVCache:
                 return slots[None], None  # one token sees all; a fresh prefill is plain causal
             keys = torch.arange(p + t, device=device)
             return slots[None], (keys[None, :] <= slots[:, None])[None, None]  # (1, 1, T, p+T)
+        # RoPE scores depend only on relative positions, so this offset changes rounding, not maths: it
+        # keeps a padded row's numbers as close as possible to the same prompt run alone
         positions = (slots[None, :] - self.pad[:, None]).clamp(min=0)  # (B, T)
         keys = torch.arange(p + t, device=device)
         causal = keys[None, :] <= slots[:, None]  # (T, p+T)
