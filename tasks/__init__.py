@@ -1,1 +1,1 @@
-"""Pipeline phases: plain functions that do the work, with a thin Prefect task at the bottom of each module."""
+"""Pipeline phases: plain functions that do the work, a thin Prefect task at the bottom of each module."""

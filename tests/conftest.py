@@ -29,3 +29,14 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_one_thread():
+    """Tests use tiny tensors: a second OpenMP thread only adds sync stalls on 2 shared cores (10x here)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

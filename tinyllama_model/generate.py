@@ -227,22 +227,6 @@ def generate_text(
 def stream_text(
     model: TinyLlama, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 200, **sampling
 ) -> Iterator[str]:
-    """Yield pieces of the continuation as they are produced; joined they equal `generate_text`'s.
-
-    `Tokenizer.stream_decode` holds back a trailing incomplete UTF-8 character; if generation ends on
-    one, the remainder (with its replacement character) is flushed at the end, as `decode` shows it.
-    """
-    ids: list[int] = []
-
-    def record() -> Iterator[int]:
-        for t in stream_ids(model, _encode_prompt(tokenizer, prompt), max_new_tokens, **sampling):
-            ids.append(t)
-            yield t
-
-    emitted = 0
-    for piece in tokenizer.stream_decode(record()):
-        emitted += len(piece)
-        yield piece
-    rest = tokenizer.decode(ids)[emitted:]
-    if rest:
-        yield rest
+    """Yield pieces of the continuation as they are produced; joined they equal `generate_text`'s."""
+    ids = stream_ids(model, _encode_prompt(tokenizer, prompt), max_new_tokens, **sampling)
+    yield from tokenizer.stream_decode(ids)

@@ -84,7 +84,12 @@ class Tokenizer:
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer at {path}; train one with the tokenizer phase first")
         self.path = path
-        self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        except (RuntimeError, OSError) as err:
+            raise ValueError(
+                f"{path} is not a readable SentencePiece model ({err}); re-run the tokenizer phase"
+            ) from err
         ids = (self.sp.pad_id(), self.sp.eos_id(), self.sp.unk_id(), self.sp.bos_id())
         if ids != (PAD_ID, EOS_ID, UNK_ID, BOS_ID):
             raise ValueError(f"{path} has special ids (pad, eos, unk, bos) = {ids}, expected (0, 1, 2, 3)")
@@ -123,3 +128,6 @@ class Tokenizer:
             if len(text) > len(emitted):
                 yield text[len(emitted) :]
                 emitted = text
+        text = self.decode(seen)  # whatever is left, even an incomplete byte sequence (shown as U+FFFD)
+        if len(text) > len(emitted):
+            yield text[len(emitted) :]

@@ -10,9 +10,11 @@ so does the collect fingerprint (it hashes content).
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import sys
+from pathlib import Path
 from types import ModuleType
 
 from tasks.sources.document import Document, make_doc_id
@@ -29,6 +31,8 @@ MODULES = (
     "socket", "sqlite3", "statistics", "string", "struct", "subprocess", "tarfile", "tempfile",
     "textwrap", "threading", "time", "timeit", "tokenize", "traceback", "typing", "unicodedata",
     "unittest", "urllib.parse", "uuid", "warnings", "weakref", "zipfile", "zlib",
+    "codecs", "configparser", "doctest", "email.message", "ftplib", "gettext", "mailbox", "numbers",
+    "optparse", "plistlib", "pstats", "smtplib",
 )  # fmt: skip
 
 
@@ -72,7 +76,46 @@ def _topic_document(name: str, text: str) -> Document:
 
 
 def module_text(module: ModuleType) -> str:
-    """The module docstring, then each public class/function (and method) defined there with its docstring."""
+    """The module docstring, then each public class/function (and method) defined there with its docstring.
+
+    Pure-Python modules are read from their source file with `ast`, not from the live module: other
+    libraries in the process patch stdlib functions (something here replaces `inspect.getfile`) and live
+    default values print their state, and either would make the corpus, and so every fingerprint,
+    depend on what else was imported. Only extension modules (no source) are introspected.
+    """
+    source = getattr(module, "__file__", None)
+    if source and source.endswith(".py"):
+        return _source_text(Path(source))
+    return _live_text(module)
+
+
+def _source_text(path: Path) -> str:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    parts = [ast.get_docstring(tree) or ""]
+    for node in sorted(_public_defs(tree.body), key=lambda n: n.name):
+        doc = ast.get_docstring(node)
+        if doc:
+            parts.append(f"{node.name}{_ast_signature(node)}\n\n{doc}")
+        if isinstance(node, ast.ClassDef):
+            for member in sorted(_public_defs(node.body), key=lambda n: n.name):
+                member_doc = ast.get_docstring(member)
+                if member_doc and not isinstance(member, ast.ClassDef):
+                    parts.append(f"{node.name}.{member.name}{_ast_signature(member)}\n\n{member_doc}")
+    return "\n\n".join(p.strip() for p in parts if p.strip())
+
+
+def _public_defs(body: list[ast.stmt]) -> list[ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef]:
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    return [n for n in body if isinstance(n, kinds) and not n.name.startswith("_")]
+
+
+def _ast_signature(node: ast.AST) -> str:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return f"({ast.unparse(node.args)})"
+    return ""
+
+
+def _live_text(module: ModuleType) -> str:
     parts = [inspect.getdoc(module) or ""]
     for name, obj in sorted(vars(module).items()):
         if name.startswith("_") or not (inspect.isclass(obj) or inspect.isroutine(obj)):

@@ -36,3 +36,12 @@ def test_builtin_corpus_does_not_depend_on_process_state():
     before = content_digest(builtin_documents())
     logging.getLogger("tinyllama-test").addHandler(logging.NullHandler())
     assert content_digest(builtin_documents()) == before
+
+
+def test_module_text_ignores_functions_patched_in_by_other_libraries(monkeypatch):
+    import inspect
+
+    before = module_text(inspect)
+    monkeypatch.setattr(inspect, "getfile", lambda obj: "patched")  # as a library imported here does
+    assert module_text(inspect) == before
+    assert "getfile(object)" in before

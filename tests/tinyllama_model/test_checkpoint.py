@@ -19,15 +19,6 @@ from tinyllama_model.checkpoint import (
 from tinyllama_model.model import ConfigError, ModelConfig, TinyLlama
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second OpenMP thread only adds sync stalls when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make(seed: int = 0, **overrides) -> TinyLlama:
     base = dict(dim=32, n_layers=2, n_heads=4, vocab_size=50, max_seq_len=16, multiple_of=16)
     torch.manual_seed(seed)

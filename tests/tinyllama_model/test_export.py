@@ -16,15 +16,6 @@ transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()  # the weight-loading progress report
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second OpenMP thread only adds sync stalls when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def sp_model(tmp_path_factory):
     return train_tiny_tokenizer(tmp_path_factory.mktemp("tok"))

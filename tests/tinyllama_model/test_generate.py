@@ -21,15 +21,6 @@ from tinyllama_model.tokenizer import BOS_ID, PAD_ID, Tokenizer
 WINDOW = 16  # tiny context so that tests cross the window boundary quickly
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second OpenMP thread only adds sync stalls when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make(seed: int = 0, **overrides) -> TinyLlama:
     base = dict(dim=32, n_layers=2, n_heads=4, vocab_size=TINY_VOCAB, max_seq_len=WINDOW, multiple_of=16)
     torch.manual_seed(seed)

@@ -114,6 +114,13 @@ def test_stream_decode_joins_to_decode(tok):
     assert len(pieces) > 3
 
 
+def test_stream_decode_flushes_an_incomplete_final_character(tok):
+    ids = tok.encode("🦙")
+    assert len(ids) > 1  # byte fallback: several ids for one character
+    cut = ids[:-1]
+    assert "".join(tok.stream_decode(cut)) == tok.decode(cut)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer"):
         Tokenizer(tmp_path / "nope.model")
@@ -127,7 +134,7 @@ def test_directory_resolves_to_tokenizer_model(tmp_path, tok):
 def test_garbage_model_file_is_an_error(tmp_path):
     bad = tmp_path / "tokenizer.model"
     bad.write_bytes(b"this is not a sentencepiece model" * 3)
-    with pytest.raises(RuntimeError, match="ModelProto"):
+    with pytest.raises(ValueError, match=r"not a readable SentencePiece model.*re-run the tokenizer phase"):
         Tokenizer(bad)
 
 
