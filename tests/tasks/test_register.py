@@ -39,7 +39,7 @@ from tasks.register import (
     run_register,
     start_pipeline_run,
 )
-from tests.tinyllama_model.test_pyfunc import make_model_dir, make_tokenizer
+from tests.factories import make_model_dir, train_tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
+    return train_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def train_artifact(root: Path, tokenizer_file: Path, seed: int, final_bpb: float) -> Artifact:

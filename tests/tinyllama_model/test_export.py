@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from tests.tinyllama_model.test_tokenizer import SAMPLES, TINY_VOCAB, train_tiny_tokenizer, training_texts
+from tests.factories import TINY_VOCAB, train_tiny_tokenizer, training_texts
+from tests.tinyllama_model.test_tokenizer import SAMPLES
 from tinyllama_model.export import export_hf, hf_config, hf_state_dict
 from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer

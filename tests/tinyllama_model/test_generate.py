@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.tinyllama_model.test_tokenizer import TINY_VOCAB, train_tiny_tokenizer
+from tests.factories import TINY_VOCAB, train_tiny_tokenizer
 from tinyllama_model.generate import (
     Sampling,
     generate_ids,

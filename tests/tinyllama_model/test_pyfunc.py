@@ -1,20 +1,19 @@
 """The MLflow pyfunc wrapper: input shapes, sampling params, and a real save -> load -> predict round trip.
 
-`make_tokenizer` and `make_model_dir` are shared with tests/tasks/test_register.py (tiny, seconds).
+The tiny tokenizer and model come from tests/factories.py (seconds).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from pydoc_data.topics import topics
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from tinyllama_model import ModelConfig, TinyLlama
+from tests.factories import make_model_dir, train_tiny_tokenizer
+from tinyllama_model import TinyLlama
 from tinyllama_model.generate import generate_text
 from tinyllama_model.pyfunc import (
     MODEL_DIR_ARTIFACT,
@@ -25,27 +24,13 @@ from tinyllama_model.pyfunc import (
     signature,
     write_model_code,
 )
-from tinyllama_model.tokenizer import Tokenizer, train_sentencepiece
-
-TINY_VOCAB = 512  # the smallest BPE vocabulary that covers the characters of pydoc's topics
-
-
-def make_tokenizer(path: Path) -> Path:
-    return train_sentencepiece(list(topics.values()), path, vocab_size=TINY_VOCAB, num_threads=1)
-
-
-def make_model_dir(
-    directory: Path, tokenizer_file: Path, seed: int = 0, vocab_size: int = TINY_VOCAB
-) -> Path:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(dim=32, n_layers=2, n_heads=2, vocab_size=vocab_size, max_seq_len=64, multiple_of=16)
-    return TinyLlama(cfg).save_pretrained(directory, tokenizer_file=tokenizer_file)
+from tinyllama_model.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("pyfunc")
-    return make_model_dir(tmp / "model", make_tokenizer(tmp / "tokenizer.model"))
+    return make_model_dir(tmp / "model", train_tiny_tokenizer(tmp))
 
 
 @pytest.fixture(scope="module")

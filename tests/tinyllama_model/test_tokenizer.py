@@ -6,14 +6,11 @@ pieces trained in well under a second on text that ships with Python (pydoc's to
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import sentencepiece as spm
 
-from tinyllama_model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_sentencepiece
-
-TINY_VOCAB = 600
+from tests.factories import TINY_VOCAB, train_tiny_tokenizer, training_texts
+from tinyllama_model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 
 SAMPLES = [
     "Hello world",
@@ -26,25 +23,6 @@ SAMPLES = [
     "numbers 3.14159 and 2024-01-01",
     "",
 ]
-
-
-def training_texts() -> list[str]:
-    try:
-        from pydoc_data.topics import topics
-
-        texts = list(topics.values())
-    except ImportError:  # some distributions strip pydoc_data
-        texts = []
-    paragraphs = [
-        "The transformer is a deep learning architecture based on attention.",
-        "Language models predict the next token from the tokens before it.",
-        "Rotary position embeddings rotate queries and keys by their position.",
-    ]
-    return texts + paragraphs * 200
-
-
-def train_tiny_tokenizer(directory: Path, vocab_size: int = TINY_VOCAB) -> Path:
-    return train_sentencepiece(training_texts(), directory / "tokenizer.model", vocab_size=vocab_size)
 
 
 @pytest.fixture(scope="module")
