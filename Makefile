@@ -19,8 +19,8 @@ $(BIN)/tinyllama: pyproject.toml
 demo: $(BIN)/tinyllama
 	$(BIN)/tinyllama run --preset demo
 
-test: $(BIN)/tinyllama
-	$(BIN)/python -m pytest -q
+test: lint
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(BIN)/tinyllama
 	$(BIN)/ruff check .
@@ -28,6 +28,8 @@ lint: $(BIN)/tinyllama
 
 bench: $(BIN)/tinyllama
 	$(BIN)/python benchmarks/bench_model.py
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_dedup.py
 
 clean:
 	rm -rf $(VENV) .tinyllama
