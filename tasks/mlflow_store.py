@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 STORE_DIR = "mlflow"
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,16 @@ class Store:
         `mlflow.pyfunc.log_model`, `mlflow.pyfunc.load_model` and `models:/` URIs read the global URIs,
         not a client's, so they need this; explicit `MlflowClient` calls do not.
         """
+        chosen_by_user = os.environ.get(TRACKING_URI_ENV)
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
+        # MLflow also exports the URI as MLFLOW_TRACKING_URI; that variable is how a user picks a store
+        # (resolve_store reads it), so leaving ours there would send a later build with another data
+        # root in this process to this store.
+        if chosen_by_user is None:
+            os.environ.pop(TRACKING_URI_ENV, None)
+        else:
+            os.environ[TRACKING_URI_ENV] = chosen_by_user
 
 
 def default_tracking_uri(root: str | Path) -> str:
@@ -54,7 +63,7 @@ def resolve_store(
     tracking_uri: str | None, root: str | Path | None, artifact_location: str | None = None
 ) -> Store:
     """The configured URI, else `MLFLOW_TRACKING_URI`, else a SQLite store under the data root."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = tracking_uri or os.environ.get(TRACKING_URI_ENV)
     if not uri:
         if root is None:
             raise ValueError(

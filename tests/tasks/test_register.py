@@ -155,6 +155,15 @@ def test_store_defaults_to_sqlite_under_the_root_and_never_writes_to_cwd(
     assert list((root / "mlflow" / "artifacts").rglob("note.txt"))
 
 
+def test_activating_one_store_does_not_capture_the_next_builds_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two builds with different data roots in one process (a worker, a notebook) keep their own stores."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    resolve_store(None, tmp_path / "first").activate()
+    assert resolve_store(None, tmp_path / "second").tracking_uri.endswith("second/mlflow/mlflow.db")
+
+
 def test_configured_uri_beats_environment_beats_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -178,8 +187,8 @@ def test_log_metrics_batched_sends_at_most_1000_per_call(root: Path, champion: d
             calls.append(len(metrics))
             return super().log_batch(run_id, metrics=metrics, **kwargs)
 
-    client = CountingClient()
     run_id = start_pipeline_run(RegisterConfig(experiment_name="batching"), root, {})
+    client = CountingClient()  # after the run started: that pointed MLflow at the root's store
     rows = [{"step": s, "train_loss": 1.0 / (s + 1), "mfu%": 0.5, "note": "text"} for s in range(1500)]
     assert log_metrics_batched(run_id, rows, client) == 3000
     assert calls == [1000, 1000, 1000]
