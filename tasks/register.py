@@ -701,6 +701,14 @@ def _is_unanswered_request(message: str) -> bool:
     )
 
 
+def mlflow_run_link(tracking_uri: str, run_id: str) -> str:
+    """A Markdown link to the run in the MLflow UI, or how to open that UI for a local store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        experiment_id = MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+        return f"[{run_id}]({tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id})"
+    return f"`{run_id}` (open with `mlflow ui --backend-store-uri {tracking_uri}`)"
+
+
 @task(
     name="register",
     cache_key_fn=task_cache_key("register", CODE_VERSION),
@@ -730,7 +738,7 @@ def register(
                 "",
                 "| | |",
                 "|---|---|",
-                f"| MLflow run | `{s['run_id']}` |",
+                f"| MLflow run | {mlflow_run_link(s['tracking_uri'], s['run_id'])} |",
                 f"| tracking URI | `{s['tracking_uri']}` |",
                 f"| {cfg.champion_metric} | {fmt(metric)} |",
                 f"| champion before | {s['previous_champion']} ({fmt(previous)}) |",

@@ -183,6 +183,16 @@ SUMMARY_ROWS = (
 )
 
 
+def loss_curve_rows(metrics_file: Path, max_train_rows: int = 60) -> list[dict[str, Any]]:
+    """The loss curve as a Prefect UI table: every validation, the train loss thinned to a readable size."""
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    train_rows = [r for r in rows if "train_loss" in r]
+    every = max(1, len(train_rows) // max_train_rows)
+    kept = {id(r) for r in train_rows[::every]} | {id(r) for r in rows if "val_loss" in r}
+    keys = ("step", "train_loss", "val_loss", "val_bpb", "lr")
+    return [{k: r.get(k) for k in keys} for r in rows if id(r) in kept]
+
+
 def _crashed_only(_task: Any, _run: Any, state: Any) -> bool:
     """Retry a crashed training process (the retry resumes from its last checkpoint); bad input fails."""
     try:
@@ -218,4 +228,6 @@ def train(
     s = artifact.stats
     rows = [{"metric": name, "value": s.get(key)} for name, key in SUMMARY_ROWS]
     create_table_artifact(rows, key="train-summary", description="Training run")
+    curve = loss_curve_rows(artifact.file(METRICS_FILE))
+    create_table_artifact(curve, key="loss-curve", description="Loss curve (train loss thinned; every eval)")
     return artifact
