@@ -41,9 +41,11 @@ def test_generate_is_reproducible_with_a_seed(model_dir: Path) -> None:
 
 
 def test_generate_several_prompts_without_streaming(model_dir: Path) -> None:
-    out = _run("generate", "-m", str(model_dir), "--prompt", "A", "--prompt", "B", "-n", "4", "--no-stream")
+    prompts = ("--prompt", "First prompt:", "--prompt", "Second prompt:")
+    out = _run("generate", "-m", str(model_dir), *prompts, "-n", "4", "--seed", "3", "--no-stream")
     assert out.returncode == 0, out.stderr
-    assert [line[0] for line in out.stdout.splitlines() if line][:2] == ["A", "B"]
+    assert out.stdout.startswith("First prompt:")
+    assert out.stdout.index("Second prompt:") > len("First prompt:")  # each continued in its turn
 
 
 def test_chat_answers_until_quit(model_dir: Path) -> None:

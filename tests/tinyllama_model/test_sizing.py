@@ -80,3 +80,14 @@ def test_the_original_design_stays_the_default():
 def test_the_ten_minute_preset_is_a_wall_clock_budget():
     _, train, _ = cpu_10min()
     assert train.max_minutes == 10 and train.max_steps is None and train.max_tokens is None
+
+
+def test_the_rule_reproduces_the_ten_minute_preset_on_the_dev_corpus():
+    """~4.7e13 FLOPs (10 quiet minutes on 2 cores) and ~1M training tokens at the preset's vocabulary."""
+    model, _, vocab = cpu_10min()
+    choice = size_for_budget(4.7e13, 1_000_000, vocab_size=vocab, seq_len=model.max_seq_len)
+    assert (choice.model.dim, choice.model.n_layers, choice.model.n_heads) == (
+        model.dim,
+        model.n_layers,
+        model.n_heads,
+    )
