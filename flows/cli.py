@@ -83,6 +83,24 @@ class Sampling:
     Device = Annotated[str, typer.Option("--device", help="cpu, cuda, or auto.")]
 
 
+def _sampling(
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    repetition_penalty: float,
+    seed: int | None,
+) -> dict:
+    return dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
+
+
 @app.command()
 def run(
     preset: Annotated[
@@ -130,14 +148,7 @@ def generate(
     from tinyllama_model.generate import generate_text, stream_text
 
     net, tokenizer = _load(model, device)
-    options = dict(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        seed=seed,
-    )
+    options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     if stream:
         for text in prompt:
             typer.secho(text, bold=True, nl=False)
@@ -178,17 +189,8 @@ def chat(
             break
         if not text.strip() or text.strip() == "/quit":
             break
-        for delta in stream_text(
-            net,
-            tokenizer,
-            text,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            repetition_penalty=repetition_penalty,
-            seed=seed,
-        ):
+        options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+        for delta in stream_text(net, tokenizer, text, **options):
             sys.stdout.write(delta)
             sys.stdout.flush()
         typer.echo()

@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from tasks.artifacts import Artifact, load_artifact, phase_fingerprint, publish, scratch_dir
+from tasks.retries import retry_only_on
 from tasks.sources.builtin import builtin_documents
 from tasks.sources.document import (
     DOCUMENTS_FILE,
@@ -282,23 +283,12 @@ def summary_markdown(stats: dict[str, Any]) -> str:
 
 
 # --- Prefect ----------------------------------------------------------------------------------------
-def _transient_only(_task: Any, _run: Any, state: Any) -> bool:
-    """Retry network trouble; a bad config or bad input fails at once."""
-    try:
-        state.result()
-    except TransientSourceError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
 @task(
     name="collect",
     retries=3,
     retry_delay_seconds=[60, 300, 900],
     retry_jitter_factor=0.5,
-    retry_condition_fn=_transient_only,
+    retry_condition_fn=retry_only_on(TransientSourceError),
     # Never cached by inputs: the same config must look at the world again. Unchanged content comes back
     # as the same fingerprint, which is what keeps the downstream phases cached.
     cache_policy=NO_CACHE,

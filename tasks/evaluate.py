@@ -55,7 +55,7 @@ class EvaluateConfig(BaseModel):
         ge=1,
         description="Sliding-window step in tokens; None: half the context (every token still counts).",
     )
-    batch_size: int = Field(4, ge=1, description="Windows scored per forward pass.")
+    batch_size: int = Field(32, ge=1, description="Windows scored per forward pass.")
     device: str = Field("auto", description="auto (cuda if present, else cpu), cpu, cuda, cuda:N.")
 
 
@@ -68,7 +68,7 @@ def score_documents(
     n_bytes: int,
     *,
     stride: int | None = None,
-    batch_size: int = 4,
+    batch_size: int = 32,
     device: str = "auto",
 ) -> dict[str, Any]:
     """Loss, perplexity and bpb over documents packed as in training (every token of every document)."""
@@ -117,7 +117,7 @@ def evaluate_file(
     text_field: str = "content",
     *,
     stride: int | None = None,
-    batch_size: int = 4,
+    batch_size: int = 32,
     device: str = "auto",
 ) -> dict[str, Any]:
     """`tinyllama eval`: loss, perplexity, bpb, tokens and bytes of a model on the documents of a file.

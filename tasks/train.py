@@ -34,6 +34,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from tasks.artifacts import Artifact, phase_fingerprint, publish, scratch_dir, task_cache_key
+from tasks.retries import retry_only_on
 from tasks.tokenizer import read_split
 from tinyllama_model.data import token_dtype, write_packed
 from tinyllama_model.model import ModelConfig
@@ -193,17 +194,6 @@ def loss_curve_rows(metrics_file: Path, max_train_rows: int = 60) -> list[dict[s
     return [{k: r.get(k) for k in keys} for r in rows if id(r) in kept]
 
 
-def _crashed_only(_task: Any, _run: Any, state: Any) -> bool:
-    """Retry a crashed training process (the retry resumes from its last checkpoint); bad input fails."""
-    try:
-        state.result()
-    except TrainingCrashed:
-        return True
-    except Exception:
-        return False
-    return False
-
-
 @task(
     name="train",
     tags=["gpu"],
@@ -211,7 +201,7 @@ def _crashed_only(_task: Any, _run: Any, state: Any) -> bool:
     persist_result=True,
     retries=2,
     retry_delay_seconds=10,
-    retry_condition_fn=_crashed_only,
+    retry_condition_fn=retry_only_on(TrainingCrashed),
 )
 def train(
     model_cfg: ModelConfig, train_cfg: TrainConfig, tokens: Artifact, tokenizer: Artifact, root: Path

@@ -155,24 +155,27 @@ def _read_jsonl(path: Path, cfg: LocalConfig, failures: list[dict[str, str]]) ->
             missing_field += 1
             failures.append({"title": where, "error": f"no string field {cfg.text_field!r} (text_field)"})
             continue
-        title = row.get(cfg.title_field)
-        topic = row.get(cfg.topic_field)
-        docs.append(
-            _document(
-                path,
-                f"{path.resolve().as_uri()}#L{n}",
-                str(title) if title else f"{path.stem} {n}",
-                value,
-                str(topic) if topic else None,
-                cfg,
-            )
-        )
+        docs.append(_row_document(path, f"L{n}", n, row, value, cfg))
     if lines and not docs and missing_field:
         raise InputError(
             f"{path}: no line has the text field {cfg.text_field!r}; its fields are {sorted(keys_seen)}. "
             f"Set collect.local.text_field to the one holding the text."
         )
     return docs
+
+
+def _row_document(path: Path, anchor: str, n: int, row: dict, text: str, cfg: LocalConfig) -> Document:
+    """A document from one jsonl line or Parquet row; untitled rows are named after file and position."""
+    title = row.get(cfg.title_field)
+    topic = row.get(cfg.topic_field)
+    return _document(
+        path,
+        f"{path.resolve().as_uri()}#{anchor}",
+        str(title) if title else f"{path.stem} {n}",
+        text,
+        str(topic) if topic else None,
+        cfg,
+    )
 
 
 def _read_parquet(path: Path, cfg: LocalConfig, failures: list[dict[str, str]]) -> list[Document]:
@@ -195,16 +198,5 @@ def _read_parquet(path: Path, cfg: LocalConfig, failures: list[dict[str, str]]) 
                 {"title": f"{path}#row={n}", "error": f"{cfg.text_field!r} is null or not a string"}
             )
             continue
-        title = row.get(cfg.title_field)
-        topic = row.get(cfg.topic_field)
-        docs.append(
-            _document(
-                path,
-                f"{path.resolve().as_uri()}#row={n}",
-                str(title) if title else f"{path.stem} {n}",
-                text,
-                str(topic) if topic else None,
-                cfg,
-            )
-        )
+        docs.append(_row_document(path, f"row={n}", n, row, text, cfg))
     return docs
