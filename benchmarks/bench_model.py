@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from tinyllama_model.generate import generate_ids
 from tinyllama_model.model import ModelConfig, TinyLlama
+from tinyllama_model.optim import build_optimizer
+from tinyllama_model.trainer import TrainConfig
 
 
 def matmul_flops(n: int = 1024, seconds: float = 0.5) -> float:
@@ -60,7 +62,7 @@ class Variant:
         if naive:
             self.opt = torch.optim.AdamW(self.model.parameters(), lr=3e-4, foreach=False, fused=False)
         else:
-            self.opt = self.model.configure_optimizers(weight_decay=0.1, lr=3e-4, device_type="cpu")
+            self.opt = build_optimizer(self.model, TrainConfig(lr=3e-4), device_type="cpu")
         self.forward = torch.compile(self.model) if compile else self.model
         self.times: list[float] = []
 

@@ -177,8 +177,12 @@ class WindowSampler:
 
 
 def eval_starts(n_tokens: int, seq_len: int, max_windows: int | None = None) -> np.ndarray:
-    """Fixed validation windows: the first `max_windows` of the non-overlapping grid from the start."""
+    """Fixed validation windows on the non-overlapping grid; `max_windows` of them spread evenly over it.
+
+    Spreading (rather than taking the first ones) keeps a subset representative of every document.
+    """
     n = windows_per_epoch(n_tokens, seq_len)
-    if max_windows is not None:
-        n = min(n, max_windows)
-    return np.arange(n, dtype=np.int64) * seq_len
+    index = np.arange(n, dtype=np.int64)
+    if max_windows is not None and max_windows < n:
+        index = np.linspace(0, n - 1, max_windows).round().astype(np.int64)
+    return index * seq_len

@@ -438,33 +438,6 @@ class TinyLlama(nn.Module):
             seed=seed,
         )
 
-    def configure_optimizers(
-        self,
-        weight_decay: float,
-        lr: float,
-        betas: tuple[float, float] = (0.9, 0.95),
-        device_type: str = "cpu",
-    ) -> torch.optim.AdamW:
-        """AdamW that decays 2-D weight matrices only: never norms, never the embedding table.
-
-        With tied embeddings the shared matrix is the embedding table, so it is not decayed either.
-        Uses the fused kernel where this torch build has one for the device, else the foreach one.
-        """
-        embedding = self.tok_embeddings.weight
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if not p.requires_grad:
-                continue
-            (decay if p.dim() >= 2 and p is not embedding else no_decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        try:
-            return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type in ("cuda", "cpu"))
-        except (RuntimeError, TypeError):  # no fused kernel for this device/torch build
-            return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
-
     # -- the model directory (config.json + model.safetensors [+ tokenizer.model]) --------------------
 
     def save_pretrained(self, directory: str | Path, tokenizer_file: str | Path | None = None) -> Path:

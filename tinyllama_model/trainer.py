@@ -17,12 +17,13 @@ the learning rate follows a cosine in progress from `lr` down to `lr * min_lr_ra
 warmup over `warmup_steps`. With a wall-clock budget the cosine therefore spans the minutes given,
 whatever the machine's speed, and the run ends at the floor of the schedule.
 
-Validation scores fixed non-overlapping windows of the validation stream (`eval_tokens` of them, or all).
+Validation scores fixed non-overlapping windows of the validation stream (all of them, or `eval_tokens`
+worth spread evenly over it, so a subset still samples every document).
 Its bits per byte use the split's average bytes per token (`val_bytes_per_token`), which is exact when the
 whole stream is scored and an estimate otherwise; the evaluate phase scores every token with sliding
 windows for the reported figure.
 
-Exact resume: a checkpoint holds the model, AdamW state, step/token/elapsed counters, the sampler's
+Exact resume: a checkpoint holds the model, optimizer state, step/token/elapsed counters, the sampler's
 `(epoch, index)` position, the best validation loss so far and every RNG state (torch, CUDA, numpy,
 python). The learning rate is a pure function of those counters, so there is no scheduler object to
 save. Restarting from a checkpoint on CPU with a step/token/epoch budget gives weights bit-identical to
@@ -58,13 +59,14 @@ from tinyllama_model.checkpoint import load_torch_file, save_torch_file
 from tinyllama_model.data import PackedTokens, WindowSampler, check_fits, eval_starts
 from tinyllama_model.evaluation import LN2, windows_nll
 from tinyllama_model.model import ModelConfig, TinyLlama
+from tinyllama_model.optim import OPTIMIZERS, build_optimizer
 
 log = logging.getLogger(__name__)
 
 MetricsCallback = Callable[[dict[str, Any]], None]
 CHECKPOINT_DIR, BEST_DIR = "checkpoints", "best"
 METRICS_FILE, RESULT_FILE, RUN_SPEC = "metrics.jsonl", "result.json", "run.json"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: optimizer state keyed by optimizer name (adamw, muon)
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -79,11 +81,22 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata=_doc("Micro-batches accumulated per optimizer step."))
     seq_len: int | None = field(default=None, metadata=_doc("Training window in tokens; None: max_seq_len."))
     # optimizer and schedule
-    lr: float = field(default=6e-4, metadata=_doc("Peak learning rate (after warmup)."))
+    lr: float = field(
+        default=6e-4, metadata=_doc("Peak AdamW learning rate (optimizer=muon: of embeddings, head, norms).")
+    )
     min_lr_ratio: float = field(default=0.1, metadata=_doc("Cosine floor as a fraction of lr."))
     warmup_steps: int = field(default=100, metadata=_doc("Linear warmup steps before the cosine."))
-    weight_decay: float = field(default=0.1, metadata=_doc("AdamW decay on weight matrices only."))
+    weight_decay: float = field(
+        default=0.1,
+        metadata=_doc("Decoupled decay on weight matrices only (Muon: the same shrink per step)."),
+    )
     betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=_doc("AdamW betas."))
+    optimizer: str = field(
+        default="adamw",
+        metadata=_doc("adamw, or muon: Muon for the hidden matrices, AdamW for embeddings, head and norms."),
+    )
+    muon_lr: float = field(default=0.02, metadata=_doc("Muon's peak learning rate (optimizer=muon)."))
+    muon_momentum: float = field(default=0.95, metadata=_doc("Muon's Nesterov momentum (optimizer=muon)."))
     grad_clip: float = field(default=1.0, metadata=_doc("Clip the global gradient norm to this (0: off)."))
     # budget: set one or more; training ends at the first reached and the cosine spans it
     max_steps: int | None = field(default=None, metadata=_doc("Budget in optimizer steps."))
@@ -97,7 +110,8 @@ class TrainConfig:
     # validation, checkpoints, logging
     eval_every: int = field(default=200, metadata=_doc("Validate every N steps (and at the end)."))
     eval_tokens: int | None = field(
-        default=131_072, metadata=_doc("Validation tokens per evaluation; None: the whole validation stream.")
+        default=131_072,
+        metadata=_doc("Validation tokens per evaluation (windows spread over the split); None: all of it."),
     )
     eval_batch_size: int | None = field(
         default=None, metadata=_doc("Windows per validation batch; None: batch_size.")
@@ -145,6 +159,9 @@ class TrainConfig:
             v = getattr(self, name)
             _require(v is None or v > 0, name, "a positive number or None")
         _require(self.lr > 0, "lr", "positive (e.g. 6e-4)")
+        _require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}")
+        _require(self.muon_lr > 0, "muon_lr", "positive (e.g. 0.02)")
+        _require(0 <= self.muon_momentum < 1, "muon_momentum", "in [0, 1)")
         _require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
         _require(self.warmup_steps >= 0, "warmup_steps", ">= 0")
         _require(self.weight_decay >= 0, "weight_decay", ">= 0")
@@ -309,9 +326,7 @@ class Trainer:
         # same seed on every rank: identical initial weights (DDP also broadcasts rank 0's)
         _seed_everything(cfg.seed)
         self.model = TinyLlama(model_cfg).to(self.device)
-        self.optimizer = self.model.configure_optimizers(
-            cfg.weight_decay, cfg.lr, cfg.betas, self.device.type
-        )
+        self.optimizer = build_optimizer(self.model, cfg, self.device.type)
         self.sampler = WindowSampler(len(train_data), self.seq_len, cfg.seed)
         n_eval = None if cfg.eval_tokens is None else math.ceil(cfg.eval_tokens / self.val_seq_len)
         self.val_starts = eval_starts(len(val_data), self.val_seq_len, n_eval)
@@ -371,7 +386,7 @@ class Trainer:
 
     def _train_step(self, lr: float) -> float:
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         b, accum = self.cfg.batch_size, self.cfg.grad_accum
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(accum):
@@ -566,7 +581,10 @@ class Trainer:
         path = checkpoints[-1]
         state = load_torch_file(path, map_location="cpu")
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointMismatchError(f"{path} is not a training checkpoint of this trainer (format 1)")
+            raise CheckpointMismatchError(
+                f"{path} is not a training checkpoint of this trainer (format {CHECKPOINT_FORMAT}); "
+                "train in a fresh run directory"
+            )
         ours, theirs = self._identity(), state["identity"]
         if ours != theirs:
             diffs = _diff(theirs, ours)

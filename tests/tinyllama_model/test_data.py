@@ -117,6 +117,7 @@ def test_a_stream_shorter_than_one_window_is_a_clear_error():
     WindowSampler(65, 64, seed=0).next_starts(3)  # exactly one window fits: fine, every epoch
 
 
-def test_eval_windows_are_a_fixed_grid_from_the_start():
+def test_eval_windows_are_a_fixed_grid_and_a_subset_spans_the_stream():
     assert eval_starts(100, 10).tolist() == list(range(0, 90, 10))
-    assert eval_starts(100, 10, max_windows=3).tolist() == [0, 10, 20]
+    assert eval_starts(100, 10, max_windows=3).tolist() == [0, 40, 80]  # first, middle, last window
+    assert eval_starts(100, 10, max_windows=50).tolist() == list(range(0, 90, 10))

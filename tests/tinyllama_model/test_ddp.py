@@ -21,15 +21,13 @@ def _write_run(run_dir, cfg) -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path, optimizer):
     steps = 12
     # global batch 8 windows per step in both runs: 1 x (4 x 2 micro-batches) vs 2 ranks x (2 x 2)
-    single_cfg = tiny_train_config(
-        batch_size=4, grad_accum=2, max_steps=steps, eval_every=6, checkpoint_every=6
-    )
-    ddp_cfg = tiny_train_config(
-        batch_size=2, grad_accum=2, max_steps=steps, eval_every=6, checkpoint_every=6, nproc_per_node=2
-    )
+    common = dict(grad_accum=2, max_steps=steps, eval_every=6, checkpoint_every=6, optimizer=optimizer)
+    single_cfg = tiny_train_config(batch_size=4, **common)
+    ddp_cfg = tiny_train_config(batch_size=2, nproc_per_node=2, **common)
     _write_run(tmp_path / "single", single_cfg)
     _write_run(tmp_path / "ddp", ddp_cfg)
 
