@@ -72,16 +72,36 @@ def phase_fingerprint(phase: str, code_version: str, **inputs: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
-def task_cache_key(phase: str, code_version: str, ignore: tuple[str, ...] = ()) -> Callable[..., str]:
-    """A Prefect `cache_key_fn` equal to the phase fingerprint of the task's parameters.
+ROOT_ID = ".root-id"
 
-    The data root is part of the key (through the parameters) so a run against another root never
-    reuses a result that points at files it cannot see.
+
+def root_identity(root: str | Path) -> str:
+    """A random id stored in the data root on first use; a deleted and re-created root gets a new one.
+
+    Prefect keeps its cache records outside the data root, so without this a root deleted by hand (or a
+    fresh clone at the same path) would get cache hits whose artifacts no longer exist.
+    """
+    path = Path(root) / ROOT_ID
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "x") as f:  # exclusive create: concurrent first tasks agree on one id
+            f.write(uuid.uuid4().hex)
+    except FileExistsError:
+        pass
+    return path.read_text().strip()
+
+
+def task_cache_key(phase: str, code_version: str, ignore: tuple[str, ...] = ()) -> Callable[..., str]:
+    """A Prefect `cache_key_fn`: the phase fingerprint of the task's parameters and the root's identity.
+
+    The data root path is part of the key (through the parameters), so a run against another root never
+    reuses a result that points at files it cannot see; its `root_identity` is too, so neither does a
+    run against a root that was deleted and re-created at the same path.
     """
 
     def key(_context: Any, parameters: dict[str, Any]) -> str:
         kept = {k: v for k, v in parameters.items() if k not in ignore}
-        return f"{phase}-{phase_fingerprint(phase, code_version, **kept)}"
+        return f"{phase}-{phase_fingerprint(phase, code_version, **kept)}-{root_identity(parameters['root'])}"
 
     return key
 

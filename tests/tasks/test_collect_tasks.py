@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,16 +30,23 @@ def test_collect_then_preprocess_in_a_flow(prefect_harness, tmp_path):
         state = preprocess(PreprocessConfig(), raw, root, return_state=True)
         return raw, state
 
-    raw, state = build(str(tmp_path))
+    root = tmp_path / "data"
+    raw, state = build(str(root))
     clean = state.result()
     assert isinstance(raw, Artifact) and raw.stats["per_source"]["builtin"] > 100
     assert clean.phase == "preprocess" and clean.stats["documents_kept"] > 100
     for key in ("collect-sources", "collect-summary", "preprocess-steps", "preprocess-report"):
         assert UiArtifact.get(key) is not None, key
 
-    raw_again, state_again = build(str(tmp_path))
+    raw_again, state_again = build(str(root))
     assert raw_again.fingerprint == raw.fingerprint  # collected again, same content
     assert state_again.name == "Cached" and state_again.result() == clean
+
+    # the data root deleted by hand (or a fresh clone at the same path): no cache hit on vanished files
+    shutil.rmtree(root)
+    _, state_fresh = build(str(root))
+    assert state_fresh.name == "Completed" and state_fresh.result().fingerprint == clean.fingerprint
+    assert (Path(clean.path) / "manifest.json").is_file()
 
 
 @pytest.mark.slow
