@@ -180,6 +180,7 @@ def chat(
     from tinyllama_model.generate import stream_text
 
     net, tokenizer = _load(model, device)
+    options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     typer.echo("tinyllama chat — type a prompt; /quit or an empty line to leave.")
     while True:
         try:
@@ -189,7 +190,6 @@ def chat(
             break
         if not text.strip() or text.strip() == "/quit":
             break
-        options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
         for delta in stream_text(net, tokenizer, text, **options):
             sys.stdout.write(delta)
             sys.stdout.flush()

@@ -43,6 +43,7 @@ from pydantic import BaseModel, Field
 
 from tasks.artifacts import Artifact, phase_fingerprint, publish, task_cache_key
 from tasks.mlflow_store import Store, ensure_experiment, resolve_store
+from tasks.retries import retry_if
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -666,15 +667,6 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 # -- the Prefect task -----------------------------------------------------------------------------------
 
 
-def _mlflow_unreachable(_task: Any, _task_run: Any, state: Any) -> bool:
-    """Retry only when the tracking server could not be reached; anything else fails at once."""
-    try:
-        state.result()
-    except Exception as exc:
-        return is_connection_error(exc)
-    return False
-
-
 def is_connection_error(exc: BaseException) -> bool:
     """A transient store fault: a tracking server that did not answer, or a busy SQLite file."""
     import requests
@@ -715,7 +707,7 @@ def mlflow_run_link(tracking_uri: str, run_id: str) -> str:
     persist_result=True,
     retries=2,
     retry_delay_seconds=[30, 120],
-    retry_condition_fn=_mlflow_unreachable,
+    retry_condition_fn=retry_if(is_connection_error),  # the tracking store was unreachable
 )
 def register(
     cfg: RegisterConfig,

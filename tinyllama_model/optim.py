@@ -13,7 +13,6 @@ own peak rate under the same warmup and cosine.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -109,44 +108,39 @@ def _adamw(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float], 
         return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
 
 
-def _split(params: Iterable[torch.nn.Parameter], model: TinyLlama) -> tuple[list, list, list]:
-    """(hidden matrices, embedding/head matrices, vectors): the three ways a parameter is optimised."""
-    io = {id(model.tok_embeddings.weight), id(model.output.weight)}
-    hidden, embed_head, vectors = [], [], []
-    for p in params:
+def _param_roles(model: TinyLlama) -> tuple[list, list, list]:
+    """(hidden matrices, the untied output head, never decayed: the embedding table and norm gains)."""
+    embedding, head = model.tok_embeddings.weight, model.output.weight
+    hidden, decayed_head, undecayed = [], [], []
+    for p in model.parameters():  # a tied head is the embedding table, listed once
         if not p.requires_grad:
             continue
-        if p.dim() < 2:
-            vectors.append(p)
+        if p is embedding or p.dim() < 2:
+            undecayed.append(p)
+        elif p is head:
+            decayed_head.append(p)
         else:
-            (embed_head if id(p) in io else hidden).append(p)
-    return hidden, embed_head, vectors
+            hidden.append(p)
+    return hidden, decayed_head, undecayed
 
 
 def build_optimizer(model: TinyLlama, cfg: TrainConfig, device_type: str) -> OptimizerChain:
     """AdamW decays hidden matrices and the untied output head, never norms or the embedding table."""
-    hidden, embed_head, vectors = _split(model.parameters(), model)
-    embedding = model.tok_embeddings.weight
-    decayed_io = [p for p in embed_head if p is not embedding]
-    undecayed = [p for p in embed_head if p is embedding] + vectors
-    lr, wd = cfg.lr, cfg.weight_decay
-    if cfg.optimizer == "adamw":
-        groups = [
-            {"params": hidden + decayed_io, "weight_decay": wd, "lr_scale": 1.0},
-            {"params": undecayed, "weight_decay": 0.0, "lr_scale": 1.0},
-        ]
-        return OptimizerChain({"adamw": _adamw(groups, lr, cfg.betas, device_type)})
-    if cfg.optimizer != "muon":
-        raise ValueError(f"train.optimizer={cfg.optimizer!r} is not one of {OPTIMIZERS}")
-    muon = Muon(
-        [{"params": hidden, "lr_scale": cfg.muon_lr / lr}],
-        lr=cfg.muon_lr,
-        momentum=cfg.muon_momentum,
-        weight_decay=wd * lr / cfg.muon_lr,  # the same shrink per step as AdamW's lr * weight_decay
-    )
-    groups = [
-        {"params": decayed_io, "weight_decay": wd, "lr_scale": 1.0},
+    hidden, head, undecayed = _param_roles(model)
+    use_muon = cfg.optimizer == "muon"
+    adam_groups = [
+        {"params": head if use_muon else hidden + head, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
         {"params": undecayed, "weight_decay": 0.0, "lr_scale": 1.0},
     ]
-    groups = [g for g in groups if g["params"]]  # a tied head leaves no decayed AdamW matrix
-    return OptimizerChain({"muon": muon, "adamw": _adamw(groups, lr, cfg.betas, device_type)})
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    if use_muon:
+        optimizers["muon"] = Muon(
+            [{"params": hidden, "lr_scale": cfg.muon_lr / cfg.lr}],
+            lr=cfg.muon_lr,
+            momentum=cfg.muon_momentum,
+            # the same shrink per step as AdamW's lr * weight_decay
+            weight_decay=cfg.weight_decay * cfg.lr / cfg.muon_lr,
+        )
+    # a tied head under Muon leaves AdamW no decayed matrix
+    optimizers["adamw"] = _adamw([g for g in adam_groups if g["params"]], cfg.lr, cfg.betas, device_type)
+    return OptimizerChain(optimizers)
