@@ -116,7 +116,8 @@ def run(
     ] = False,
 ) -> None:
     """Run the whole build: collect, preprocess, tokenizer, encode, train, evaluate, register."""
-    from flows.config import ConfigError, load_config
+    from flows.config import load_config
+    from tinyllama_model.errors import ConfigError
 
     try:
         config = load_config(preset, overrides or [])

@@ -23,6 +23,7 @@ from tasks.evaluate import EvaluateConfig
 from tasks.preprocess import PreprocessConfig
 from tasks.register import RegisterConfig
 from tasks.tokenizer import TokenizerConfig
+from tinyllama_model.errors import ConfigError
 from tinyllama_model.model import ModelConfig
 from tinyllama_model.sizing import PRESETS as SIZES
 from tinyllama_model.trainer import TrainConfig
@@ -70,10 +71,6 @@ class PipelineConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     register: RegisterConfig = Field(default_factory=RegisterConfig)
-
-
-class ConfigError(ValueError):
-    """A preset or override that does not fit `PipelineConfig`; the message names it and the fix."""
 
 
 def preset_names() -> list[str]:

@@ -24,6 +24,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from tinyllama_model.config_fields import result_fields
+
 MANIFEST = "manifest.json"
 
 
@@ -48,10 +50,8 @@ def _canonical(value: Any) -> Any:
     """Turn configs, artifacts and paths into plain JSON values with a stable form."""
     if isinstance(value, Artifact):
         return {"artifact": value.phase, "fingerprint": value.fingerprint}
-    if isinstance(value, BaseModel):
-        return _canonical(value.model_dump(mode="json"))
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _canonical(dataclasses.asdict(value))
+    if isinstance(value, BaseModel) or (dataclasses.is_dataclass(value) and not isinstance(value, type)):
+        return _canonical(result_fields(value))  # operational fields never change a fingerprint
     if isinstance(value, dict):
         return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):

@@ -39,13 +39,15 @@ from tasks.sources.document import (
     read_documents,
     write_documents,
 )
-from tasks.sources.errors import ConfigError, InputError, TransientSourceError
+from tasks.sources.errors import InputError, TransientSourceError
 from tasks.sources.local import LocalConfig, read_local
 from tasks.sources.progress import ProgressLog
 from tasks.sources.useragent import require_user_agent
 from tasks.sources.web import WebConfig, WebFetcher, collect_web
 from tasks.sources.wikipedia import SOURCE as WIKIPEDIA
 from tasks.sources.wikipedia import MediaWikiClient, WikipediaConfig, collect_wikipedia
+from tinyllama_model.config_fields import operational, result_fields
+from tinyllama_model.errors import ConfigError
 
 CODE_VERSION = "1"
 SUMMARY_FILE = "summary.json"
@@ -59,6 +61,7 @@ class CollectConfig(BaseModel):
         None,
         description="HTTP User-Agent naming this client and a contact (e-mail or URL), required by Wikimedia "
         "for the wikipedia and web sources, e.g. 'tinyllama-pipeline/0.1 (you@example.org)'.",
+        json_schema_extra=operational(),
     )
     builtin: bool = Field(
         False, description="Include the built-in offline corpus (Python's own documentation, ~1 MB)."
@@ -72,23 +75,13 @@ class CollectConfig(BaseModel):
         24.0,
         gt=0,
         description="An interrupted collection younger than this (hours) is resumed; older work is dropped.",
+        json_schema_extra=operational(),
     )
 
 
-# Fields that change how politely or patiently we fetch, not what we collect: left out of fingerprints
-# so that tuning them keeps every downstream artifact cached.
-_TRANSPORT_FIELDS: dict[str, Any] = {
-    "user_agent": True,
-    "resume_max_age_h": True,
-    "wikipedia": {"concurrency", "maxlag", "timeout_s", "search_batch", "titles_per_query", "retry",
-                  "max_failure_fraction"},
-    "web": {"timeout_s", "per_host_delay_s", "retry"},
-}  # fmt: skip
-
-
 def content_config(cfg: CollectConfig) -> dict[str, Any]:
-    """The part of the config that decides what is collected."""
-    return cfg.model_dump(mode="json", exclude=_TRANSPORT_FIELDS)
+    """The part of the config that decides what is collected (fields marked operational left out)."""
+    return result_fields(cfg)
 
 
 def config_fingerprint(cfg: CollectConfig) -> str:

@@ -25,9 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class ConfigError(ValueError):
-    """A model configuration that cannot build a model; the message names the field and the fix."""
+from tinyllama_model.errors import ConfigError
 
 
 @dataclass
@@ -157,8 +155,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # F.rms_norm is weight * x * rsqrt(mean(x^2) + eps) in one call (bit-equal to the spelled-out
-        # ops in fp32); lower precision is normalised in fp32 and cast back before the weight, as in HF
-        if x.dtype == torch.float32:
+        # ops in fp32); lower precision is normalised in fp32 and cast back before the weight, as in HF;
+        # float64 (equivalence tests) stays float64
+        if x.dtype in (torch.float32, torch.float64):
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).type_as(x)
 
@@ -379,8 +378,8 @@ class TinyLlama(nn.Module):
             h = layer(h, cos, sin)
         h = self.norm(h)
         if targets is None:
-            return self.output(h[:, -1:] if last_only else h).float(), None
-        logits = self.output(h).float()  # (B, T, V)
+            return self._logits(h[:, -1:] if last_only else h), None
+        logits = self._logits(h)  # (B, T, V)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
@@ -401,7 +400,11 @@ class TinyLlama(nn.Module):
             h = layer.forward_cached(h, cos, sin, cache.k[i], cache.v[i], cache.pos, mask)
         cache.pos += t
         h = self.norm(h[:, -1:] if last_only else h)
-        return self.output(h).float()
+        return self._logits(h)
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """float32 logits, also under bf16 autocast; a float64 model (equivalence tests) keeps float64."""
+        return self.output(h).to(torch.promote_types(h.dtype, torch.float32))
 
     def new_cache(self, batch_size: int, pad: torch.Tensor | None = None) -> KVCache:
         p = self.rope_cos

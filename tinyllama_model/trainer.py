@@ -56,7 +56,9 @@ import torch
 import torch.distributed as dist
 
 from tinyllama_model.checkpoint import load_torch_file, save_torch_file
+from tinyllama_model.config_fields import operational, operational_fields
 from tinyllama_model.data import PackedTokens, WindowSampler, check_fits, eval_starts
+from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import LN2, windows_nll
 from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.optim import OPTIMIZERS, build_optimizer
@@ -69,9 +71,9 @@ METRICS_FILE, RESULT_FILE, RUN_SPEC = "metrics.jsonl", "result.json", "run.json"
 CHECKPOINT_FORMAT = 2  # 2: optimizer state keyed by optimizer name (adamw, muon)
 
 
-def _doc(text: str) -> dict[str, str]:
+def _doc(text: str, *, is_operational: bool = False) -> dict[str, Any]:
     """Field metadata pydantic reads as the description (so the Prefect form explains each knob)."""
-    return {"description": text}
+    return operational(description=text) if is_operational else {"description": text}
 
 
 @dataclass
@@ -108,34 +110,56 @@ class TrainConfig:
         default=10.0, metadata=_doc("Budget in wall-clock minutes of training.")
     )
     # validation, checkpoints, logging
-    eval_every: int = field(default=200, metadata=_doc("Validate every N steps (and at the end)."))
+    eval_every: int = field(
+        default=200, metadata=_doc("Validate every N steps (and at the end).", is_operational=True)
+    )
     eval_tokens: int | None = field(
         default=131_072,
-        metadata=_doc("Validation tokens per evaluation (windows spread over the split); None: all of it."),
+        metadata=_doc(
+            "Validation tokens per evaluation (windows spread over the split); None: all of it.",
+            is_operational=True,
+        ),
     )
     eval_batch_size: int | None = field(
-        default=None, metadata=_doc("Windows per validation batch; None: batch_size.")
+        default=None, metadata=_doc("Windows per validation batch; None: batch_size.", is_operational=True)
     )
-    checkpoint_every: int = field(default=200, metadata=_doc("Save a resumable checkpoint every N steps."))
-    keep_last: int = field(default=2, metadata=_doc("Checkpoints kept on disk (older ones are deleted)."))
-    log_every_s: float = field(default=10.0, metadata=_doc("Seconds between progress lines in non-TTY logs."))
+    checkpoint_every: int = field(
+        default=200, metadata=_doc("Save a resumable checkpoint every N steps.", is_operational=True)
+    )
+    keep_last: int = field(
+        default=2, metadata=_doc("Checkpoints kept on disk (older ones are deleted).", is_operational=True)
+    )
+    log_every_s: float = field(
+        default=10.0, metadata=_doc("Seconds between progress lines in non-TTY logs.", is_operational=True)
+    )
     # reproducibility and hardware
     seed: int = field(default=1337, metadata=_doc("Seed of weights init, data order and dropout."))
     device: str = field(
-        default="auto", metadata=_doc("auto (cuda if present, else cpu), cpu, cuda, cuda:N, mps.")
+        default="auto",
+        metadata=_doc("auto (cuda if present, else cpu), cpu, cuda, cuda:N, mps.", is_operational=True),
     )
     dtype: str = field(
-        default="auto", metadata=_doc("auto (bf16 autocast on CUDA, fp32 elsewhere), float32, bfloat16.")
+        default="auto",
+        metadata=_doc(
+            "auto (bf16 autocast on CUDA, fp32 elsewhere), float32, bfloat16, or float64 (weights and "
+            "arithmetic in double: slow, for runs that must agree to rounding, e.g. equivalence tests)."
+        ),
     )
-    compile: bool = field(default=False, metadata=_doc("torch.compile the model (worth it on CUDA)."))
+    compile: bool = field(
+        default=False, metadata=_doc("torch.compile the model (worth it on CUDA).", is_operational=True)
+    )
     num_threads: int | None = field(
-        default=None, metadata=_doc("CPU threads per process; None: cores / processes.")
+        default=None, metadata=_doc("CPU threads per process; None: cores / processes.", is_operational=True)
     )
     peak_flops: float | None = field(
-        default=None, metadata=_doc("Peak FLOP/s per device for MFU; None: measure a matmul at start.")
+        default=None,
+        metadata=_doc(
+            "Peak FLOP/s per device for MFU; None: measure a matmul at start.", is_operational=True
+        ),
     )
     nproc_per_node: int = field(
-        default=1, metadata=_doc("Processes to launch with torchrun (DDP); 1: in-process.")
+        default=1,
+        metadata=_doc("Processes to launch with torchrun (DDP); 1: in-process.", is_operational=True),
     )
 
     def __post_init__(self) -> None:
@@ -170,9 +194,9 @@ class TrainConfig:
         )
         _require(self.grad_clip >= 0, "grad_clip", ">= 0 (0 turns clipping off)")
         _require(self.log_every_s > 0, "log_every_s", "positive")
-        _require(self.dtype in ("auto", "float32", "bfloat16"), "dtype", "one of auto, float32, bfloat16")
+        _require(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")
         if not any(getattr(self, b) is not None for b in BUDGETS):
-            raise ValueError(f"TrainConfig needs a budget: set at least one of {', '.join(BUDGETS)}")
+            raise ConfigError(f"TrainConfig needs a budget: set at least one of {', '.join(BUDGETS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -181,22 +205,20 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         if unknown := sorted(set(d) - known):
-            raise ValueError(f"unknown train config key(s) {unknown}; valid keys are {sorted(known)}")
+            raise ConfigError(f"unknown train config key(s) {unknown}; valid keys are {sorted(known)}")
         return cls(**d)
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float64")
 BUDGETS = ("max_steps", "max_tokens", "max_epochs", "max_minutes")
-# Knobs that change how a run is watched or where it runs, never what it computes; everything else in
-# TrainConfig must match for a checkpoint to resume.
-OPERATIONAL = (
-    "eval_every", "eval_tokens", "eval_batch_size", "checkpoint_every", "keep_last", "log_every_s",
-    "device", "compile", "num_threads", "peak_flops", "nproc_per_node",
-)  # fmt: skip
+# Knobs marked operational change how a run is watched or where it runs, never what it computes; every
+# other field must match for a checkpoint to resume, and only those make the train fingerprint.
+OPERATIONAL = operational_fields(TrainConfig)
 
 
 def _require(ok: bool, name: str, what: str) -> None:
     if not ok:
-        raise ValueError(f"train.{name} must be {what}")
+        raise ConfigError(f"train.{name} must be {what}")
 
 
 class CheckpointMismatchError(ValueError):
@@ -263,13 +285,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_for(device: torch.device, dtype: str) -> tuple[AbstractContextManager, str]:
-    """bf16 autocast on CUDA under "auto" (or when asked), plain fp32 elsewhere."""
+    """bf16 autocast on CUDA under "auto" (or when asked), plain fp32 elsewhere; float64 runs in double."""
     use_bf16 = dtype == "bfloat16" or (
         dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
     )
     if use_bf16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16), "bfloat16"
-    return nullcontext(), "float32"
+    return nullcontext(), "float64" if dtype == "float64" else "float32"
 
 
 class Trainer:
@@ -325,7 +347,8 @@ class Trainer:
 
         # same seed on every rank: identical initial weights (DDP also broadcasts rank 0's)
         _seed_everything(cfg.seed)
-        self.model = TinyLlama(model_cfg).to(self.device)
+        param_dtype = torch.float64 if self.compute_dtype == "float64" else torch.float32
+        self.model = TinyLlama(model_cfg).to(self.device, dtype=param_dtype)
         self.optimizer = build_optimizer(self.model, cfg, self.device.type)
         self.sampler = WindowSampler(len(train_data), self.seq_len, cfg.seed)
         n_eval = None if cfg.eval_tokens is None else math.ceil(cfg.eval_tokens / self.val_seq_len)
@@ -675,7 +698,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def _measured_peak(device: torch.device, dtype: str) -> float:
     from tinyllama_model.sizing import measure_matmul_flops
 
-    return measure_matmul_flops(device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+    return measure_matmul_flops(device, getattr(torch, dtype))
 
 
 # -- the run directory and the torchrun entry point -------------------------------------------------

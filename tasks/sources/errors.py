@@ -1,15 +1,12 @@
 """Errors of the collect phase, split by what a retry can do about them.
 
-`ConfigError` and `InputError` are bad input: retrying cannot help, so the Prefect task fails at once.
+`InputError` (and `tinyllama_model.errors.ConfigError`) is bad input: retrying cannot help, so the
+Prefect task fails at once.
 `TransientSourceError` means the outside world misbehaved (the API is down, too many pages failed):
 progress is saved, and a retry of the task resumes where this attempt stopped.
 """
 
 from __future__ import annotations
-
-
-class ConfigError(ValueError):
-    """The collect config cannot work as given; the message names the field and the fix."""
 
 
 class InputError(ValueError):

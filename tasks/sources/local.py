@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from tasks.sources.document import Document, make_doc_id
-from tasks.sources.errors import ConfigError, InputError
+from tasks.sources.errors import InputError
 from tasks.sources.htmltext import HTMLBombError, html_to_text
+from tinyllama_model.errors import ConfigError
 
 SOURCE = "local"
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")

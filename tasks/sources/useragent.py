@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from tasks.sources.errors import ConfigError
+from tinyllama_model.errors import ConfigError
 
 _CONTACT = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+|https?://\S+")
 EXAMPLE = "tinyllama-pipeline/0.1 (https://example.org/you; you@example.org)"

@@ -25,6 +25,7 @@ from tasks.sources.document import Document, make_doc_id
 from tasks.sources.htmltext import HTMLBombError, html_to_text
 from tasks.sources.progress import ProgressLog
 from tasks.sources.retry import RetryConfig, RetryPolicy
+from tinyllama_model.config_fields import operational
 
 SOURCE = "web"
 HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -37,7 +38,9 @@ class WebConfig(BaseModel):
         default_factory=list, description="Pages to fetch; empty turns the web source off."
     )
     topic: str | None = Field(None, description="Topic recorded on every web document.")
-    timeout_s: float = Field(20.0, gt=0, description="Timeout of one HTTP request, in seconds.")
+    timeout_s: float = Field(
+        20.0, gt=0, description="Timeout of one HTTP request, in seconds.", json_schema_extra=operational()
+    )
     max_redirects: int = Field(5, ge=0, le=20, description="Longest redirect chain followed.")
     max_bytes: int = Field(
         5_000_000, ge=1024, description="Largest response body read; bigger pages are refused unread."
@@ -46,12 +49,19 @@ class WebConfig(BaseModel):
         2000, ge=10, description="Deepest HTML nesting parsed; deeper pages are refused as HTML bombs."
     )
     per_host_delay_s: float = Field(
-        1.0, ge=0, description="Least time between two requests to one host (robots.txt may ask for more)."
+        1.0,
+        ge=0,
+        description="Least time between two requests to one host (robots.txt may ask for more).",
+        json_schema_extra=operational(),
     )
     content_types: list[str] = Field(
         default_factory=lambda: [*HTML_TYPES, "text/plain"], description="Media types read; others refused."
     )
-    retry: RetryConfig = Field(default_factory=RetryConfig, description="Backoff for transient HTTP faults.")
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig,
+        description="Backoff for transient HTTP faults.",
+        json_schema_extra=operational(),
+    )
 
 
 class Rejected(Exception):

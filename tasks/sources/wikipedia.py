@@ -35,6 +35,7 @@ from tasks.sources.document import Document, make_doc_id
 from tasks.sources.errors import TooManyFailuresError, TransientSourceError
 from tasks.sources.progress import ProgressLog
 from tasks.sources.retry import RetryConfig, RetryPolicy
+from tinyllama_model.config_fields import operational
 
 SOURCE = "wikipedia"
 DEFAULT_TOPICS = [
@@ -72,16 +73,30 @@ class WikipediaConfig(BaseModel):
         ge=1,
         le=4,
         description="Parallel article downloads. Wikimedia asks for requests in series: keep 1.",
+        json_schema_extra=operational(),
     )
     maxlag: int | None = Field(
-        5, ge=0, description="maxlag parameter: the API refuses (and we wait) while replicas lag this many s."
+        5,
+        ge=0,
+        description="maxlag parameter: the API refuses (and we wait) while replicas lag this many s.",
+        json_schema_extra=operational(),
     )
-    timeout_s: float = Field(30.0, gt=0, description="Timeout of one HTTP request, in seconds.")
+    timeout_s: float = Field(
+        30.0, gt=0, description="Timeout of one HTTP request, in seconds.", json_schema_extra=operational()
+    )
     search_batch: int = Field(
-        MAX_SEARCH_LIMIT, ge=1, le=MAX_SEARCH_LIMIT, description="Search results per request (srlimit)."
+        MAX_SEARCH_LIMIT,
+        ge=1,
+        le=MAX_SEARCH_LIMIT,
+        description="Search results per request (srlimit).",
+        json_schema_extra=operational(),
     )
     titles_per_query: int = Field(
-        MAX_TITLES_PER_QUERY, ge=1, le=MAX_TITLES_PER_QUERY, description="Titles per revision-id query."
+        MAX_TITLES_PER_QUERY,
+        ge=1,
+        le=MAX_TITLES_PER_QUERY,
+        description="Titles per revision-id query.",
+        json_schema_extra=operational(),
     )
     max_failure_fraction: float = Field(
         0.02,
@@ -89,8 +104,13 @@ class WikipediaConfig(BaseModel):
         le=1,
         description="The phase fails (to be retried) when more than this fraction of articles could not be "
         "fetched; below it, failures are listed in the summary.",
+        json_schema_extra=operational(),
     )
-    retry: RetryConfig = Field(default_factory=RetryConfig, description="Backoff for transient HTTP faults.")
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig,
+        description="Backoff for transient HTTP faults.",
+        json_schema_extra=operational(),
+    )
 
     @model_validator(mode="after")
     def _topics_given(self) -> WikipediaConfig:

@@ -44,6 +44,13 @@ def test_build_registers_a_champion_then_reuses_every_phase(prefect_harness, tmp
     assert second["registered"]["version"] == first["registered"]["version"]  # no duplicate version
     print(f"\nfirst run {first_s:.1f}s, unchanged re-run {second_s:.1f}s, ratio {first_s / second_s:.1f}x")
 
+    # Only operational fields changed (how training is watched, how patiently pages are fetched): no
+    # fingerprint moves, so training is a cache hit too.
+    operational = ("train.log_every_s=1.0", "train.eval_every=7", "collect.wikipedia.timeout_s=5")
+    watched, states, _ = _run(tiny_config(tmp_path / "data", *operational))
+    assert watched["fingerprints"] == first["fingerprints"]
+    assert {p: states[p] for p in cached} == dict.fromkeys(cached, "Cached")
+
     # A training setting changed: the data phases stay cached, training and what follows re-run.
     third, states, _ = _run(tiny_config(tmp_path / "data", "train.lr=0.001"))
     assert {p: states[p] for p in ("preprocess", "train-tokenizer", "encode")} == dict.fromkeys(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows.config import ConfigError, PipelineConfig, load_config, preset_names
+from flows.config import PipelineConfig, load_config, preset_names
+from tinyllama_model.errors import ConfigError
 from tinyllama_model.sizing import cpu_10min
 
 

@@ -8,8 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.sources.errors import ConfigError, InputError
+from tasks.sources.errors import InputError
 from tasks.sources.local import LocalConfig, read_local
+from tinyllama_model.errors import ConfigError
 
 TEXT = "Plain words about models – with dashes, “quotes” and naïve accents.\n\nA second paragraph."
 

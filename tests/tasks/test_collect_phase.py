@@ -15,7 +15,8 @@ from tasks.collect import (
     summary_markdown,
 )
 from tasks.sources.document import DOCUMENT_SCHEMA, DOCUMENTS_FILE
-from tasks.sources.errors import ConfigError, InputError
+from tasks.sources.errors import InputError
+from tinyllama_model.errors import ConfigError
 
 OFFLINE = {"wikipedia": {"enabled": False}}
 

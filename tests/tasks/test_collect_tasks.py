@@ -11,7 +11,8 @@ import tasks.collect as collect_module
 from tasks.artifacts import Artifact
 from tasks.collect import CollectConfig
 from tasks.preprocess import PreprocessConfig
-from tasks.sources.errors import ConfigError, TransientSourceError
+from tasks.sources.errors import TransientSourceError
+from tinyllama_model.errors import ConfigError
 
 OFFLINE = CollectConfig(builtin=True, wikipedia={"enabled": False})
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +37,7 @@ from tasks.register import (
     start_pipeline_run,
 )
 from tests.factories import make_model_dir, train_tiny_tokenizer
+from tests.processes import answers, free_port, stop_group, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -349,17 +347,11 @@ def test_loss_curve_handles_missing_series() -> None:
 # -- faults -----------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_only_an_unreachable_store_counts_as_transient(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     with pytest.raises(MlflowException) as caught:
-        MlflowClient(f"http://127.0.0.1:{_free_port()}").get_experiment_by_name("x")  # nothing listens there
+        MlflowClient(f"http://127.0.0.1:{free_port()}").get_experiment_by_name("x")  # nothing listens there
     assert is_connection_error(caught.value)
     assert not is_connection_error(ValueError("bad config"))
     assert not is_connection_error(MlflowException("no such model", error_code="RESOURCE_DOES_NOT_EXIST"))
@@ -390,7 +382,7 @@ def test_register_task_runs_in_a_flow(prefect_harness: None, root: Path, tokeniz
 
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_a_rest_request(champion: dict, root: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": resolve_store(None, root).tracking_uri,
@@ -403,25 +395,15 @@ def test_mlflow_models_serve_answers_a_rest_request(champion: dict, root: Path) 
         cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def alive() -> None:
             assert server.poll() is None, server.stdout.read().decode()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "mlflow models serve did not come up within 60 s"
-            time.sleep(0.5)
+
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/ping"), "mlflow models serve up", alive=alive)
         body = {"inputs": ["The future of AI is"], "params": {"max_new_tokens": 8, "seed": 0}}
-        response = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=30)
+        response = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=300)
         assert response.status_code == 200, response.text
         predictions = response.json()["predictions"]
         assert len(predictions) == 1 and isinstance(predictions[0], str) and predictions[0]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn child, nothing else
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)  # the server and its uvicorn child, nothing else

@@ -16,7 +16,8 @@ from tinyllama_model.checkpoint import (
     load_torch_file,
     save_torch_file,
 )
-from tinyllama_model.model import ConfigError, ModelConfig, TinyLlama
+from tinyllama_model.errors import ConfigError
+from tinyllama_model.model import ModelConfig, TinyLlama
 
 
 def make(seed: int = 0, **overrides) -> TinyLlama:

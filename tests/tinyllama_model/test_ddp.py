@@ -8,7 +8,7 @@ import torch
 
 from tasks.train import run_torchrun
 from tests.tinyllama_model.test_resume import final_state
-from tests.tinyllama_model.test_trainer import TINY, synthetic_docs, tiny_train_config
+from tests.tinyllama_model.test_trainer import EQUIVALENT, TINY, synthetic_docs, tiny_train_config
 from tinyllama_model.data import write_packed
 from tinyllama_model.trainer import BEST_DIR, trainer_from_run_dir, write_run_spec
 
@@ -25,7 +25,9 @@ def _write_run(run_dir, cfg) -> None:
 def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path, optimizer):
     steps = 12
     # global batch 8 windows per step in both runs: 1 x (4 x 2 micro-batches) vs 2 ranks x (2 x 2)
-    common = dict(grad_accum=2, max_steps=steps, eval_every=6, checkpoint_every=6, optimizer=optimizer)
+    common = dict(
+        grad_accum=2, max_steps=steps, eval_every=6, checkpoint_every=6, optimizer=optimizer, dtype="float64"
+    )
     single_cfg = tiny_train_config(batch_size=4, **common)
     ddp_cfg = tiny_train_config(batch_size=2, nproc_per_node=2, **common)
     _write_run(tmp_path / "single", single_cfg)
@@ -38,12 +40,15 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path, o
     a, b = final_state(tmp_path / "single"), final_state(tmp_path / "ddp")
     assert b["identity"]["world_size"] == 2 and a["tokens"] == b["tokens"]
     for name, p in a["model"].items():
-        torch.testing.assert_close(b["model"][name], p, rtol=1e-5, atol=1e-6, msg=name)
+        assert p.dtype == torch.float64
+        torch.testing.assert_close(b["model"][name], p, **EQUIVALENT, msg=name)
 
     # rank 0 alone logged: one row per step and per evaluation, forwarded to the callback
     train_rows = [r for r in rows if "train_loss" in r]
     assert [r["step"] for r in train_rows] == list(range(1, steps + 1))
     assert [r["step"] for r in rows if "val_loss" in r] == [6, 12]
     val_ddp = [r["val_loss"] for r in rows if "val_loss" in r]
-    assert val_ddp[-1] == pytest.approx(single["final_val_loss"], rel=1e-5)  # validation sharded over ranks
+    assert val_ddp[-1] == pytest.approx(
+        single["final_val_loss"], rel=EQUIVALENT["rtol"]
+    )  # validation sharded over ranks
     assert (tmp_path / "ddp" / BEST_DIR / "model.safetensors").is_file()

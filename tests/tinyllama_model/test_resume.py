@@ -116,10 +116,10 @@ def test_sigkill_then_restart_is_bit_identical(tmp_path):
     _write_run(killed, cfg)
 
     proc = _train_process(killed)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300
     while not list_checkpoints(killed / CHECKPOINT_DIR):
         assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "no checkpoint within 60 s"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
@@ -127,7 +127,7 @@ def test_sigkill_then_restart_is_bit_identical(tmp_path):
     assert killed_at < 300
 
     proc = _train_process(killed)  # restart: it resumes from the last checkpoint
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err.decode()
     trainer_from_run_dir(straight, progress=False).fit()  # the same run, never interrupted
 

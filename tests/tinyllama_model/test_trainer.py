@@ -170,12 +170,22 @@ def test_training_learns_and_writes_metrics_checkpoints_and_the_best_model(tmp_p
     assert json.loads((tmp_path / RESULT_FILE).read_text()) == result
 
 
-def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
-    big = make_trainer(tmp_path / "a", tiny_train_config(batch_size=8, max_steps=6))
-    accum = make_trainer(tmp_path / "b", tiny_train_config(batch_size=4, grad_accum=2, max_steps=6))
+# Equivalence in float64, exact by construction rather than by one CPU's fp32 kernels: the two sides sum
+# the same gradients in a different order, which costs ~1e-16 relative per addition; a few optimizer
+# steps amplify that by orders of magnitude at most, so 1e-10 holds on any CPU with room to spare, while
+# a real fault (a micro-batch dropped, a loss not divided by grad_accum) moves weights by 1e-4 or more.
+EQUIVALENT = dict(rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path, optimizer):
+    common = dict(max_steps=6, dtype="float64", optimizer=optimizer)
+    big = make_trainer(tmp_path / "a", tiny_train_config(batch_size=8, **common))
+    accum = make_trainer(tmp_path / "b", tiny_train_config(batch_size=4, grad_accum=2, **common))
     big.fit(), accum.fit()
     for (name, p), q in zip(big.model.named_parameters(), accum.model.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+        assert p.dtype == torch.float64
+        torch.testing.assert_close(p, q, **EQUIVALENT, msg=name)
 
 
 def test_token_budget(tmp_path):
@@ -193,7 +203,9 @@ def test_epoch_budget(tmp_path):
 def test_wall_clock_budget_spans_the_cosine(tmp_path):
     cfg = tiny_train_config(max_steps=None, max_minutes=0.03, eval_every=1000, checkpoint_every=1000)
     result = make_trainer(tmp_path, cfg).fit()
-    assert 1.8 <= result["wall_time_s"] < 1.8 + 1.0
+    # never stops early; the upper bound only says it stopped at all (a tiny step takes milliseconds,
+    # so even a machine loaded many times over ends within a few seconds of the budget)
+    assert 1.8 <= result["wall_time_s"] < 1.8 + 30.0
     lrs = [r["lr"] for r in read_metrics(tmp_path) if "lr" in r]
     assert lrs[-1] < 0.15 * cfg.lr  # the schedule reached (about) its floor when time ran out
     assert max(lrs) > 0.9 * cfg.lr

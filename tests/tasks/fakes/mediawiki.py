@@ -51,6 +51,7 @@ class FakeMediaWiki:
     requests: list[dict[str, str]] = field(default_factory=list)
     user_agents: list[str] = field(default_factory=list)
     slow_s: float = 1.0
+    injected: int = 0  # faults served so far: what a client's retry count must equal
     url: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _next_revid: int = 5000
@@ -106,6 +107,7 @@ class FakeMediaWiki:
         for fault in self.faults:
             if fault.times > 0 and fault.kind == kind and (fault.title is None or fault.title in titles):
                 fault.times -= 1
+                self.injected += 1
                 return fault
         return None
 
