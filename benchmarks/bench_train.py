@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinyllama_model import sizing
+from tinyllama_model import hardware, sizing
 from tinyllama_model.data import PackedTokens
 from tinyllama_model.trainer import Trainer
 
@@ -46,11 +46,11 @@ def bench_preset(name: str, steps: int, warmup: int, threads: int | None) -> dic
         num_threads=threads,
         peak_flops=1.0,  # measured around the row instead
     )
-    peak_before = sizing.measure_matmul_flops(seconds=1.0)
+    peak_before = hardware.measure_matmul_flops(seconds=1.0)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         Trainer(model_cfg, cfg, train, val, Path(tmp), on_metrics=rows.append, progress=False).fit()
-    peak = (peak_before + sizing.measure_matmul_flops(seconds=1.0)) / 2
+    peak = (peak_before + hardware.measure_matmul_flops(seconds=1.0)) / 2
     timed = [r["tokens_per_s"] for r in rows if "train_loss" in r][warmup:]
     tok_s = statistics.median(timed)
     flops_per_token = model_cfg.flops_per_token(seq_len)

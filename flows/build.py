@@ -19,8 +19,9 @@ from flows.config import PipelineConfig, load_config
 from tasks.artifacts import Artifact, load_artifact
 from tasks.collect import collect
 from tasks.evaluate import evaluate
+from tasks.mlflow_run import start_pipeline_run
 from tasks.preprocess import preprocess
-from tasks.register import register, start_pipeline_run
+from tasks.register import register
 from tasks.tokenizer import build_tokenizer, encode
 from tasks.train import train, train_fingerprint
 

@@ -40,7 +40,7 @@ def _model_dir(ref: str) -> Path:
     if path.is_dir():
         return path
     if "://" in ref or ref.startswith(("models:/", "runs:/")):
-        from tasks.register import resolve_model_dir
+        from tasks.model_refs import resolve_model_dir
 
         return resolve_model_dir(ref)
     _fail(f"--model {ref!r} is neither a model directory nor an MLflow URI (e.g. models:/tinyllama@champion)")

@@ -26,7 +26,7 @@ from tasks.tokenizer import TokenizerConfig
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.model import ModelConfig
 from tinyllama_model.sizing import PRESETS as SIZES
-from tinyllama_model.trainer import TrainConfig
+from tinyllama_model.train_config import TrainConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 

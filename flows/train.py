@@ -12,7 +12,7 @@ from prefect import flow
 from tasks.artifacts import Artifact
 from tasks.train import train as train_model
 from tinyllama_model.model import ModelConfig
-from tinyllama_model.trainer import TrainConfig
+from tinyllama_model.train_config import TrainConfig
 
 
 @flow(name="tinyllama-train", log_prints=True)

@@ -2,7 +2,8 @@
 
 Sources are switched on in the config: `wikipedia.enabled`, `web.urls` (non-empty), `local.paths`
 (non-empty) and `builtin` (the offline corpus). The default is the full Wikipedia build; the demo
-preset turns Wikipedia off and `builtin` on.
+preset turns Wikipedia off and `builtin` on. Each source is an object of the one shape in
+`tasks.sources.base`; this module builds the enabled ones and loops over them.
 
 Collect's input is the outside world, so its artifact fingerprint hashes WHAT was collected (doc ids,
 revisions, text hashes) plus the config: a scheduled re-run that finds nothing changed lands on the
@@ -19,8 +20,10 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +34,14 @@ from pydantic import BaseModel, Field
 
 from tasks.artifacts import Artifact, load_artifact, phase_fingerprint, publish, scratch_dir
 from tasks.retries import retry_only_on
-from tasks.sources.builtin import builtin_documents
-from tasks.sources.document import (
-    DOCUMENTS_FILE,
-    Document,
-    content_digest,
-    read_documents,
-    write_documents,
-)
+from tasks.sources.base import PreviousDocuments, Source, SourceContext, SourceSummary
+from tasks.sources.builtin import BuiltinSource
+from tasks.sources.document import DOCUMENTS_FILE, Document, content_digest, write_documents
 from tasks.sources.errors import InputError, TransientSourceError
-from tasks.sources.local import LocalConfig, read_local
+from tasks.sources.local import LocalConfig, LocalSource
 from tasks.sources.progress import ProgressLog
-from tasks.sources.useragent import require_user_agent
-from tasks.sources.web import WebConfig, WebFetcher, collect_web
-from tasks.sources.wikipedia import SOURCE as WIKIPEDIA
-from tasks.sources.wikipedia import MediaWikiClient, WikipediaConfig, collect_wikipedia
+from tasks.sources.web import WebConfig, WebSource
+from tasks.sources.wikipedia import WikipediaConfig, WikipediaSource, WikipediaSummary
 from tinyllama_model.config_fields import operational, result_fields
 from tinyllama_model.errors import ConfigError
 
@@ -88,31 +84,27 @@ def config_fingerprint(cfg: CollectConfig) -> str:
     return phase_fingerprint("collect-config", CODE_VERSION, cfg=content_config(cfg))
 
 
-def enabled_sources(cfg: CollectConfig) -> list[str]:
-    return [
-        name
-        for name, on in (
-            ("builtin", cfg.builtin),
-            ("local", bool(cfg.local.paths)),
-            ("web", bool(cfg.web.urls)),
-            ("wikipedia", cfg.wikipedia.enabled),
-        )
-        if on
-    ]
+def build_sources(cfg: CollectConfig, *, sleep: Callable[[float], None] = time.sleep) -> list[Source]:
+    """The switched-on sources, in the order their documents are listed (the first of a doc_id wins).
 
-
-def validate(cfg: CollectConfig) -> None:
-    """Fail before any work when the config cannot produce documents."""
-    sources = enabled_sources(cfg)
+    Fails before any work when the config cannot produce documents (no source on, no User-Agent for a
+    network source).
+    """
+    sources: list[Source] = []
+    if cfg.builtin:
+        sources.append(BuiltinSource())
+    if cfg.local.paths:
+        sources.append(LocalSource(cfg.local))
+    if cfg.web.urls:
+        sources.append(WebSource(cfg.web, cfg.user_agent, sleep=sleep))
+    if cfg.wikipedia.enabled:
+        sources.append(WikipediaSource(cfg.wikipedia, cfg.user_agent, sleep=sleep))
     if not sources:
         raise ConfigError(
             "no collect source is switched on: set collect.wikipedia.enabled=true, collect.builtin=true, "
             "or give collect.web.urls / collect.local.paths"
         )
-    if "wikipedia" in sources:
-        require_user_agent(cfg.user_agent, "collect.wikipedia")
-    if "web" in sources:
-        require_user_agent(cfg.user_agent, "collect.web")
+    return sources
 
 
 def _pointer(root: Path, config_fp: str) -> Path:
@@ -144,110 +136,118 @@ def run_collect(
 ) -> Artifact:
     """Collect every enabled source into one raw-documents artifact (see the module docstring)."""
     root = Path(root)
-    validate(cfg)
+    sources = build_sources(cfg, sleep=sleep)
     config_fp = config_fingerprint(cfg)
     work = scratch_dir(root, "collect", config_fp)
-    progress = ProgressLog(work, max_age_s=cfg.resume_max_age_h * 3600)
     previous = previous_artifact(root, cfg)
-
-    docs: list[Document] = []
-    summary: dict[str, Any] = {"sources": enabled_sources(cfg)}
-    if cfg.builtin:
-        builtin = builtin_documents()
-        docs += builtin
-        summary["builtin"] = {"documents": len(builtin)}
-    if cfg.local.paths:
-        local = read_local(cfg.local)
-        docs += local.documents
-        summary["local"] = local.summary
-    if cfg.web.urls:
-        fetcher = WebFetcher(cfg.web, require_user_agent(cfg.user_agent, "collect.web"), sleep=sleep)
-        try:
-            web = collect_web(cfg.web, fetcher, progress, log)
-        finally:
-            fetcher.close()
-        docs += web.documents
-        summary["web"] = web.summary
-    if cfg.wikipedia.enabled:
-        known = {}
-        if previous is not None:
-            known = {
-                d.doc_id: d for d in read_documents(previous.file(DOCUMENTS_FILE)) if d.source == WIKIPEDIA
-            }
-        client = MediaWikiClient(
-            cfg.wikipedia, require_user_agent(cfg.user_agent, "collect.wikipedia"), sleep=sleep
-        )
-        try:
-            wiki = collect_wikipedia(cfg.wikipedia, client, progress, known, log)
-        finally:
-            client.close()
-        docs += wiki.documents
-        summary["wikipedia"] = wiki.summary
-
-    docs = _unique(docs)
-    if not docs:
-        failures = _failures(summary)
-        message = f"collect found no documents in {summary['sources']}" + (
-            f"; first failures: {failures[:3]}" if failures else ""
-        )
-        if {"web", "wikipedia"} & set(summary["sources"]):
-            raise TransientSourceError(f"{message}. Check the topics and urls, or the network.")
-        raise InputError(f"{message}. Check collect.local.paths and text_field.")
-    digest = content_digest(docs)
-    fingerprint = phase_fingerprint("collect", CODE_VERSION, cfg=content_config(cfg), content=digest)
-    summary.update(
-        documents=len(docs),
-        per_source=dict(Counter(d.source for d in docs)),
-        characters=sum(len(d.text) for d in docs),
-        content_digest=digest,
-        collected_at=datetime.now(timezone.utc).isoformat(),
-        previous=previous.fingerprint if previous is not None else None,
+    ctx = SourceContext(
+        progress=ProgressLog(work, max_age_s=cfg.resume_max_age_h * 3600),
+        previous=PreviousDocuments(previous.file(DOCUMENTS_FILE) if previous is not None else None),
+        log=log,
     )
-
-    def build(staging: Path) -> dict[str, Any]:
-        write_documents(staging / DOCUMENTS_FILE, docs)
-        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False))
-        return collect_stats(summary)
-
-    artifact = publish(root, "collect", fingerprint, build)
+    docs, summaries = gather(sources, ctx)
+    if not docs:
+        raise _nothing_collected(sources, summaries)
+    summary = CollectSummary.of(docs, summaries, previous)
+    fingerprint = phase_fingerprint(
+        "collect", CODE_VERSION, cfg=content_config(cfg), content=summary.content_digest
+    )
+    artifact = publish(root, "collect", fingerprint, partial(_write, docs=docs, summary=summary))
     _write_pointer(root, config_fp, artifact)
     shutil.rmtree(work, ignore_errors=True)
     log(f"collect: {len(docs)} documents -> {artifact.path}")
     return artifact
 
 
-def _unique(docs: list[Document]) -> list[Document]:
-    """One row per doc_id (the same URL listed twice, the same file matched by two globs)."""
+def gather(sources: Sequence[Source], ctx: SourceContext) -> tuple[list[Document], dict[str, SourceSummary]]:
+    """Every source's documents, one row per doc_id (the same URL listed twice, the same file matched
+    by two globs: the first wins), and each source's summary by its name."""
     first: dict[str, Document] = {}
-    for doc in docs:
-        first.setdefault(doc.doc_id, doc)
-    return list(first.values())
+    summaries: dict[str, SourceSummary] = {}
+    for source in sources:
+        docs, summaries[source.name] = source.collect(ctx)
+        for doc in docs:
+            first.setdefault(doc.doc_id, doc)
+    return list(first.values()), summaries
 
 
-def _failures(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def _nothing_collected(sources: Sequence[Source], summaries: dict[str, SourceSummary]) -> Exception:
+    """A network source that found nothing may be down (retry); local input that gave nothing is wrong."""
+    failures = _failures(summaries)
+    message = f"collect found no documents in {[s.name for s in sources]}" + (
+        f"; first failures: {failures[:3]}" if failures else ""
+    )
+    if any(s.remote for s in sources):
+        return TransientSourceError(f"{message}. Check the topics and urls, or the network.")
+    return InputError(f"{message}. Check collect.local.paths and text_field.")
+
+
+def _failures(summaries: dict[str, SourceSummary]) -> list[dict[str, Any]]:
     return [
-        {"source": source, **failure}
-        for source in ("local", "web", "wikipedia")
-        for failure in summary.get(source, {}).get("failures", [])
+        {"source": name, **asdict(failure)}
+        for name, summary in summaries.items()
+        for failure in summary.failures
     ]
 
 
-def collect_stats(summary: dict[str, Any]) -> dict[str, Any]:
-    """The small part of the summary that goes into the manifest (the full one is summary.json)."""
-    wiki = summary.get("wikipedia", {})
-    failures = _failures(summary)
-    return {
-        "documents": summary["documents"],
-        "per_source": summary["per_source"],
-        "characters": summary["characters"],
-        "content_digest": summary["content_digest"],
-        "skipped_missing": wiki.get("skipped_missing", 0),
-        "skipped_disambiguation": wiki.get("skipped_disambiguation", 0),
-        "reused": wiki.get("reused", 0),
-        "fetched": wiki.get("fetched", 0),
-        "failed": len(failures),
-        "failures": failures[:MAX_FAILURES_IN_STATS],
-    }
+@dataclass(frozen=True)
+class CollectSummary:
+    """What summary.json holds: the sources, each one's own summary, and what was collected in all."""
+
+    sources: dict[str, SourceSummary]
+    documents: int
+    per_source: dict[str, int]
+    characters: int
+    content_digest: str
+    collected_at: str
+    previous: str | None  # fingerprint of the artifact whose unchanged documents were reused
+
+    @classmethod
+    def of(
+        cls, docs: list[Document], sources: dict[str, SourceSummary], previous: Artifact | None
+    ) -> CollectSummary:
+        return cls(
+            sources=sources,
+            documents=len(docs),
+            per_source=dict(Counter(d.source for d in docs)),
+            characters=sum(len(d.text) for d in docs),
+            content_digest=content_digest(docs),
+            collected_at=datetime.now(timezone.utc).isoformat(),
+            previous=previous.fingerprint if previous is not None else None,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """summary.json: the source names, then each source's summary under its name, then the totals."""
+        totals = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
+        return {
+            "sources": list(self.sources),
+            **{name: summary.as_dict() for name, summary in self.sources.items()},
+            **totals,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """The small part of the summary that goes into the manifest (the full one is summary.json)."""
+        wiki = self.sources.get(WikipediaSource.name)
+        wiki = wiki if isinstance(wiki, WikipediaSummary) else WikipediaSummary()
+        failures = _failures(self.sources)
+        return {
+            "documents": self.documents,
+            "per_source": self.per_source,
+            "characters": self.characters,
+            "content_digest": self.content_digest,
+            "skipped_missing": wiki.skipped_missing,
+            "skipped_disambiguation": wiki.skipped_disambiguation,
+            "reused": wiki.reused,
+            "fetched": wiki.fetched,
+            "failed": len(failures),
+            "failures": failures[:MAX_FAILURES_IN_STATS],
+        }
+
+
+def _write(staging: Path, *, docs: list[Document], summary: CollectSummary) -> dict[str, Any]:
+    write_documents(staging / DOCUMENTS_FILE, docs)
+    (staging / SUMMARY_FILE).write_text(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
+    return summary.stats()
 
 
 def summary_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:

@@ -27,9 +27,9 @@ from tasks.tokenizer import read_split
 from tinyllama_model.data import pack_documents
 from tinyllama_model.evaluation import evaluate_stream
 from tinyllama_model.generate import generate_text
+from tinyllama_model.hardware import autocast_for, resolve_device
 from tinyllama_model.model import TinyLlama
 from tinyllama_model.tokenizer import EOS_ID, Tokenizer
-from tinyllama_model.trainer import autocast_for, resolve_device
 
 CODE_VERSION = "1"
 MODEL_DIR = "model"  # inside the train artifact

@@ -8,6 +8,9 @@ an artifact folder beside it (`<root>/mlflow/mlflow.db`, `<root>/mlflow/artifact
 
 The experiment's artifact location is set explicitly for file-based stores because MLflow's own default
 is `./mlruns` in whatever directory the process happens to run from.
+
+It also tells a store that did not answer (the only fault worth a retry) from one that refused, and
+how to open its UI on a run.
 """
 
 from __future__ import annotations
@@ -102,3 +105,37 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
     if experiment.lifecycle_stage == LifecycleStage.DELETED:
         client.restore_experiment(experiment.experiment_id)
     return experiment.experiment_id
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """A transient store fault: a tracking server that did not answer, or a busy SQLite file."""
+    import requests
+    import sqlalchemy.exc
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+            return True
+        if isinstance(seen, sqlalchemy.exc.OperationalError) and "locked" in str(seen):
+            return True
+        if isinstance(seen, MlflowException) and (
+            seen.error_code == "TEMPORARILY_UNAVAILABLE" or _is_unanswered_request(seen.message)
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _is_unanswered_request(message: str) -> bool:
+    # MLflow's REST client flattens requests' errors into text: "API request to <url> failed with ..."
+    return "API request to" in message and any(
+        m in message for m in ("Max retries", "timeout", "Connection refused", "Failed to establish")
+    )
+
+
+def mlflow_run_link(tracking_uri: str, run_id: str) -> str:
+    """A Markdown link to the run in the MLflow UI, or how to open that UI for a local store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        experiment_id = MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+        return f"[{run_id}]({tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id})"
+    return f"`{run_id}` (open with `mlflow ui --backend-store-uri {tracking_uri}`)"

@@ -1,10 +1,11 @@
 """Phase 2, preprocess: raw documents -> clean `documents.parquet`, `rejected.parquet`, `report.json`.
 
-Steps, in order, each dropping with a recorded rule: normalise (NFKC, whitespace, Wikipedia
-boilerplate; an empty result is rule `empty`), quality filters (`tasks.cleaning.filters`), exact
-duplicates, near duplicates (MinHash LSH). Filters run before dedup so a good document is never
-dropped as the duplicate of one that a filter rejects anyway. Then documents longer than `max_chars`
-are split into parts at paragraph boundaries (or kept whole, or dropped: `long_documents`).
+Steps, in order (`tasks.cleaning.steps`, run by `tasks.cleaning.pipeline`), each dropping with a
+recorded rule: normalise (NFKC, whitespace, Wikipedia boilerplate), drop what is left empty (rule
+`empty`), quality filters (`tasks.cleaning.filters`), exact duplicates, near duplicates (MinHash LSH).
+Filters run before dedup so a good document is never dropped as the duplicate of one that a filter
+rejects anyway. Then documents longer than `max_chars` are split into parts at paragraph boundaries
+(or kept whole, or dropped: `long_documents`).
 
 Clean rows keep the raw schema plus `part` (0 unless split) and the text statistics the filters used
 (`n_chars`, `n_words`, `n_sentences`, `mean_sentence_words`, `distinct_chars`, `symbol_ratio`,
@@ -15,8 +16,7 @@ human-readable detail and, for duplicates, the `doc_id` it duplicated and the si
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +26,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field, model_validator
 
 from tasks.artifacts import Artifact, phase_fingerprint, publish, task_cache_key, verify
-from tasks.cleaning.dedup import ExactDedup, NearDedup
+from tasks.cleaning.dedup import NearDedup
 from tasks.cleaning.filters import (
     Filter,
     MaxChars,
@@ -36,12 +36,13 @@ from tasks.cleaning.filters import (
     MinChars,
     MinDistinctChars,
     MinWords,
-    first_rejection,
     text_stats,
 )
-from tasks.cleaning.normalize import DEFAULT_APPENDIX_HEADINGS, appendix_pattern, normalize
+from tasks.cleaning.normalize import DEFAULT_APPENDIX_HEADINGS, appendix_pattern
+from tasks.cleaning.pipeline import CleanDoc, Step, run_steps
 from tasks.cleaning.report import build_report, report_markdown, stage_rows
 from tasks.cleaning.split import split_text
+from tasks.cleaning.steps import ExactDuplicates, NearDuplicates, NonEmpty, Normalize, QualityFilter
 from tasks.sources.document import DOCUMENT_SCHEMA, DOCUMENTS_FILE, Document, read_documents, write_table
 
 CODE_VERSION = "1"
@@ -154,6 +155,24 @@ def build_filters(cfg: PreprocessConfig) -> list[Filter]:
     return filters
 
 
+def build_steps(cfg: PreprocessConfig) -> list[Step]:
+    """The steps in order, fresh (the dedup steps remember what they kept): see the module docstring."""
+    appendix = appendix_pattern(cfg.appendix_headings) if cfg.appendix_headings else None
+    steps: list[Step] = [
+        Normalize(cfg.wikipedia_cleanup_sources, appendix),
+        NonEmpty(),
+        *(QualityFilter(rule) for rule in build_filters(cfg)),
+    ]
+    if cfg.exact_dedup:
+        steps.append(ExactDuplicates())
+    if cfg.near_dedup:
+        near = NearDedup(
+            cfg.threshold, cfg.num_perm, cfg.shingle_size, cfg.minhash_seed, cfg.lsh_recall_weight
+        )
+        steps.append(NearDuplicates(near))
+    return steps
+
+
 @dataclass
 class CleanResult:
     rows: list[dict[str, Any]]
@@ -161,123 +180,35 @@ class CleanResult:
     report: dict[str, Any]
 
 
-@dataclass
-class _Stage:
-    name: str
-    n_in: int = 0
-    dropped: int = 0
-
-    def row(self) -> dict[str, Any]:
-        return {"stage": self.name, "in": self.n_in, "dropped": self.dropped, "out": self.n_in - self.dropped}
-
-
-@dataclass
-class _Pipeline:
-    """The documents still in, and the stage bookkeeping, as they pass through the steps."""
-
-    docs: list[tuple[Document, str]]  # (raw document, normalised text)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    stages: list[_Stage] = field(default_factory=list)
-
-    def step(self, name: str, verdict: Callable[[Document, str], dict[str, Any] | None]) -> None:
-        """Run one step: `verdict` returns None to keep a document, or the rejection fields."""
-        stage = _Stage(name, n_in=len(self.docs))
-        kept = []
-        for doc, text in self.docs:
-            reason = verdict(doc, text)
-            if reason is None:
-                kept.append((doc, text))
-                continue
-            stage.dropped += 1
-            self.rejected.append(
-                {
-                    "doc_id": doc.doc_id,
-                    "source": doc.source,
-                    "title": doc.title,
-                    "url": doc.url,
-                    "n_chars": len(text),
-                    **reason,
-                }
-            )
-        self.docs = kept
-        self.stages.append(stage)
-
-
 def clean_documents(raw: list[Document], cfg: PreprocessConfig) -> CleanResult:
     """The whole preprocessing over in-memory documents (no I/O): rows to keep, rejections, report."""
-    appendix = appendix_pattern(cfg.appendix_headings) if cfg.appendix_headings else None
-    cleanup = set(cfg.wikipedia_cleanup_sources)
-    normalized = [
-        (d, normalize(d.text, wikipedia_cleanup=d.source in cleanup, appendix=appendix)) for d in raw
-    ]
-    pipe = _Pipeline(normalized)
-    pipe.step("empty", lambda d, t: None if t.strip() else {"rule": "empty", "detail": "no text left"})
-
-    stats = {doc.doc_id: text_stats(text) for doc, text in pipe.docs}
-    for rule in build_filters(cfg):
-
-        def quality(doc: Document, _text: str, rule: Filter = rule) -> dict[str, Any] | None:
-            rejection = first_rejection([rule], stats[doc.doc_id])
-            return None if rejection is None else {"rule": rejection[0], "detail": rejection[1]}
-
-        pipe.step(rule.name, quality)
-
-    if cfg.exact_dedup:
-        exact = ExactDedup()
-
-        def exact_verdict(doc: Document, text: str) -> dict[str, Any] | None:
-            first = exact.check(doc.doc_id, text)
-            if first is None:
-                return None
-            return {
-                "rule": "exact_duplicate",
-                "detail": "same text",
-                "duplicate_of": first,
-                "similarity": 1.0,
-            }
-
-        pipe.step("exact_duplicate", exact_verdict)
-
-    if cfg.near_dedup:
-        near = NearDedup(
-            cfg.threshold, cfg.num_perm, cfg.shingle_size, cfg.minhash_seed, cfg.lsh_recall_weight
-        )
-        signatures = near.signatures([text for _, text in pipe.docs])  # batched; consumed in step order
-
-        def near_verdict(doc: Document, _text: str) -> dict[str, Any] | None:
-            match = near.check_signature(doc.doc_id, next(signatures))
-            if match is None:
-                return None
-            return {
-                "rule": "near_duplicate",
-                "detail": f"estimated Jaccard {match[1]:.2f} >= {cfg.threshold}",
-                "duplicate_of": match[0],
-                "similarity": round(match[1], 4),
-            }
-
-        pipe.step("near_duplicate", near_verdict)
-
-    rows, split_docs = [], 0
-    for doc, text in pipe.docs:
-        parts = split_text(text, cfg.max_chars) if cfg.long_documents == "split" else [text]
-        split_docs += len(parts) > 1
-        for k, part in enumerate(parts):
-            part_stats = stats[doc.doc_id] if len(parts) == 1 else text_stats(part)
-            rows.append({**asdict(doc), "text": part, "part": k, **part_stats.as_dict()})
-
+    run = run_steps(build_steps(cfg), [CleanDoc(d) for d in raw])
+    rows, split_docs = clean_rows(run.kept, cfg)
     report = build_report(
         sources_in=[d.source for d in raw],
         chars_in=sum(len(d.text) for d in raw),
-        chars_normalized=sum(len(t) for _, t in normalized),
-        stages=[s.row() for s in pipe.stages],
-        rejected_rules=[r["rule"] for r in pipe.rejected],
-        rejected_sources=[r["source"] for r in pipe.rejected],
+        chars_normalized=run.stage(Normalize.name).chars_out,
+        stages=run.stage_rows(),
+        rejected_rules=[r["rule"] for r in run.rejected],
+        rejected_sources=[r["source"] for r in run.rejected],
         kept_sources=[r["source"] for r in rows],
         row_chars=[r["n_chars"] for r in rows],
         row_words=[r["n_words"] for r in rows],
         split_documents=split_docs,
     )
-    return CleanResult(rows, pipe.rejected, report)
+    return CleanResult(rows, run.rejected, report)
+
+
+def clean_rows(kept: list[CleanDoc], cfg: PreprocessConfig) -> tuple[list[dict[str, Any]], int]:
+    """Rows of the clean table (long documents split into parts per `long_documents`), and how many split."""
+    rows, split_docs = [], 0
+    for doc in kept:
+        parts = split_text(doc.text, cfg.max_chars) if cfg.long_documents == "split" else [doc.text]
+        split_docs += len(parts) > 1
+        for k, part in enumerate(parts):
+            part_stats = doc.stats if len(parts) == 1 else text_stats(part)
+            rows.append({**asdict(doc.doc), "text": part, "part": k, **part_stats.as_dict()})
+    return rows, split_docs
 
 
 def run_preprocess(cfg: PreprocessConfig, raw: Artifact, root: Path) -> Artifact:

@@ -37,16 +37,11 @@ from tasks.artifacts import Artifact, phase_fingerprint, publish, scratch_dir, t
 from tasks.retries import retry_only_on
 from tasks.tokenizer import read_split
 from tinyllama_model.data import token_dtype, write_packed
+from tinyllama_model.launch import trainer_from_run_dir, write_run_spec
 from tinyllama_model.model import ModelConfig
+from tinyllama_model.run_state import BEST_DIR, METRICS_FILE, RESULT_FILE
 from tinyllama_model.tokenizer import EOS_ID, TOKENIZER_FILE, Tokenizer
-from tinyllama_model.trainer import (
-    BEST_DIR,
-    METRICS_FILE,
-    RESULT_FILE,
-    TrainConfig,
-    trainer_from_run_dir,
-    write_run_spec,
-)
+from tinyllama_model.train_config import TrainConfig
 
 CODE_VERSION = "1"
 log = logging.getLogger(__name__)
@@ -107,7 +102,7 @@ def run_torchrun(work: Path, nproc: int, on_metrics: Callable[[dict], None] | No
     """Train under torchrun (DDP) in a child process, forwarding metrics rows as they are written."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "tinyllama_model.trainer", str(work),
+        "-m", "tinyllama_model.launch", str(work),
     ]  # fmt: skip
     metrics, offset = work / METRICS_FILE, 0
 

@@ -4,6 +4,9 @@ A model directory holds `config.json` (the `ModelConfig`), `model.safetensors` (
 can hide in it) and, when the caller has one, `tokenizer.model`. Everything downstream (generate,
 evaluate, export, register) rebuilds the model from this directory alone.
 
+This module moves config dicts and state dicts to and from disk and never builds a model: that is
+`TinyLlama.save_pretrained` / `from_pretrained` in model.py, which call down into this module.
+
 Writes are atomic: a directory is built under a temporary name beside the target and renamed into
 place only when complete, so a crash never leaves a half-written model where a complete one was.
 Torch pickles (training checkpoints) are only ever read with `weights_only=True`.
@@ -18,14 +21,11 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-
-if TYPE_CHECKING:
-    from tinyllama_model.model import TinyLlama
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -43,15 +43,20 @@ class UnsafeCheckpointError(CheckpointError):
 # -- the model directory ----------------------------------------------------------------------------
 
 
-def save_model_dir(model: TinyLlama, directory: str | Path, tokenizer_file: str | Path | None = None) -> Path:
-    """Write config.json + model.safetensors (+ tokenizer.model) to `directory`, replacing it atomically."""
-    directory = Path(directory)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if model.config.tie_embeddings:
-        state.pop("output.weight")  # the same tensor as tok_embeddings.weight; safetensors refuses aliases
+def save_model_dir(
+    directory: str | Path,
+    config: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    tokenizer_file: str | Path | None = None,
+) -> Path:
+    """Write config.json + model.safetensors (+ tokenizer.model) to `directory`, replacing it atomically.
+
+    `state` must hold each tensor once (safetensors refuses aliases: a tied output head is left out).
+    """
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
     def build(staging: Path) -> None:
-        (staging / CONFIG_FILE).write_text(model.config.to_json() + "\n")
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_file(state, staging / WEIGHTS_FILE, metadata={"format": "pt"})
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, staging / TOKENIZER_FILE)
@@ -59,10 +64,8 @@ def save_model_dir(model: TinyLlama, directory: str | Path, tokenizer_file: str 
     return write_dir_atomic(directory, build)
 
 
-def load_model_dir(directory: str | Path, map_location: str | torch.device = "cpu") -> TinyLlama:
-    """Rebuild a `TinyLlama` from a model directory; weights that do not fit config.json are an error."""
-    from tinyllama_model.model import ModelConfig, TinyLlama
-
+def read_model_config(directory: str | Path) -> dict[str, Any]:
+    """config.json of a model directory as a dict, once both of its files are known to be there."""
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     for path in (config_path, weights_path):
@@ -71,21 +74,18 @@ def load_model_dir(directory: str | Path, map_location: str | torch.device = "cp
                 f"{path} is missing; a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
             )
     try:
-        cfg = ModelConfig.from_dict(json.loads(config_path.read_text()))
+        return json.loads(config_path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
+
+
+def read_model_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """model.safetensors of a model directory, on the CPU."""
+    weights_path = Path(directory) / WEIGHTS_FILE
     try:
-        state = load_file(weights_path, device="cpu")
+        return load_file(weights_path, device="cpu")
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights_path} is truncated or not a safetensors file: {e}") from e
-
-    model = TinyLlama(cfg)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if cfg.tie_embeddings:
-        expected.pop("output.weight")
-    check_state_dict(state, expected, where=str(weights_path))
-    model.load_state_dict(state, strict=not cfg.tie_embeddings)
-    return model.to(map_location)
 
 
 def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], where: str) -> None:

@@ -24,17 +24,15 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sentencepiece as spm
 import torch
 from safetensors.torch import save_file
 
-from tinyllama_model.checkpoint import TOKENIZER_FILE, load_model_dir, write_dir_atomic
+from tinyllama_model.checkpoint import TOKENIZER_FILE, write_dir_atomic
+from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-
-if TYPE_CHECKING:
-    from tinyllama_model.model import ModelConfig, TinyLlama
 
 # our name -> HF name, per layer; the FFN maps w1 -> gate, w3 -> up, w2 -> down (SwiGLU: w2(silu(w1) * w3))
 _LAYER_NAMES = {
@@ -111,7 +109,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
     The folder is built under a temporary name and renamed into place when complete.
     """
     model_dir = Path(model_dir)
-    model = load_model_dir(model_dir)
+    model = TinyLlama.from_pretrained(model_dir)
     tokenizer_file = model_dir / TOKENIZER_FILE
     has_tokenizer = tokenizer_file.is_file()
     if has_tokenizer:

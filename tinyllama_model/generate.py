@@ -22,15 +22,36 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from tinyllama_model.tokenizer import EOS_ID, PAD_ID
 
 if TYPE_CHECKING:
-    from tinyllama_model.model import TinyLlama
     from tinyllama_model.tokenizer import Tokenizer
+
+
+class Decoder(Protocol):
+    """What the decode loop needs of a model; `TinyLlama` is one.
+
+    A protocol rather than the class, so this module never imports model.py (model.py imports this one
+    for `TinyLlama.generate`).
+    """
+
+    config: Any  # vocab_size and max_seq_len are read
+    rope_cos: torch.Tensor  # on the model's device
+    training: bool
+
+    def __call__(self, idx: torch.Tensor, *, last_only: bool = False) -> tuple[torch.Tensor, Any]: ...
+
+    def forward_cached(self, idx: torch.Tensor, cache: Any) -> torch.Tensor: ...
+
+    def new_cache(self, batch_size: int, pad: torch.Tensor | None = None) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -98,9 +119,40 @@ def _left_pad(prompts: Sequence[Sequence[int]], device: torch.device) -> tuple[t
     return torch.tensor(rows, dtype=torch.long, device=device), pad  # (B, W), (B,)
 
 
+def _check_request(prompts: Sequence[Sequence[int]], max_new_tokens: int, vocab: int) -> None:
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (use [EOS] to start a new document)")
+    if any(not 0 <= t < vocab for p in prompts for t in p):
+        raise ValueError(f"prompt ids must be in [0, {vocab}) (the model's vocab_size)")
+
+
+def _seen_tokens(prompts: Sequence[Sequence[int]], vocab: int, device: torch.device) -> torch.Tensor:
+    """(B, V) bool: the tokens each prompt already holds (what the repetition penalty applies to)."""
+    seen = torch.zeros(len(prompts), vocab, dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):
+        seen[i, torch.tensor(p, device=device)] = True
+    return seen
+
+
+def _window_logits(model: Decoder, window: torch.Tensor, pad: torch.Tensor, cache: Any) -> torch.Tensor:
+    """(B, V) logits for the last position of the whole window (B, W).
+
+    With a cache: a prefill from scratch. Without: the plain training forward, row by row when padded.
+    """
+    if cache is not None:
+        cache.reset(pad)
+        return model.forward_cached(window, cache)[:, -1]
+    if not bool(pad.any()):
+        return model(window, last_only=True)[0][:, -1]
+    rows = [model(window[i : i + 1, int(pad[i]) :], last_only=True)[0][:, -1] for i in range(window.size(0))]
+    return torch.cat(rows)
+
+
 @torch.inference_mode()
 def decode_steps(
-    model: TinyLlama,
+    model: Decoder,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     s: Sampling,
@@ -113,13 +165,8 @@ def decode_steps(
     window with the plain training forward each step (row by row when padded): the reference the
     cached path must equal.
     """
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token (use [EOS] to start a new document)")
     vocab, window_len = model.config.vocab_size, model.config.max_seq_len
-    if any(not 0 <= t < vocab for p in prompts for t in p):
-        raise ValueError(f"prompt ids must be in [0, {vocab}) (the model's vocab_size)")
+    _check_request(prompts, max_new_tokens, vocab)
     if max_new_tokens == 0:
         return
     keep = max(1, window_len // 2)
@@ -128,24 +175,12 @@ def decode_steps(
     model.eval()
     try:
         b = len(prompts)
-        seen = torch.zeros(b, vocab, dtype=torch.bool, device=device)
-        for i, p in enumerate(prompts):
-            seen[i, torch.tensor(p, device=device)] = True
+        seen = _seen_tokens(prompts, vocab, device)
         window, pad = _left_pad([p[-window_len:] for p in prompts], device)  # (B, W)
         generator = s.generator(device)
         active = torch.ones(b, dtype=torch.bool, device=device)
         cache = model.new_cache(b, pad) if use_cache else None
-
-        def full_logits() -> torch.Tensor:  # (B, V) for the last position of the whole window
-            if cache is not None:
-                cache.reset(pad)
-                return model.forward_cached(window, cache)[:, -1]
-            if not bool(pad.any()):
-                return model(window, last_only=True)[0][:, -1]
-            rows = [model(window[i : i + 1, int(pad[i]) :], last_only=True)[0][:, -1] for i in range(b)]
-            return torch.cat(rows)
-
-        logits = full_logits()
+        logits = _window_logits(model, window, pad, cache)
         for step in range(max_new_tokens):
             token = sample_next(logits, s, generator, seen)  # (B,)
             token = torch.where(active, token, torch.full_like(token, PAD_ID))
@@ -159,17 +194,17 @@ def decode_steps(
             if window.size(1) > window_len:  # slide: keep the last `keep` tokens, rebuild the cache
                 cut = window.size(1) - keep
                 window, pad = window[:, cut:], (pad - cut).clamp(min=0)
-                logits = full_logits()
+                logits = _window_logits(model, window, pad, cache)
             elif cache is not None:
                 logits = model.forward_cached(token[:, None], cache)[:, -1]
             else:
-                logits = full_logits()
+                logits = _window_logits(model, window, pad, cache)
     finally:
         model.train(was_training)
 
 
 def generate_ids(
-    model: TinyLlama,
+    model: Decoder,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     *,
@@ -187,7 +222,7 @@ def generate_ids(
 
 
 def stream_ids(
-    model: TinyLlama, prompt: Sequence[int], max_new_tokens: int, *, use_cache: bool = True, **sampling
+    model: Decoder, prompt: Sequence[int], max_new_tokens: int, *, use_cache: bool = True, **sampling
 ) -> Iterator[int]:
     """Yield new token ids of one prompt as they are produced; stops before EOS."""
     s = Sampling(**sampling)
@@ -198,7 +233,7 @@ def stream_ids(
         yield t
 
 
-def generate_tensor(model: TinyLlama, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
+def generate_tensor(model: Decoder, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
     """nanoGPT-style: idx (B, T) -> (B, T + n), rows that ended keep their EOS and are PAD-filled after it."""
     if idx.dim() != 2:
         raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
@@ -217,7 +252,7 @@ def _encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
 
 
 def generate_text(
-    model: TinyLlama, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int = 200, **sampling
+    model: Decoder, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int = 200, **sampling
 ) -> list[str]:
     """The continuation (without the prompt) of each prompt, generated as one batch."""
     ids = generate_ids(model, [_encode_prompt(tokenizer, p) for p in prompts], max_new_tokens, **sampling)
@@ -225,7 +260,7 @@ def generate_text(
 
 
 def stream_text(
-    model: TinyLlama, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 200, **sampling
+    model: Decoder, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 200, **sampling
 ) -> Iterator[str]:
     """Yield pieces of the continuation as they are produced; joined they equal `generate_text`'s."""
     ids = stream_ids(model, _encode_prompt(tokenizer, prompt), max_new_tokens, **sampling)

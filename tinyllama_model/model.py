@@ -25,7 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinyllama_model.checkpoint import (
+    WEIGHTS_FILE,
+    check_state_dict,
+    read_model_config,
+    read_model_weights,
+    save_model_dir,
+)
 from tinyllama_model.errors import ConfigError
+from tinyllama_model.generate import generate_tensor
 
 
 @dataclass
@@ -427,8 +435,6 @@ class TinyLlama(nn.Module):
 
         Rows that stop at EOS early are filled with PAD (0) after their EOS; n is the longest row's count.
         """
-        from tinyllama_model.generate import generate_tensor
-
         return generate_tensor(
             self,
             idx,
@@ -444,12 +450,21 @@ class TinyLlama(nn.Module):
     # -- the model directory (config.json + model.safetensors [+ tokenizer.model]) --------------------
 
     def save_pretrained(self, directory: str | Path, tokenizer_file: str | Path | None = None) -> Path:
-        from tinyllama_model.checkpoint import save_model_dir
-
-        return save_model_dir(self, directory, tokenizer_file=tokenizer_file)
+        """Write the model directory atomically (see checkpoint.py); a tied head is stored once."""
+        state = self.state_dict()
+        if self.config.tie_embeddings:
+            state.pop("output.weight")  # tok_embeddings.weight again; safetensors refuses aliases
+        return save_model_dir(directory, self.config.to_dict(), state, tokenizer_file=tokenizer_file)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> TinyLlama:
-        from tinyllama_model.checkpoint import load_model_dir
-
-        return load_model_dir(directory, map_location=map_location)
+        """Rebuild a model from its directory; weights that do not fit config.json are an error."""
+        cfg = ModelConfig.from_dict(read_model_config(directory))
+        state = read_model_weights(directory)
+        model = cls(cfg)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        if cfg.tie_embeddings:
+            expected.pop("output.weight")
+        check_state_dict(state, expected, where=str(Path(directory) / WEIGHTS_FILE))
+        model.load_state_dict(state, strict=not cfg.tie_embeddings)
+        return model.to(map_location)

@@ -13,16 +13,12 @@ own peak rate under the same warmup and cosine.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from tinyllama_model.model import TinyLlama
-
-if TYPE_CHECKING:
-    from tinyllama_model.trainer import TrainConfig
-
-OPTIMIZERS = ("adamw", "muon")
+from tinyllama_model.train_config import TrainConfig
 
 
 class OptimizerChain:

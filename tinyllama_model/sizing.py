@@ -11,9 +11,9 @@ the largest shape on a ladder of LLaMA-like shapes whose token count still reach
 goes into parameters rather than into more repeats. On the dev corpus (1M tokens at vocabulary 2048)
 and 10 quiet CPU minutes (~4.7e13 FLOPs) it picks the 10-minute preset's shape, dim 128 x 4 layers.
 
-A budget in minutes becomes FLOPs through a FLOP/s figure: given, or measured here with a large matmul
-(`measure_matmul_flops`) times the share of it training reaches (`mfu`; the 10-minute preset reaches
-about 0.4-0.7 of a bare 1024x1024 fp32 matmul on a 2-core CPU).
+A budget in minutes becomes FLOPs through a FLOP/s figure: given, or measured with a large matmul
+(`hardware.measure_matmul_flops`) times the share of it training reaches (`mfu`; the 10-minute preset
+reaches about 0.4-0.7 of a bare 1024x1024 fp32 matmul on a 2-core CPU).
 
 Presets are small functions returning `(ModelConfig, TrainConfig, tokenizer vocab size)`:
 `default()` is the original design (512/8/8, vocab 12,000), `debug()` the tiny shape tests use and
@@ -22,13 +22,11 @@ Presets are small functions returning `(ModelConfig, TrainConfig, tokenizer voca
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-import torch
-
+from tinyllama_model.hardware import measure_matmul_flops
 from tinyllama_model.model import ModelConfig
-from tinyllama_model.trainer import TrainConfig
+from tinyllama_model.train_config import TrainConfig
 
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
 
@@ -48,38 +46,6 @@ LADDER: tuple[tuple[int, int, int], ...] = (
     (768, 12, 12),
     (1024, 16, 16),
 )
-
-
-def measure_matmul_flops(
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    n: int | None = None,
-    seconds: float = 0.3,
-) -> float:
-    """FLOP/s of an (n x n) @ (n x n) matmul on this device: the peak that MFU is measured against.
-
-    Uses a private generator so measuring never shifts the global RNG (exact resume depends on it).
-    """
-    device = torch.device(device)
-    n = n or (8192 if device.type == "cuda" else 1024)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(device, dtype)
-    b = torch.randn(n, n, generator=g).to(device, dtype)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    a @ b  # warm up (thread pool, kernels)
-    sync()
-    reps, t0 = 0, time.perf_counter()
-    while True:
-        a @ b
-        reps += 1
-        sync()
-        elapsed = time.perf_counter() - t0
-        if elapsed >= seconds:
-            return 2 * n**3 * reps / elapsed
 
 
 def shape_config(dim: int, n_layers: int, n_heads: int, vocab_size: int, seq_len: int) -> ModelConfig:

@@ -14,9 +14,12 @@ import ast
 import importlib
 import inspect
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import ClassVar
 
+from tasks.sources.base import Failure, SourceContext, SourceSummary
 from tasks.sources.document import Document, make_doc_id
 
 SOURCE = "builtin"
@@ -34,6 +37,23 @@ MODULES = (
     "codecs", "configparser", "doctest", "email.message", "ftplib", "gettext", "mailbox", "numbers",
     "optparse", "plistlib", "pstats", "smtplib",
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BuiltinSummary(SourceSummary):
+    documents: int
+    failures: ClassVar[tuple[Failure, ...]] = ()  # nothing to fail item by item; not in summary.json
+
+
+class BuiltinSource:
+    """The offline corpus as a source: nothing to configure, nothing that can fail item by item."""
+
+    name = SOURCE
+    remote = False
+
+    def collect(self, ctx: SourceContext) -> tuple[list[Document], BuiltinSummary]:
+        docs = builtin_documents()
+        return docs, BuiltinSummary(documents=len(docs))
 
 
 def builtin_documents() -> list[Document]:

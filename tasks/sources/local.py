@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import glob
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
+from tasks.sources.base import Failure, SourceContext, SourceSummary
 from tasks.sources.document import Document, make_doc_id
 from tasks.sources.errors import InputError
 from tasks.sources.htmltext import HTMLBombError, html_to_text
@@ -51,10 +51,12 @@ class _Unreadable(InputError):
     """This file (not the config) is the problem: record it and carry on with the others."""
 
 
-@dataclass
-class LocalResult:
-    documents: list[Document]
-    summary: dict[str, Any] = field(default_factory=dict)
+@dataclass(frozen=True)
+class LocalSummary(SourceSummary):
+    files: int
+    documents: int
+    failed: int
+    failures: list[Failure]
 
 
 def expand_paths(patterns: list[str]) -> list[Path]:
@@ -76,29 +78,41 @@ def expand_paths(patterns: list[str]) -> list[Path]:
     return list(files)
 
 
-def read_local(cfg: LocalConfig) -> LocalResult:
-    docs: list[Document] = []
-    failures: list[dict[str, str]] = []
-    files = expand_paths(cfg.paths)
-    for path in files:
-        suffix = path.suffix.lower()
-        try:
-            if path.stat().st_size > cfg.max_file_bytes:
-                raise _Unreadable(f"{path} is larger than collect.local.max_file_bytes={cfg.max_file_bytes}")
-            if suffix == ".jsonl":
-                docs.extend(_read_jsonl(path, cfg, failures))
-            elif suffix == ".parquet":
-                docs.extend(_read_parquet(path, cfg, failures))
-            elif suffix in TEXT_SUFFIXES or suffix in HTML_SUFFIXES:
-                docs.append(_read_text_file(path, cfg))
-            else:
-                raise _Unreadable(
-                    f"{path}: unsupported file type {suffix!r} (supported: {', '.join(SUFFIXES)})"
-                )
-        except _Unreadable as err:
-            failures.append({"title": str(path), "error": str(err)})
-    summary = {"files": len(files), "documents": len(docs), "failed": len(failures), "failures": failures}
-    return LocalResult(docs, summary)
+class LocalSource:
+    """The files named by `collect.local.paths`, read in path order."""
+
+    name = SOURCE
+    remote = False
+
+    def __init__(self, cfg: LocalConfig) -> None:
+        self.cfg = cfg
+
+    def collect(self, ctx: SourceContext) -> tuple[list[Document], LocalSummary]:
+        docs: list[Document] = []
+        failures: list[Failure] = []
+        files = expand_paths(self.cfg.paths)
+        for path in files:
+            try:
+                docs.extend(_read_file(path, self.cfg, failures))
+            except _Unreadable as err:
+                failures.append(Failure(str(path), str(err)))
+        return docs, LocalSummary(
+            files=len(files), documents=len(docs), failed=len(failures), failures=failures
+        )
+
+
+def _read_file(path: Path, cfg: LocalConfig, failures: list[Failure]) -> list[Document]:
+    """The documents of one file; a bad row is added to `failures`, a bad file raises `_Unreadable`."""
+    suffix = path.suffix.lower()
+    if path.stat().st_size > cfg.max_file_bytes:
+        raise _Unreadable(f"{path} is larger than collect.local.max_file_bytes={cfg.max_file_bytes}")
+    if suffix == ".jsonl":
+        return _read_jsonl(path, cfg, failures)
+    if suffix == ".parquet":
+        return _read_parquet(path, cfg, failures)
+    if suffix in TEXT_SUFFIXES or suffix in HTML_SUFFIXES:
+        return [_read_text_file(path, cfg)]
+    raise _Unreadable(f"{path}: unsupported file type {suffix!r} (supported: {', '.join(SUFFIXES)})")
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -136,7 +150,7 @@ def _read_text_file(path: Path, cfg: LocalConfig) -> Document:
     return _document(path, path.resolve().as_uri(), title, text, None, cfg)
 
 
-def _read_jsonl(path: Path, cfg: LocalConfig, failures: list[dict[str, str]]) -> list[Document]:
+def _read_jsonl(path: Path, cfg: LocalConfig, failures: list[Failure]) -> list[Document]:
     text = _decode(path, path.read_bytes())
     docs, missing_field, keys_seen = [], 0, set()
     lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
@@ -145,16 +159,16 @@ def _read_jsonl(path: Path, cfg: LocalConfig, failures: list[dict[str, str]]) ->
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            failures.append({"title": where, "error": f"malformed JSON: {err.msg} at column {err.colno}"})
+            failures.append(Failure(where, f"malformed JSON: {err.msg} at column {err.colno}"))
             continue
         if not isinstance(row, dict):
-            failures.append({"title": where, "error": f"expected a JSON object, got {type(row).__name__}"})
+            failures.append(Failure(where, f"expected a JSON object, got {type(row).__name__}"))
             continue
         keys_seen.update(row)
         value = row.get(cfg.text_field)
         if not isinstance(value, str):
             missing_field += 1
-            failures.append({"title": where, "error": f"no string field {cfg.text_field!r} (text_field)"})
+            failures.append(Failure(where, f"no string field {cfg.text_field!r} (text_field)"))
             continue
         docs.append(_row_document(path, f"L{n}", n, row, value, cfg))
     if lines and not docs and missing_field:
@@ -179,7 +193,7 @@ def _row_document(path: Path, anchor: str, n: int, row: dict, text: str, cfg: Lo
     )
 
 
-def _read_parquet(path: Path, cfg: LocalConfig, failures: list[dict[str, str]]) -> list[Document]:
+def _read_parquet(path: Path, cfg: LocalConfig, failures: list[Failure]) -> list[Document]:
     try:
         columns = pq.read_schema(path).names
     except Exception as err:  # pyarrow raises several types for a file that is not Parquet
@@ -195,9 +209,7 @@ def _read_parquet(path: Path, cfg: LocalConfig, failures: list[dict[str, str]]) 
     for n, row in enumerate(table.to_pylist()):
         text = row.get(cfg.text_field)
         if not isinstance(text, str):
-            failures.append(
-                {"title": f"{path}#row={n}", "error": f"{cfg.text_field!r} is null or not a string"}
-            )
+            failures.append(Failure(f"{path}#row={n}", f"{cfg.text_field!r} is null or not a string"))
             continue
         docs.append(_row_document(path, f"row={n}", n, row, text, cfg))
     return docs

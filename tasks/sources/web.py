@@ -13,18 +13,18 @@ import email.utils
 import time
 import urllib.robotparser
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 from pydantic import BaseModel, Field
 
+from tasks.sources.base import Failure, SourceContext, SourceSummary
 from tasks.sources.document import Document, make_doc_id
 from tasks.sources.htmltext import HTMLBombError, html_to_text
-from tasks.sources.progress import ProgressLog
 from tasks.sources.retry import RetryConfig, RetryPolicy
+from tasks.sources.useragent import require_user_agent
 from tinyllama_model.config_fields import operational
 
 SOURCE = "web"
@@ -95,10 +95,14 @@ class _Body:
     data: bytes
 
 
-@dataclass
-class WebResult:
-    documents: list[Document]
-    summary: dict[str, Any] = field(default_factory=dict)
+@dataclass(frozen=True)
+class WebSummary(SourceSummary):
+    urls: int
+    fetched: int
+    resumed: int
+    failed: int
+    failures: list[Failure]
+    retries: int
 
 
 class WebFetcher:
@@ -240,43 +244,67 @@ class WebFetcher:
         )
 
 
-def collect_web(
-    cfg: WebConfig,
-    fetcher: WebFetcher,
-    progress: ProgressLog,
-    log: Callable[[str], None] = lambda _msg: None,
-) -> WebResult:
-    """Fetch every configured URL once; pages fetched by an interrupted earlier attempt are reused."""
-    done = {r["doc_id"]: Document.from_record(r) for r in progress.read("web")}
-    docs, failures = [], []
-    resumed = 0
-    for url in dict.fromkeys(cfg.urls):
-        doc_id = make_doc_id(SOURCE, url)
-        if doc_id in done:
-            docs.append(done[doc_id])
-            resumed += 1
-            continue
+class WebSource:
+    """The pages of `collect.web.urls`, each fetched once; a page an interrupted attempt fetched is reused."""
+
+    name = SOURCE
+    remote = True
+
+    def __init__(
+        self, cfg: WebConfig, user_agent: str | None, *, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.cfg = cfg
+        self.user_agent = require_user_agent(user_agent, "collect.web")
+        self.sleep = sleep
+
+    def collect(self, ctx: SourceContext) -> tuple[list[Document], WebSummary]:
+        fetcher = WebFetcher(self.cfg, self.user_agent, sleep=self.sleep)
         try:
-            doc = fetcher.fetch(url)
-        except Rejected as err:
-            failures.append({"title": url, "error": str(err)})
-            log(f"web: rejected {url}: {err}")
-            continue
-        except (_Transient, httpx.HTTPError) as err:
-            failures.append({"title": url, "error": f"gave up after retries: {type(err).__name__}: {err}"})
-            log(f"web: failed {url}: {err}")
-            continue
-        if not doc.text.strip():
-            failures.append({"title": url, "error": "no text in page"})
-            continue
-        progress.append("web", doc.to_record())
-        docs.append(doc)
-    summary = {
-        "urls": len(cfg.urls),
-        "fetched": len(docs) - resumed,
-        "resumed": resumed,
-        "failed": len(failures),
-        "failures": failures,
-        "retries": fetcher.retry.retried,
-    }
-    return WebResult(docs, summary)
+            return self._collect(fetcher, ctx)
+        finally:
+            fetcher.close()
+
+    def _collect(self, fetcher: WebFetcher, ctx: SourceContext) -> tuple[list[Document], WebSummary]:
+        done = {r["doc_id"]: Document.from_record(r) for r in ctx.progress.read("web")}
+        docs: list[Document] = []
+        failures: list[Failure] = []
+        resumed = 0
+        for url in dict.fromkeys(self.cfg.urls):
+            doc_id = make_doc_id(SOURCE, url)
+            if doc_id in done:
+                docs.append(done[doc_id])
+                resumed += 1
+                continue
+            doc = _fetch(fetcher, url, failures, ctx.log)
+            if doc is not None:
+                ctx.progress.append("web", doc.to_record())
+                docs.append(doc)
+        summary = WebSummary(
+            urls=len(self.cfg.urls),
+            fetched=len(docs) - resumed,
+            resumed=resumed,
+            failed=len(failures),
+            failures=failures,
+            retries=fetcher.retry.retried,
+        )
+        return docs, summary
+
+
+def _fetch(
+    fetcher: WebFetcher, url: str, failures: list[Failure], log: Callable[[str], None]
+) -> Document | None:
+    """The page as a document, or None with the reason added to `failures`."""
+    try:
+        doc = fetcher.fetch(url)
+    except Rejected as err:
+        failures.append(Failure(url, str(err)))
+        log(f"web: rejected {url}: {err}")
+        return None
+    except (_Transient, httpx.HTTPError) as err:
+        failures.append(Failure(url, f"gave up after retries: {type(err).__name__}: {err}"))
+        log(f"web: failed {url}: {err}")
+        return None
+    if not doc.text.strip():
+        failures.append(Failure(url, "no text in page"))
+        return None
+    return doc

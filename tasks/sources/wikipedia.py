@@ -1,40 +1,48 @@
-"""Wikipedia articles through the MediaWiki Action API, fetched politely and incrementally.
+"""Wikipedia articles, collected politely and incrementally (the API client is `tasks.sources.mediawiki`).
 
-Three kinds of request, each as batched as the API allows:
+A collection runs in four steps, each saved to the progress log as it goes, so a second attempt after
+an interruption repeats none of the finished requests:
 
-1. `list=search` per topic, up to 500 titles a request, following `continue` until the per-topic
-   limit (titles are deduplicated across topics; the first topic that found a title names it);
-2. `prop=info|pageprops` for 50 titles a request: the current revision id of every page, whether it is
-   missing or a disambiguation page (both skipped and counted);
-3. `prop=extracts|info|pageprops` with `explaintext` for ONE title a request: TextExtracts lowers
-   `exlimit` to 1 for whole-article extracts (only `exintro` extracts batch), so this is the only
-   per-page request, and a scheduled rebuild makes it only for pages whose revision changed.
-
-The transport is wikipedia-api's `Wikipedia` client (its httpx session, User-Agent header, JSON and
-typed HTTP errors), pointed at a configurable endpoint and with its own retries off: its page objects
-fetch one page and one property per request and its `search()` does not follow continuation, so the
-batching above and the retry policy (`tasks.sources.retry`: jitter, Retry-After, maxlag) live here.
+1. search every topic (titles are deduplicated across topics; the first topic that found a title
+   names it);
+2. check the current revision of every title in batches (missing and disambiguation pages are skipped
+   and counted);
+3. plan: an article whose revision equals that of the last artifact (or of a page an interrupted
+   attempt already fetched) is reused, the others are fetched, so a scheduled rebuild downloads only
+   what changed;
+4. fetch the planned articles, one request each, with bounded concurrency. A page that still fails
+   after retries is listed in the summary and its previous version kept when there is one; past
+   `max_failure_fraction` lost articles the phase fails, to be retried.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
-import httpx
-import wikipediaapi
 from pydantic import BaseModel, Field, model_validator
 
+from tasks.sources.base import Failure, SourceContext, SourceSummary
 from tasks.sources.document import Document, make_doc_id
 from tasks.sources.errors import TooManyFailuresError, TransientSourceError
+from tasks.sources.mediawiki import (
+    MAX_SEARCH_LIMIT,
+    MAX_TITLES_PER_QUERY,
+    FetchedPage,
+    MediaWikiClient,
+    PageState,
+    describe,
+    is_transient,
+)
 from tasks.sources.progress import ProgressLog
-from tasks.sources.retry import RetryConfig, RetryPolicy
+from tasks.sources.retry import RetryConfig
+from tasks.sources.useragent import require_user_agent
 from tinyllama_model.config_fields import operational
 
 SOURCE = "wikipedia"
@@ -45,9 +53,6 @@ DEFAULT_TOPICS = [
     "neural networks",
     "natural language processing",
 ]
-# API limits for clients without the bot right (https://www.mediawiki.org/wiki/API:Query).
-MAX_SEARCH_LIMIT = 500
-MAX_TITLES_PER_QUERY = 50
 
 
 class WikipediaConfig(BaseModel):
@@ -127,330 +132,217 @@ class WikipediaConfig(BaseModel):
         return self.api_url or f"https://{self.language}.wikipedia.org/w/api.php"
 
 
-class MediaWikiAPIError(Exception):
-    """An error envelope (`{"error": {"code": ...}}`) returned with HTTP 200."""
-
-    # Codes that say "try again later" rather than "your request is wrong".
-    TRANSIENT = frozenset({"maxlag", "ratelimited", "readonly", "internal_api_error_DBQueryError"})
-
-    def __init__(self, code: str, info: str) -> None:
-        super().__init__(f"MediaWiki API error {code}: {info}")
-        self.code = code
+@dataclass(frozen=True)
+class WikipediaFailure(Failure):
+    kept_previous: bool  # the last artifact's version of the article stands in for it
 
 
-def _is_transient(err: BaseException) -> bool:
-    if isinstance(err, MediaWikiAPIError):
-        return err.code in MediaWikiAPIError.TRANSIENT
-    if isinstance(err, wikipediaapi.WikiHttpError) and not isinstance(err, wikipediaapi.WikiRateLimitError):
-        return err.status_code >= 500
-    # 429, timeouts, refused/reset connections and torn (truncated) JSON bodies.
-    return isinstance(
-        err,
-        (
-            wikipediaapi.WikiRateLimitError,
-            wikipediaapi.WikiHttpTimeoutError,
-            wikipediaapi.WikiConnectionError,
-            wikipediaapi.WikiInvalidJsonError,
-            httpx.TransportError,
-        ),
-    )
+@dataclass
+class WikipediaSummary(SourceSummary):
+    """Counts filled in as the collection goes (every title found ends in exactly one of them)."""
+
+    titles_found: int = 0
+    per_topic: dict[str, int] = field(default_factory=dict)
+    skipped_missing: int = 0
+    skipped_disambiguation: int = 0
+    reused: int = 0  # unchanged since the last artifact
+    resumed: int = 0  # fetched by an interrupted earlier attempt
+    fetched: int = 0
+    failures: list[WikipediaFailure] = field(default_factory=list)
+    retries: int = 0
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def lost(self) -> int:
+        """Articles that failed with no previous version to keep."""
+        return sum(1 for f in self.failures if not f.kept_previous)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields, with `failed` and `lost` after the failures (summary.json's order since v1)."""
+        fields = dataclasses.asdict(self)
+        retries = fields.pop("retries")
+        return {**fields, "failed": self.failed, "lost": self.lost, "retries": retries}
+
+    def skip(self, page: FetchedPage) -> None:
+        """A fetched page that turned out empty, missing or a disambiguation page (edited meanwhile)."""
+        if page.disambiguation:
+            self.skipped_disambiguation += 1
+        else:
+            self.skipped_missing += 1
 
 
-def _retry_after(err: BaseException) -> float | None:
-    if isinstance(err, wikipediaapi.WikiRateLimitError) and err.retry_after is not None:
-        return float(err.retry_after)
+@dataclass
+class _Plan:
+    """The articles in search order (doc ids), those already in hand, and those still to fetch."""
+
+    order: list[str] = field(default_factory=list)
+    docs: dict[str, Document] = field(default_factory=dict)
+    to_fetch: list[PageState] = field(default_factory=list)
+
+    def documents(self) -> list[Document]:
+        return [self.docs[i] for i in self.order if i in self.docs]
+
+
+class WikipediaSource:
+    """Articles found by searching each topic; see the module docstring for the four steps."""
+
+    name = SOURCE
+    remote = True
+
+    def __init__(
+        self, cfg: WikipediaConfig, user_agent: str | None, *, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.cfg = cfg
+        self.user_agent = require_user_agent(user_agent, "collect.wikipedia")
+        self.sleep = sleep
+
+    def _client(self) -> MediaWikiClient:
+        cfg = self.cfg
+        return MediaWikiClient(
+            cfg.endpoint,
+            self.user_agent,
+            language=cfg.language,
+            maxlag=cfg.maxlag,
+            timeout_s=cfg.timeout_s,
+            retry=cfg.retry,
+            search_batch=cfg.search_batch,
+            sleep=self.sleep,
+        )
+
+    def collect(self, ctx: SourceContext) -> tuple[list[Document], WikipediaSummary]:
+        previous = ctx.previous.of_source(SOURCE)
+        client = self._client()
+        try:
+            topic_of, states = self._discover(client, ctx)
+            summary = WikipediaSummary(titles_found=len(topic_of))
+            plan = self._plan(states, topic_of, previous, _resumed(ctx.progress), summary)
+            ctx.log(
+                f"wikipedia: {len(plan.order)} articles, {len(plan.to_fetch)} to fetch, "
+                f"{len(plan.docs)} unchanged"
+            )
+            self._fetch(client, plan, topic_of, previous, ctx.progress, summary)
+            summary.retries = client.retry.retried
+        finally:
+            client.close()
+        documents = plan.documents()
+        for doc in documents:
+            summary.per_topic[doc.topic] = summary.per_topic.get(doc.topic, 0) + 1
+        self._check_losses(summary, len(plan.order))
+        return documents, summary
+
+    def _discover(
+        self, client: MediaWikiClient, ctx: SourceContext
+    ) -> tuple[dict[str, str], list[PageState]]:
+        """Steps 1 and 2: title -> topic, and the state of every title; an unreachable API is transient."""
+        try:
+            topic_of = _search_all(self.cfg, client, ctx.progress, ctx.log)
+            return topic_of, _check_revisions(self.cfg, client, ctx.progress, list(topic_of), ctx.log)
+        except Exception as err:
+            if is_transient(err):
+                raise TransientSourceError(
+                    f"Wikipedia API unavailable at {self.cfg.endpoint}: {describe(err)}"
+                ) from err
+            raise
+
+    @staticmethod
+    def _plan(
+        states: list[PageState],
+        topic_of: dict[str, str],
+        previous: dict[str, Document],
+        resumed: dict[str, Document],
+        summary: WikipediaSummary,
+    ) -> _Plan:
+        """Step 3: skip missing and disambiguation pages, reuse current revisions, fetch the rest."""
+        plan = _Plan()
+        seen: set[str] = set()
+        for state in states:
+            if state.title in seen:  # two search hits redirecting to one article
+                continue
+            seen.add(state.title)
+            if state.missing:
+                summary.skipped_missing += 1
+                continue
+            if state.disambiguation:
+                summary.skipped_disambiguation += 1
+                continue
+            doc_id = make_doc_id(SOURCE, state.title)
+            plan.order.append(doc_id)
+            if (old := _if_current(previous.get(doc_id), state)) is not None:
+                summary.reused += 1
+            elif (old := _if_current(resumed.get(doc_id), state)) is not None:
+                summary.resumed += 1
+            else:
+                plan.to_fetch.append(state)
+                continue
+            plan.docs[doc_id] = dataclasses.replace(old, topic=topic_of[state.requested])
+        return plan
+
+    def _fetch(
+        self,
+        client: MediaWikiClient,
+        plan: _Plan,
+        topic_of: dict[str, str],
+        previous: dict[str, Document],
+        progress: ProgressLog,
+        summary: WikipediaSummary,
+    ) -> None:
+        """Step 4: fetch what the plan lists; a failure keeps the previous version when there is one."""
+        for state, outcome in _fetch_all(self.cfg, client, plan.to_fetch):
+            doc_id = make_doc_id(SOURCE, state.title)
+            if isinstance(outcome, BaseException):
+                kept = previous.get(doc_id)
+                if kept is not None:
+                    plan.docs[doc_id] = kept
+                summary.failures.append(WikipediaFailure(state.title, describe(outcome), kept is not None))
+            elif outcome.missing or outcome.disambiguation or not outcome.text.strip():
+                summary.skip(outcome)
+                plan.order.remove(doc_id)
+            else:
+                doc = _article(doc_id, state, outcome, topic_of[state.requested])
+                progress.append("pages", doc.to_record())
+                plan.docs[doc_id] = doc
+                summary.fetched += 1
+
+    def _check_losses(self, summary: WikipediaSummary, wanted: int) -> None:
+        """Fail (to be retried) when more than `max_failure_fraction` of the articles were lost."""
+        if summary.lost / max(wanted, 1) <= self.cfg.max_failure_fraction:
+            return
+        listed = "; ".join(f"{f.title}: {f.error}" for f in summary.failures[:5])
+        raise TooManyFailuresError(
+            f"{summary.lost} of {wanted} Wikipedia articles could not be fetched "
+            f"(more than collect.wikipedia.max_failure_fraction={self.cfg.max_failure_fraction}). "
+            f"The {summary.fetched + summary.resumed} fetched so far are saved and a re-run resumes. "
+            f"First failures: {listed}"
+        )
+
+
+def _resumed(progress: ProgressLog) -> dict[str, Document]:
+    """Pages an interrupted earlier attempt fetched, by doc_id."""
+    docs = (Document.from_record(r) for r in progress.read("pages"))
+    return {d.doc_id: d for d in docs if d.source == SOURCE}
+
+
+def _if_current(doc: Document | None, state: PageState) -> Document | None:
+    """`doc` when it holds the article's current revision, else None."""
+    if doc is not None and state.revision_id is not None and doc.revision_id == state.revision_id:
+        return doc
     return None
 
 
-def _describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
-
-
-class _Transport(wikipediaapi.Wikipedia):
-    """wikipedia-api's client with a configurable endpoint and the API error envelope checked."""
-
-    def __init__(self, api_url: str, **kwargs: Any) -> None:
-        self._api_url = api_url
-        super().__init__(**kwargs)
-
-    def _build_url(self, language: str) -> str:  # type: ignore[override]
-        return self._api_url
-
-    def query(self, params: dict[str, Any]) -> dict[str, Any]:
-        full = self._construct_params_standalone({"action": "query", "formatversion": 2, **params})
-        raw = self._get(self.language, full)
-        if not isinstance(raw, dict):
-            raise wikipediaapi.WikiInvalidJsonError(self._api_url)
-        if "error" in raw:
-            error = raw["error"] if isinstance(raw["error"], dict) else {}
-            raise MediaWikiAPIError(str(error.get("code", "unknown")), str(error.get("info", "")))
-        return raw
-
-
-@dataclass
-class PageState:
-    """What the API says about a title now: which page it resolves to and its current revision."""
-
-    requested: str
-    title: str
-    revision_id: int | None = None
-    url: str | None = None
-    missing: bool = False
-    disambiguation: bool = False
-
-
-@dataclass
-class FetchedPage:
-    title: str
-    text: str
-    revision_id: int | None
-    url: str | None
-    missing: bool = False
-    disambiguation: bool = False
-
-
-class MediaWikiClient:
-    """The three batched queries of this module, each retried under one policy."""
-
-    def __init__(
-        self, cfg: WikipediaConfig, user_agent: str, *, sleep: Callable[[float], None] = time.sleep
-    ) -> None:
-        self.cfg = cfg
-        extra = {"maxlag": cfg.maxlag} if cfg.maxlag is not None else None
-        self.transport = _Transport(
-            cfg.endpoint,
-            user_agent=user_agent,
-            language=cfg.language,
-            extract_format=wikipediaapi.ExtractFormat.WIKI,
-            extra_api_params=extra,
-            max_retries=0,  # retries are ours (jitter, maxlag, failure accounting)
-            timeout=cfg.timeout_s,
-        )
-        self.retry = RetryPolicy(cfg.retry, sleep=sleep)
-
-    def close(self) -> None:
-        self.transport._client.close()  # wikipedia-api keeps its httpx.Client here and offers no close()
-
-    def query(self, params: dict[str, Any]) -> dict[str, Any]:
-        return self.retry.call(
-            lambda: self.transport.query(params), is_transient=_is_transient, retry_after=_retry_after
-        )
-
-    def search(self, topic: str, limit: int) -> list[str]:
-        """Titles of up to `limit` articles matching `topic`, following `continue` across requests."""
-        titles: list[str] = []
-        params: dict[str, Any] = {
-            "list": "search",
-            "srsearch": topic,
-            "srnamespace": 0,
-            "srprop": "",
-            "srinfo": "",
-        }
-        cont: dict[str, Any] = {}
-        while len(titles) < limit:
-            batch = min(self.cfg.search_batch, limit - len(titles))
-            raw = self.query({**params, **cont, "srlimit": batch})
-            hits = raw.get("query", {}).get("search", [])
-            titles.extend(hit["title"] for hit in hits if "title" in hit)
-            cont = raw.get("continue") or {}
-            if not cont or not hits:
-                break
-        return titles[:limit]
-
-    def page_states(self, titles: list[str]) -> list[PageState]:
-        """Current revision, redirect target, missing/disambiguation flags for up to 50 titles."""
-        raw = self.query(
-            {
-                "prop": "info|pageprops",
-                "titles": "|".join(titles),
-                "inprop": "url",
-                "ppprop": "disambiguation",
-            }
-        )
-        q = raw.get("query", {})
-        renamed = {n["from"]: n["to"] for n in q.get("normalized", [])}
-        redirected = {r["from"]: r["to"] for r in q.get("redirects", [])}
-        pages = {p.get("title"): p for p in q.get("pages", [])}
-        states = []
-        for requested in titles:
-            final = renamed.get(requested, requested)
-            final = redirected.get(final, final)
-            page = pages.get(final)
-            if page is None or page.get("missing") or page.get("invalid"):
-                states.append(PageState(requested, final, missing=True))
-                continue
-            states.append(
-                PageState(
-                    requested,
-                    final,
-                    revision_id=page.get("lastrevid"),
-                    url=page.get("fullurl"),
-                    disambiguation="disambiguation" in (page.get("pageprops") or {}),
-                )
-            )
-        return states
-
-    def fetch(self, title: str) -> FetchedPage:
-        """One article as plain text with its section headings as paragraphs, and the revision it is."""
-        raw = self.query(
-            {
-                "prop": "extracts|info|pageprops",
-                "titles": title,
-                "explaintext": 1,
-                "exsectionformat": "wiki",
-                "inprop": "url",
-                "ppprop": "disambiguation",
-            }
-        )
-        pages = raw.get("query", {}).get("pages", [])
-        if not pages or pages[0].get("missing") or pages[0].get("invalid"):
-            return FetchedPage(title, "", None, None, missing=True)
-        page = pages[0]
-        return FetchedPage(
-            title=page.get("title", title),
-            text=extract_to_text(page.get("extract") or ""),
-            revision_id=page.get("lastrevid"),
-            url=page.get("fullurl"),
-            disambiguation="disambiguation" in (page.get("pageprops") or {}),
-        )
-
-
-_HEADING = re.compile(r"^(={2,6})\s*(.*?)\s*\1$")
-
-
-def extract_to_text(extract: str) -> str:
-    """Plain-text extract -> paragraphs separated by blank lines, each heading a paragraph of its own."""
-    paragraphs = []
-    for line in extract.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        heading = _HEADING.match(line)
-        paragraphs.append(heading.group(2) if heading else line)
-    return "\n\n".join(p for p in paragraphs if p)
-
-
-@dataclass
-class WikipediaResult:
-    documents: list[Document]
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-def _batches(items: list[str], size: int) -> Iterator[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def collect_wikipedia(
-    cfg: WikipediaConfig,
-    client: MediaWikiClient,
-    progress: ProgressLog,
-    previous: dict[str, Document] | None = None,
-    log: Callable[[str], None] = lambda _msg: None,
-) -> WikipediaResult:
-    """Search, check revisions, fetch what changed; reuse `previous` documents whose revision is current.
-
-    Search results, revision checks and fetched pages are appended to `progress` as they arrive, so a
-    second call after an interruption repeats none of the finished requests. A page that still fails
-    after retries is listed in the summary; when a previous version of it exists that version is kept.
-    """
-    previous = previous or {}
-    try:
-        topic_of = _search_all(cfg, client, progress, log)
-        states = _check_revisions(cfg, client, progress, list(topic_of), log)
-    except Exception as err:
-        if _is_transient(err):
-            raise TransientSourceError(
-                f"Wikipedia API unavailable at {cfg.endpoint}: {_describe(err)}"
-            ) from err
-        raise
-
-    resumed = {
-        d.doc_id: d for d in (Document.from_record(r) for r in progress.read("pages")) if d.source == SOURCE
-    }
-    summary: dict[str, Any] = {
-        "titles_found": len(topic_of),
-        "per_topic": {},
-        "skipped_missing": 0,
-        "skipped_disambiguation": 0,
-        "reused": 0,
-        "resumed": 0,
-        "fetched": 0,
-        "failures": [],
-    }
-    docs: dict[str, Document] = {}  # doc_id -> document, in search order
-    order: list[str] = []
-    to_fetch: list[PageState] = []
-    seen: set[str] = set()
-    for state in states:
-        if state.title in seen:  # two search hits redirecting to one article
-            continue
-        seen.add(state.title)
-        if state.missing:
-            summary["skipped_missing"] += 1
-            continue
-        if state.disambiguation:
-            summary["skipped_disambiguation"] += 1
-            continue
-        doc_id = make_doc_id(SOURCE, state.title)
-        order.append(doc_id)
-        topic = topic_of[state.requested]
-        for pool, counter in ((previous, "reused"), (resumed, "resumed")):
-            old = pool.get(doc_id)
-            if old is not None and state.revision_id is not None and old.revision_id == state.revision_id:
-                docs[doc_id] = dataclasses.replace(old, topic=topic)
-                summary[counter] += 1
-                break
-        else:
-            to_fetch.append(state)
-
-    log(f"wikipedia: {len(order)} articles, {len(to_fetch)} to fetch, {len(docs)} unchanged")
-    for state, outcome in _fetch_all(cfg, client, to_fetch):
-        doc_id = make_doc_id(SOURCE, state.title)
-        if isinstance(outcome, BaseException):
-            kept = previous.get(doc_id)
-            if kept is not None:
-                docs[doc_id] = kept
-            summary["failures"].append(
-                {"title": state.title, "error": _describe(outcome), "kept_previous": kept is not None}
-            )
-            continue
-        if outcome.missing or outcome.disambiguation or not outcome.text.strip():
-            key = "skipped_disambiguation" if outcome.disambiguation else "skipped_missing"
-            summary[key] += 1
-            order.remove(doc_id)
-            continue
-        doc = Document(
-            doc_id=doc_id,
-            source=SOURCE,
-            title=state.title,
-            text=outcome.text,
-            url=outcome.url or state.url,
-            topic=topic_of[state.requested],
-            revision_id=outcome.revision_id if outcome.revision_id is not None else state.revision_id,
-            fetched_at=datetime.now(timezone.utc),
-        )
-        progress.append("pages", doc.to_record())
-        docs[doc_id] = doc
-        summary["fetched"] += 1
-
-    documents = [docs[i] for i in order if i in docs]
-    for doc in documents:
-        summary["per_topic"][doc.topic] = summary["per_topic"].get(doc.topic, 0) + 1
-    lost = sum(1 for f in summary["failures"] if not f["kept_previous"])
-    summary["failed"] = len(summary["failures"])
-    summary["lost"] = lost
-    summary["retries"] = client.retry.retried
-    wanted = max(len(order), 1)
-    if lost / wanted > cfg.max_failure_fraction:
-        listed = "; ".join(f"{f['title']}: {f['error']}" for f in summary["failures"][:5])
-        raise TooManyFailuresError(
-            f"{lost} of {len(order)} Wikipedia articles could not be fetched "
-            f"(more than collect.wikipedia.max_failure_fraction={cfg.max_failure_fraction}). "
-            f"The {summary['fetched'] + summary['resumed']} fetched so far are saved and a re-run resumes. "
-            f"First failures: {listed}"
-        )
-    return WikipediaResult(documents, summary)
+def _article(doc_id: str, state: PageState, page: FetchedPage, topic: str) -> Document:
+    return Document(
+        doc_id=doc_id,
+        source=SOURCE,
+        title=state.title,
+        text=page.text,
+        url=page.url or state.url,
+        topic=topic,
+        revision_id=page.revision_id if page.revision_id is not None else state.revision_id,
+        fetched_at=datetime.now(timezone.utc),
+    )
 
 
 def _search_all(
@@ -488,20 +380,26 @@ def _check_revisions(
     return [known[t] for t in titles]
 
 
+def _batches(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _try_fetch(client: MediaWikiClient, state: PageState) -> FetchedPage | BaseException:
+    try:
+        return client.fetch(state.title)
+    except Exception as err:
+        return err
+
+
 def _fetch_all(
     cfg: WikipediaConfig, client: MediaWikiClient, states: list[PageState]
 ) -> Iterator[tuple[PageState, FetchedPage | BaseException]]:
     """Yield (state, page or the error that outlived its retries), in order; bounded concurrency."""
-
-    def one(state: PageState) -> FetchedPage | BaseException:
-        try:
-            return client.fetch(state.title)
-        except Exception as err:
-            return err
-
+    fetch = partial(_try_fetch, client)
     if cfg.concurrency == 1:
         for state in states:
-            yield state, one(state)
+            yield state, fetch(state)
         return
     with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
-        yield from zip(states, pool.map(one, states), strict=True)
+        yield from zip(states, pool.map(fetch, states), strict=True)

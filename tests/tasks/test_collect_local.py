@@ -8,11 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tasks.sources.base import SourceContext
 from tasks.sources.errors import InputError
-from tasks.sources.local import LocalConfig, read_local
+from tasks.sources.local import LocalConfig, LocalSource
 from tinyllama_model.errors import ConfigError
 
 TEXT = "Plain words about models – with dashes, “quotes” and naïve accents.\n\nA second paragraph."
+
+
+def read_local(cfg: LocalConfig):
+    return LocalSource(cfg).collect(SourceContext())
 
 
 def write_jsonl(path, rows):
@@ -43,15 +48,15 @@ def test_reads_every_format_from_folders_and_globs(tmp_path):
         ],
         text_field="content",
     )
-    result = read_local(cfg)
-    got = {d.title: d for d in result.documents}
+    documents, summary = read_local(cfg)
+    got = {d.title: d for d in documents}
     assert set(got) == {"first", "second", "A page", "Row one", "rows 2", "P1"}
     assert got["first"].text == TEXT  # nothing stripped: normalisation is preprocess's job
     assert got["A page"].text == "Body."
     assert got["Row one"].topic == "ai" and got["Row one"].url.endswith("rows.jsonl#L1")
-    assert {d.source for d in result.documents} == {"local"}
-    assert len({d.doc_id for d in result.documents}) == 6
-    assert [f["title"] for f in result.summary["failures"]] == [f"{tmp_path / 'table.parquet'}#row=1"]
+    assert {d.source for d in documents} == {"local"}
+    assert len({d.doc_id for d in documents}) == 6
+    assert [f.title for f in summary.failures] == [f"{tmp_path / 'table.parquet'}#row=1"]
 
 
 def test_bad_files_are_recorded_and_the_rest_is_kept(tmp_path):
@@ -64,9 +69,9 @@ def test_bad_files_are_recorded_and_the_rest_is_kept(tmp_path):
         tmp_path / "mixed.jsonl", [{"text": "Fine row."}, "{broken json", {"body": "no text field"}, "[1, 2]"]
     )
 
-    result = read_local(LocalConfig(paths=[str(tmp_path)]))
-    assert sorted(d.title for d in result.documents) == ["good", "mixed 1"]
-    errors = {f["title"].replace(str(tmp_path) + "/", ""): f["error"] for f in result.summary["failures"]}
+    documents, summary = read_local(LocalConfig(paths=[str(tmp_path)]))
+    assert sorted(d.title for d in documents) == ["good", "mixed 1"]
+    errors = {f.title.replace(str(tmp_path) + "/", ""): f.error for f in summary.failures}
     assert "not UTF-8" in errors["latin1.txt"] and "iconv" in errors["latin1.txt"]
     assert "binary" in errors["binary.txt"]
     assert "nested more than" in errors["bomb.html"]
@@ -93,6 +98,6 @@ def test_a_path_matching_nothing_is_a_config_error(tmp_path):
 
 
 def test_the_shared_dev_corpus_reads_with_its_content_field(shared_corpus):
-    result = read_local(LocalConfig(paths=[str(shared_corpus)], text_field="content"))
-    assert len(result.documents) == 333 and not result.summary["failures"]
-    assert result.documents[0].title == "Artificial general intelligence"
+    documents, summary = read_local(LocalConfig(paths=[str(shared_corpus)], text_field="content"))
+    assert len(documents) == 333 and not summary.failures
+    assert documents[0].title == "Artificial general intelligence"

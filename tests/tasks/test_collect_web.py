@@ -6,10 +6,11 @@ import time
 
 import pytest
 
+from tasks.sources.base import SourceContext
 from tasks.sources.htmltext import HTMLBombError, estimate_depth, html_to_text
 from tasks.sources.progress import ProgressLog
 from tasks.sources.retry import RetryConfig
-from tasks.sources.web import Rejected, WebConfig, WebFetcher, collect_web
+from tasks.sources.web import Rejected, WebConfig, WebFetcher, WebSource
 from tests.tasks.fakes.server import loopback
 from tests.tasks.fakes.web import ARTICLE, serve_site
 
@@ -136,16 +137,15 @@ def test_collect_web_records_rejections_and_resumes(site, tmp_path):
         per_host_delay_s=0,
         retry=FAST,
     )
-    progress = ProgressLog(tmp_path)
-    f = WebFetcher(cfg, AGENT)
-    result = collect_web(cfg, f, progress)
-    assert [d.title for d in result.documents] == ["Tiny Models", "plain.txt"]
-    assert result.summary["failures"][0]["title"].endswith("/image.png")
+    ctx = SourceContext(progress=ProgressLog(tmp_path))
+    documents, summary = WebSource(cfg, AGENT).collect(ctx)
+    assert [d.title for d in documents] == ["Tiny Models", "plain.txt"]
+    assert summary.failures[0].title.endswith("/image.png")
 
     hits = len(site.hits)
-    again = collect_web(cfg, WebFetcher(cfg, AGENT), progress)
-    assert again.summary["resumed"] == 2
-    assert [d.doc_id for d in again.documents] == [d.doc_id for d in result.documents]
+    again, again_summary = WebSource(cfg, AGENT).collect(ctx)
+    assert again_summary.resumed == 2
+    assert [d.doc_id for d in again] == [d.doc_id for d in documents]
     assert site.hits[hits:] == ["/robots.txt", "/image.png"]  # only the rejected one is asked again
 
 

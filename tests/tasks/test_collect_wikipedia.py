@@ -8,11 +8,13 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.collect import CollectConfig, run_collect
+from tasks.sources.base import SourceContext
 from tasks.sources.document import DOCUMENTS_FILE, read_documents
 from tasks.sources.errors import TooManyFailuresError, TransientSourceError
+from tasks.sources.mediawiki import MediaWikiClient, extract_to_text
 from tasks.sources.progress import ProgressLog
 from tasks.sources.retry import RetryConfig
-from tasks.sources.wikipedia import MediaWikiClient, WikipediaConfig, collect_wikipedia, extract_to_text
+from tasks.sources.wikipedia import WikipediaConfig, WikipediaSource
 from tests.tasks.fakes.mediawiki import FakeMediaWiki, article, serve_mediawiki
 from tests.tasks.fakes.server import loopback
 from tinyllama_model.errors import ConfigError
@@ -51,14 +53,12 @@ def wiki_cfg(wiki: FakeMediaWiki, **kw) -> WikipediaConfig:
     return WikipediaConfig(**{**base, **kw})
 
 
-def collect(wiki: FakeMediaWiki, cfg: WikipediaConfig, progress: ProgressLog | None = None, previous=None):
+def collect(wiki: FakeMediaWiki, cfg: WikipediaConfig, progress: ProgressLog | None = None):
+    """(documents, summary, the waits the retry policy asked for)."""
     sleeps: list[float] = []
-    client = MediaWikiClient(cfg, AGENT, sleep=sleeps.append)
-    try:
-        result = collect_wikipedia(cfg, client, progress or ProgressLog(None), previous)
-    finally:
-        client.close()
-    return result, sleeps
+    source = WikipediaSource(cfg, AGENT, sleep=sleeps.append)
+    documents, summary = source.collect(SourceContext(progress=progress or ProgressLog(None)))
+    return documents, summary, sleeps
 
 
 def test_search_pages_with_continuation_and_batches_titles(wiki):
@@ -75,14 +75,14 @@ def test_search_pages_with_continuation_and_batches_titles(wiki):
     wiki.search_index["machine learning"].append("ML alias")  # a second route to ML page 0
 
     cfg = wiki_cfg(wiki, search_batch=20, articles_per_topic=65)
-    result, _ = collect(wiki, cfg)
+    documents, summary, _ = collect(wiki, cfg)
 
-    titles = [d.title for d in result.documents]
+    titles = [d.title for d in documents]
     assert len(titles) == len(set(titles)) == 65 + 4
     assert "Mercury" not in titles and "Deleted page" not in titles
-    assert result.summary["skipped_disambiguation"] == 1
-    assert result.summary["skipped_missing"] == 1
-    by_title = {d.title: d for d in result.documents}
+    assert summary.skipped_disambiguation == 1
+    assert summary.skipped_missing == 1
+    by_title = {d.title: d for d in documents}
     assert by_title["AI page 1"].topic == "artificial intelligence"  # first topic that found it
     assert by_title["ML page 0"].topic == "machine learning"
     assert by_title["AI page 0"].revision_id == wiki.pages["AI page 0"].revid
@@ -120,13 +120,13 @@ def test_faults_are_retried_and_no_document_is_lost(wiki):
     wiki.fail("extracts", "truncated", title="ML page 0")
     wiki.fail("extracts", "garbage", title="ML page 1")
 
-    result, sleeps = collect(wiki, wiki_cfg(wiki, timeout_s=2.0))
+    documents, summary, sleeps = collect(wiki, wiki_cfg(wiki, timeout_s=2.0))
 
-    assert {d.title for d in result.documents} == set(wiki.pages)
-    assert result.summary["failures"] == []
+    assert {d.title for d in documents} == set(wiki.pages)
+    assert summary.failures == []
     assert 2.0 in sleeps  # Retry-After: 2 honoured (recorded by the injected sleep, not spent)
     assert wiki.injected == 10  # every fault queued above was served
-    assert result.summary["retries"] == wiki.injected
+    assert summary.retries == wiki.injected
     assert wiki.count("extracts", "AI page 2") == 3
     assert all(f.times == 0 for f in wiki.faults)
 
@@ -136,10 +136,10 @@ def test_page_failing_past_retries_is_recorded_then_fails_the_phase(wiki):
     wiki.fail("extracts", "503", title="AI page 2", times=100)
     cfg = wiki_cfg(wiki, topics=["artificial intelligence"], max_failure_fraction=0.5)
 
-    result, _ = collect(wiki, cfg)
-    assert [f["title"] for f in result.summary["failures"]] == ["AI page 2"]
-    assert "503" in result.summary["failures"][0]["error"]
-    assert len(result.documents) == 3
+    documents, summary, _ = collect(wiki, cfg)
+    assert [f.title for f in summary.failures] == ["AI page 2"]
+    assert "503" in summary.failures[0].error
+    assert len(documents) == 3
 
     progress = ProgressLog(None)
     with pytest.raises(TooManyFailuresError, match=r"1 of 4 .*AI page 2"):
@@ -150,9 +150,9 @@ def test_persistently_malformed_json_is_recorded_not_fatal(wiki):
     populate(wiki, n_ai=3, n_ml=0)
     wiki.fail("extracts", "garbage", title="AI page 0", times=100)
     cfg = wiki_cfg(wiki, topics=["artificial intelligence"], max_failure_fraction=0.5)
-    result, _ = collect(wiki, cfg)
-    assert result.summary["failures"][0]["title"] == "AI page 0"
-    assert "InvalidJson" in result.summary["failures"][0]["error"]
+    _, summary, _ = collect(wiki, cfg)
+    assert summary.failures[0].title == "AI page 0"
+    assert "InvalidJson" in summary.failures[0].error
 
 
 def test_api_outage_during_search_is_transient_and_resumes(wiki, tmp_path):
@@ -163,15 +163,15 @@ def test_api_outage_during_search_is_transient_and_resumes(wiki, tmp_path):
     with pytest.raises(TransientSourceError, match="unavailable"):
         collect(wiki, cfg, progress)
     wiki.faults.clear()
-    result, _ = collect(wiki, cfg, progress)
-    assert len(result.documents) == len(wiki.pages)
+    documents, _, _ = collect(wiki, cfg, progress)
+    assert len(documents) == len(wiki.pages)
 
 
 def test_concurrent_downloads_give_the_same_documents(wiki):
     populate(wiki)
-    serial, _ = collect(wiki, wiki_cfg(wiki))
-    parallel, _ = collect(wiki, wiki_cfg(wiki, concurrency=3))
-    assert [(d.title, d.text) for d in serial.documents] == [(d.title, d.text) for d in parallel.documents]
+    serial, _, _ = collect(wiki, wiki_cfg(wiki))
+    parallel, _, _ = collect(wiki, wiki_cfg(wiki, concurrency=3))
+    assert [(d.title, d.text) for d in serial] == [(d.title, d.text) for d in parallel]
 
 
 def test_user_agent_is_required_with_a_contact(wiki, tmp_path):

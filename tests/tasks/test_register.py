@@ -1,5 +1,9 @@
 """The register phase against a real MLflow: a SQLite store in a temporary folder, real tiny models.
 
+End to end through the modules it orders (tasks.mlflow_run, run_reports, model_versions, champion) and
+back out through tasks.model_refs; their store-free parts are tested beside them (test_mlflow_run.py,
+test_run_reports.py, test_mlflow_store.py, test_model_refs.py).
+
 One store serves the whole module (creating its tables takes seconds); tests that need a clean
 registry use their own model and experiment names.
 """
@@ -18,24 +22,13 @@ import httpx
 import mlflow
 import pytest
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from tasks.artifacts import Artifact, publish, sha256_file
+from tasks.champion import promote_if_better
+from tasks.mlflow_run import finish_pipeline_run, log_metrics_batched, start_pipeline_run
 from tasks.mlflow_store import resolve_store
-from tasks.register import (
-    MODEL_FILES,
-    ModelDirError,
-    RegisterConfig,
-    finish_pipeline_run,
-    flatten_params,
-    is_connection_error,
-    log_metrics_batched,
-    loss_curve_figure,
-    promote_if_better,
-    resolve_model_dir,
-    run_register,
-    start_pipeline_run,
-)
+from tasks.model_refs import MODEL_FILES, ModelDirError, resolve_model_dir
+from tasks.register import RegisterConfig, run_register
 from tests.factories import make_model_dir, train_tiny_tokenizer
 from tests.processes import answers, free_port, stop_group, wait_until
 
@@ -108,16 +101,6 @@ def champion(root: Path, tokenizer_file: Path) -> dict:
 # -- the pipeline run -------------------------------------------------------------------------------------
 
 
-def test_flatten_params_dots_nested_sections_and_cuts_long_values() -> None:
-    flat = flatten_params(
-        {"train": {"lr": 0.001, "betas": [0.9, 0.95]}, "x": None, "long": "y" * 7000, "e": {}}
-    )
-    assert flat["train.lr"] == "0.001" and flat["train.betas"] == "[0.9, 0.95]"
-    assert flat["x"] == "null" and flat["e"] == "{}"
-    assert len(flat["long"]) <= 6000 and flat["long"].endswith("[truncated]")
-    assert flatten_params(RegisterConfig())["model_name"] == "tinyllama"
-
-
 def test_pipeline_run_records_config_and_provenance(champion: dict, root: Path) -> None:
     run = MlflowClient().get_run(champion["run_id"])
     assert run.data.params["train.lr"] == "0.001"
@@ -151,30 +134,6 @@ def test_store_defaults_to_sqlite_under_the_root_and_never_writes_to_cwd(
     MlflowClient().log_text(run_id, "x", "note.txt")
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
     assert list((root / "mlflow" / "artifacts").rglob("note.txt"))
-
-
-def test_activating_one_store_does_not_capture_the_next_builds_default(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two builds with different data roots in one process (a worker, a notebook) keep their own stores."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    resolve_store(None, tmp_path / "first").activate()
-    assert resolve_store(None, tmp_path / "second").tracking_uri.endswith("second/mlflow/mlflow.db")
-
-
-def test_configured_uri_beats_environment_beats_default(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/env/m.db")
-    env_store = resolve_store(None, tmp_path / "root")
-    assert env_store.tracking_uri == f"sqlite:///{tmp_path}/env/m.db"
-    assert (
-        env_store.artifact_location == (tmp_path / "env" / "artifacts").as_uri()
-    )  # beside the db, not ./mlruns
-    assert resolve_store("http://mlflow:5000", tmp_path).artifact_location is None  # the server decides
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    with pytest.raises(ValueError, match="MLFLOW_TRACKING_URI"):
-        resolve_store(None, None)
 
 
 def test_log_metrics_batched_sends_at_most_1000_per_call(root: Path, champion: dict) -> None:
@@ -336,25 +295,6 @@ def test_incomplete_inputs_fail_before_anything_is_logged(
     with pytest.raises(FileNotFoundError, match="evaluate phase"):
         run_register(cfg, good, empty_eval, {}, run_id, root)
     assert not MlflowClient().list_artifacts(run_id)
-
-
-def test_loss_curve_handles_missing_series() -> None:
-    assert loss_curve_figure([{"step": 1, "tokens_per_s": 5.0}]) is None
-    fig = loss_curve_figure([{"step": 1, "val_loss": 3.0}, {"step": 2, "val_loss": 2.5}])  # no train, no lr
-    assert fig is not None and len(fig.axes) == 1
-
-
-# -- faults -----------------------------------------------------------------------------------------------
-
-
-def test_only_an_unreachable_store_counts_as_transient(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
-    with pytest.raises(MlflowException) as caught:
-        MlflowClient(f"http://127.0.0.1:{free_port()}").get_experiment_by_name("x")  # nothing listens there
-    assert is_connection_error(caught.value)
-    assert not is_connection_error(ValueError("bad config"))
-    assert not is_connection_error(MlflowException("no such model", error_code="RESOURCE_DOES_NOT_EXIST"))
 
 
 # -- the Prefect task and the REST server ------------------------------------------------------------------

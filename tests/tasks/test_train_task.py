@@ -15,7 +15,7 @@ from tests.tasks.test_tokenizer_task import SMALL, doc_texts, write_clean
 from tinyllama_model import ModelConfig, TinyLlama
 from tinyllama_model.data import CorpusTooSmallError
 from tinyllama_model.tokenizer import Tokenizer
-from tinyllama_model.trainer import TrainConfig
+from tinyllama_model.train_config import TrainConfig
 
 MODEL = ModelConfig(dim=32, n_layers=2, n_heads=2, vocab_size=12_000, max_seq_len=32, multiple_of=16)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.register import mlflow_run_link
+from tasks.mlflow_store import mlflow_run_link
+from tasks.register import RegisterConfig, registration_markdown
 from tasks.train import loss_curve_rows
 
 
@@ -25,3 +26,22 @@ def test_loss_curve_keeps_every_validation_and_thins_train_steps(tmp_path: Path)
 def test_local_store_link_says_how_to_open_the_ui() -> None:
     text = mlflow_run_link("sqlite:////data/mlflow/mlflow.db", "abc123")
     assert "abc123" in text and "mlflow ui --backend-store-uri sqlite:////data/mlflow/mlflow.db" in text
+
+
+def test_registration_summary_names_the_version_and_where_the_champion_is() -> None:
+    stats = {
+        "run_id": "abc123",
+        "tracking_uri": "sqlite:////data/mlflow/mlflow.db",
+        "model_uri": "models:/tinyllama/2",
+        "reused_version": False,
+        "val_bpb": 2.5,
+        "previous_champion": 1,
+        "previous_champion_value": None,
+        "champion_version": 1,
+        "champion_moved": False,
+    }
+    text = registration_markdown(RegisterConfig(), stats)
+    assert text.startswith("# Registered `models:/tinyllama/2`\n")
+    assert "| val_bpb | 2.5000 |" in text and "| champion before | 1 (n/a) |" in text
+    assert "| `@champion` now | version 1 (unchanged) |" in text
+    assert "mlflow.pyfunc.load_model('models:/tinyllama@champion')" in text

@@ -10,7 +10,8 @@ from tasks.train import run_torchrun
 from tests.tinyllama_model.test_resume import final_state
 from tests.tinyllama_model.test_trainer import EQUIVALENT, TINY, synthetic_docs, tiny_train_config
 from tinyllama_model.data import write_packed
-from tinyllama_model.trainer import BEST_DIR, trainer_from_run_dir, write_run_spec
+from tinyllama_model.launch import trainer_from_run_dir, write_run_spec
+from tinyllama_model.run_state import BEST_DIR
 
 
 def _write_run(run_dir, cfg) -> None:

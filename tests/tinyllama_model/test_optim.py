@@ -10,7 +10,7 @@ import torch
 from tests.tinyllama_model.test_model import make, tiny
 from tinyllama_model import TinyLlama
 from tinyllama_model.optim import Muon, build_optimizer, orthogonalize
-from tinyllama_model.trainer import TrainConfig
+from tinyllama_model.train_config import TrainConfig
 
 
 def optimizer(m: TinyLlama, name: str, **kw):

@@ -22,7 +22,8 @@ from tests.tinyllama_model.test_trainer import (
 )
 from tinyllama_model.checkpoint import load_torch_file
 from tinyllama_model.data import write_packed
-from tinyllama_model.trainer import CHECKPOINT_DIR, list_checkpoints, trainer_from_run_dir, write_run_spec
+from tinyllama_model.launch import trainer_from_run_dir, write_run_spec
+from tinyllama_model.run_state import CHECKPOINT_DIR, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,7 +101,7 @@ def _write_run(run_dir: Path, cfg) -> None:
 def _train_process(run_dir: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "tinyllama_model.trainer", str(run_dir), "--quiet"],
+        [sys.executable, "-m", "tinyllama_model.launch", str(run_dir), "--quiet"],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -1,35 +1,29 @@
-"""The trainer on a tiny model and a learnable synthetic stream: schedule, budgets, outputs, bad input."""
+"""The trainer on a tiny model and a learnable synthetic stream: budgets, outputs, bad input."""
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import itertools
 import json
-import logging
 import math
 from pathlib import Path
 
 import numpy as np
-import pydantic
 import pytest
 import torch
 
 from tinyllama_model import ModelConfig, TinyLlama
 from tinyllama_model.checkpoint import CheckpointError
 from tinyllama_model.data import CorpusTooSmallError, PackedTokens, pack_documents
-from tinyllama_model.trainer import (
+from tinyllama_model.run_state import (
     BEST_DIR,
     CHECKPOINT_DIR,
     METRICS_FILE,
     RESULT_FILE,
     CheckpointMismatchError,
-    ProgressLine,
-    TrainConfig,
-    Trainer,
     list_checkpoints,
-    lr_at,
 )
+from tinyllama_model.train_config import TrainConfig
+from tinyllama_model.trainer import Trainer
 
 TINY = ModelConfig(dim=32, n_layers=2, n_heads=2, vocab_size=64, max_seq_len=32, multiple_of=16)
 
@@ -90,54 +84,6 @@ def make_trainer(
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
-
-
-# -- config ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("field", "value", "message"),
-    [
-        ("batch_size", 0, "train.batch_size must be a positive integer"),
-        ("lr", -1.0, "train.lr must be positive"),
-        ("min_lr_ratio", 1.5, r"train.min_lr_ratio must be in \[0, 1\]"),
-        ("betas", (0.9, 1.0), "train.betas"),
-        ("dtype", "float16", "train.dtype must be one of auto, float32, bfloat16"),
-        ("max_epochs", 0, "train.max_epochs must be a positive number"),
-    ],
-)
-def test_bad_train_config_names_the_field(field, value, message):
-    with pytest.raises(ValueError, match=message):
-        TrainConfig(**{field: value})
-
-
-def test_a_budget_is_required():
-    with pytest.raises(ValueError, match="needs a budget"):
-        TrainConfig(max_minutes=None)
-
-
-def test_train_config_round_trips_and_rejects_unknown_keys():
-    cfg = TrainConfig(max_steps=5, betas=[0.8, 0.9])
-    assert cfg.betas == (0.8, 0.9)
-    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    with pytest.raises(ValueError, match="unknown train config key"):
-        TrainConfig.from_dict({"learning_rate": 1.0})
-
-
-def test_every_field_has_a_description_for_the_prefect_form():
-    schema = pydantic.TypeAdapter(TrainConfig).json_schema()
-    missing = [name for name, prop in schema["properties"].items() if not prop.get("description")]
-    assert not missing
-
-
-def test_warmup_then_cosine_to_the_floor():
-    cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10, max_steps=100)
-    assert lr_at(cfg, 0, 0.0) == pytest.approx(0.1)
-    assert lr_at(cfg, 9, 0.0) == pytest.approx(1.0)
-    assert lr_at(cfg, 50, 0.5) == pytest.approx(0.55)
-    assert lr_at(cfg, 100, 1.0) == pytest.approx(0.1)
-    lrs = [lr_at(cfg, s, s / 100) for s in range(10, 100)]
-    assert all(a >= b for a, b in itertools.pairwise(lrs))
 
 
 # -- training -------------------------------------------------------------------------------------------
@@ -209,14 +155,6 @@ def test_wall_clock_budget_spans_the_cosine(tmp_path):
     lrs = [r["lr"] for r in read_metrics(tmp_path) if "lr" in r]
     assert lrs[-1] < 0.15 * cfg.lr  # the schedule reached (about) its floor when time ran out
     assert max(lrs) > 0.9 * cfg.lr
-
-
-def test_progress_line_does_not_spam_non_tty_logs(caplog):
-    line = ProgressLine(every_s=60.0, stream=io.StringIO())
-    with caplog.at_level(logging.INFO, logger="tinyllama_model.trainer"):
-        for i in range(100):
-            line.update(f"step {i}")
-    assert [r.message for r in caplog.records] == ["step 0"]
 
 
 # -- bad input ------------------------------------------------------------------------------------------

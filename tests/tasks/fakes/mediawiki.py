@@ -1,4 +1,4 @@
-"""A loopback MediaWiki Action API that answers what `tasks.sources.wikipedia` (through wikipedia-api) asks.
+"""A loopback MediaWiki Action API that answers what `tasks.sources.mediawiki` (through wikipedia-api) asks.
 
 It speaks `formatversion=2` for `list=search` (with `sroffset` continuation), `prop=info|pageprops`
 for up to 50 titles (redirects, missing and disambiguation pages) and `prop=extracts` with

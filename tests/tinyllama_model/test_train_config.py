@@ -1,0 +1,61 @@
+"""TrainConfig refuses bad values by name, round-trips through JSON, and the schedule warms up then decays."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pydantic
+import pytest
+
+from tinyllama_model.train_config import OPERATIONAL, TrainConfig, lr_at
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("batch_size", 0, "train.batch_size must be a positive integer"),
+        ("lr", -1.0, "train.lr must be positive"),
+        ("min_lr_ratio", 1.5, r"train.min_lr_ratio must be in \[0, 1\]"),
+        ("betas", (0.9, 1.0), "train.betas"),
+        ("dtype", "float16", "train.dtype must be one of auto, float32, bfloat16"),
+        ("max_epochs", 0, "train.max_epochs must be a positive number"),
+    ],
+)
+def test_bad_train_config_names_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_a_budget_is_required():
+    with pytest.raises(ValueError, match="needs a budget"):
+        TrainConfig(max_minutes=None)
+
+
+def test_train_config_round_trips_and_rejects_unknown_keys():
+    cfg = TrainConfig(max_steps=5, betas=[0.8, 0.9])
+    assert cfg.betas == (0.8, 0.9)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="unknown train config key"):
+        TrainConfig.from_dict({"learning_rate": 1.0})
+
+
+def test_every_field_has_a_description_for_the_prefect_form():
+    schema = pydantic.TypeAdapter(TrainConfig).json_schema()
+    missing = [name for name, prop in schema["properties"].items() if not prop.get("description")]
+    assert not missing
+
+
+def test_warmup_then_cosine_to_the_floor():
+    cfg = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10, max_steps=100)
+    assert lr_at(cfg, 0, 0.0) == pytest.approx(0.1)
+    assert lr_at(cfg, 9, 0.0) == pytest.approx(1.0)
+    assert lr_at(cfg, 50, 0.5) == pytest.approx(0.55)
+    assert lr_at(cfg, 100, 1.0) == pytest.approx(0.1)
+    lrs = [lr_at(cfg, s, s / 100) for s in range(10, 100)]
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+
+
+def test_operational_fields_come_from_the_field_metadata():
+    assert {"eval_every", "device", "num_threads", "nproc_per_node"} <= OPERATIONAL
+    assert not {"lr", "batch_size", "seed", "dtype", "max_steps"} & OPERATIONAL
