@@ -112,3 +112,13 @@ def test_rooms_are_small(path: Path) -> None:
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     }
     assert long == {}
+
+
+def test_the_architecture_doc_lists_every_module() -> None:
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    missing = [
+        str(path.relative_to(REPO))
+        for path in _sources()
+        if path.name != "__init__.py" and f"`{path.relative_to(REPO)}`" not in doc
+    ]
+    assert missing == []
