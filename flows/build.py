@@ -4,12 +4,14 @@
 
 Every phase is cached on its content fingerprint, so a re-run with nothing changed re-uses every stored
 artifact, and a changed config section re-runs only its phase and what follows. Training runs in this
-process unless `train_deployment` names a deployment on the GPU pool.
+process unless `train_deployment` names a deployment on the GPU pool. The pipeline's MLflow run is open
+from training to registration (closed FAILED if a phase fails), and training logs into it as it goes.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from collections.abc import MutableMapping
 from typing import Any
 
 from prefect import flow
@@ -18,12 +20,34 @@ from prefect.deployments import run_deployment
 from flows.config import PipelineConfig, load_config
 from tasks.artifacts import Artifact, load_artifact
 from tasks.collect import collect
+from tasks.data_root import DataRoot
 from tasks.evaluate import evaluate
-from tasks.mlflow_run import start_pipeline_run
+from tasks.mlflow_run import RunRef, pipeline_run
 from tasks.preprocess import preprocess
 from tasks.register import register
 from tasks.tokenizer import build_tokenizer, encode
 from tasks.train import train, train_fingerprint
+
+ANALYTICS_SETTING = "PREFECT_SERVER_ANALYTICS_ENABLED"
+
+
+def quiet_server_telemetry(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Turn off the embedded Prefect server's call home, unless the user chose (environment or profile).
+
+    With no PREFECT_API_URL a flow starts Prefect's own server in a subprocess, whose telemetry service
+    posts to prefect.io every 10 minutes; offline that logs `ERROR | ... Failed to send telemetry`, which
+    reads like a fault of the build. The subprocess takes this process' environment, so a default set
+    here, before any flow runs, is what it sees. Returns whether the default was set.
+    """
+    from prefect.settings import get_current_settings
+
+    if ANALYTICS_SETTING in environ or "analytics_enabled" in get_current_settings().server.model_fields_set:
+        return False
+    environ[ANALYTICS_SETTING] = "false"
+    return True
+
+
+quiet_server_telemetry()
 
 
 @flow(name="tinyllama-data")
@@ -46,8 +70,14 @@ def data_runner(cfg: PipelineConfig) -> Any:
     return prepare_data.with_options(task_runner=runner)
 
 
-def train_on_pool(cfg: PipelineConfig, tokens: Artifact, tokenizer: Artifact, root: str) -> Artifact:
-    """Hand training to the GPU deployment and pick its model up from the shared data root."""
+def train_on_pool(
+    cfg: PipelineConfig, tokens: Artifact, tokenizer: Artifact, root: str, mlflow_run: RunRef | None = None
+) -> Artifact:
+    """Hand training to the GPU deployment and pick its model up from the shared data root.
+
+    A training run handed back to the queue because its GPU machine went away (AwaitingRetry) is not
+    final, so `run_deployment` keeps waiting until another gpu worker finishes it.
+    """
     run = run_deployment(
         cfg.train_deployment,
         parameters={
@@ -56,6 +86,7 @@ def train_on_pool(cfg: PipelineConfig, tokens: Artifact, tokenizer: Artifact, ro
             "tokens": tokens,
             "tokenizer": tokenizer,
             "data_root": root,
+            "mlflow_run": mlflow_run,
         },
     )
     if not run.state or not run.state.is_completed():
@@ -77,19 +108,20 @@ def build(
 ) -> dict[str, Any]:
     """Build, evaluate and register a model. Give a full `config`, or a `preset` name plus `overrides`."""
     cfg = config or load_config(preset, overrides or [])
-    root = str(Path(cfg.data_root).expanduser().resolve())
+    root = DataRoot.parse(cfg.data_root).url  # an absolute folder, or an object-store URL
 
     clean = data_runner(cfg)(cfg, root)
     tokenizer = build_tokenizer(cfg.tokenizer, clean, root)
     tokens = encode(cfg.tokenizer, clean, tokenizer, root)
-    if cfg.train_deployment:
-        model = train_on_pool(cfg, tokens, tokenizer, root)
-    else:
-        model = train(cfg.model, cfg.train, tokens, tokenizer, root)
-    evaluation = evaluate(cfg.evaluate, model, tokens, root)
-    run_id = start_pipeline_run(cfg.register, root, cfg, tags={"data_fingerprint": clean.fingerprint})
-    reports = {"data": clean, "tokenizer": tokenizer}
-    registered = register(cfg.register, model, evaluation, reports, run_id, root)
+    # The MLflow run opens before training, so its curves grow while the model trains.
+    with pipeline_run(cfg.register, root, cfg, tags={"data_fingerprint": clean.fingerprint}) as run:
+        if cfg.train_deployment:
+            model = train_on_pool(cfg, tokens, tokenizer, root, run)
+        else:
+            model = train(cfg.model, cfg.train, tokens, tokenizer, root, run)
+        evaluation = evaluate(cfg.evaluate, model, tokens, root)
+        reports = {"data": clean, "tokenizer": tokenizer, "tokens": tokens}
+        registered = register(cfg.register, model, evaluation, reports, run.run_id, root)
 
     return {
         "data_root": root,

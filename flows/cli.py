@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -35,16 +37,36 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _model_dir(ref: str) -> Path:
-    path = Path(ref)
-    if path.is_dir():
-        return path
-    if "://" in ref or ref.startswith(("models:/", "runs:/")):
-        from tasks.model_refs import resolve_model_dir
+@contextmanager
+def _bad_input_fails() -> Iterator[None]:
+    """Bad input ends the command with its message and exit code 2, never a traceback.
 
-        return resolve_model_dir(ref)
-    _fail(f"--model {ref!r} is neither a model directory nor an MLflow URI (e.g. models:/tinyllama@champion)")
-    raise AssertionError  # unreachable: _fail exits
+    What this project raises for bad input (a file, a model reference, a config) is a ValueError
+    (ConfigError, CheckpointError, ModelDirError, ArtifactError, ...) or a missing file, and its message
+    names the input and the fix. A KeyError carries a whole message too, which str() would quote.
+    """
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    except KeyError as err:
+        _fail(str(err.args[0]) if err.args else repr(err))
+
+
+@contextmanager
+def _model_dir(ref: str) -> Iterator[Path]:
+    """The model directory `ref` names; one downloaded from MLflow is deleted when the block ends."""
+    if Path(ref).is_dir():
+        from tasks.artifacts import verified_model_dir
+
+        yield verified_model_dir(Path(ref))  # a published model is checked against its manifest first
+    elif "://" in ref or ref.startswith(("models:/", "runs:/")):
+        from tasks.model_refs import downloaded_model_dir
+
+        with downloaded_model_dir(ref) as directory:
+            yield directory
+    else:
+        _fail(f"--model {ref!r} is neither a model directory nor an MLflow URI (e.g. models:/name@champion)")
 
 
 def _load(ref: str, device: str):
@@ -53,16 +75,25 @@ def _load(ref: str, device: str):
     from tinyllama_model import TinyLlama
     from tinyllama_model.tokenizer import Tokenizer
 
-    directory = _model_dir(ref)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
+    with _bad_input_fails(), _model_dir(ref) as directory:  # loaded into memory, the files can go
         model = TinyLlama.from_pretrained(directory, map_location=device)
         tokenizer = Tokenizer(directory)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+        tokenizer.check_fits(model.config.vocab_size)
     model.eval()
     return model, tokenizer
+
+
+def _not_utf8(text: str) -> str | None:
+    """Why `text` is not UTF-8, or None. Python keeps bytes it cannot decode from the command line (and
+    from stdin under a C/POSIX locale) as lone surrogates, which the tokenizer cannot take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raw = text[err.start : err.end].encode("utf-8", "surrogateescape")
+        return f"is not valid UTF-8 (byte {raw!r} at character {err.start}); give the text in UTF-8"
+    return None
 
 
 class Sampling:
@@ -148,6 +179,9 @@ def generate(
     """Continue one or more prompts."""
     from tinyllama_model.generate import generate_text, stream_text
 
+    for text in prompt:
+        if problem := _not_utf8(text):
+            _fail(f"--prompt {text!r} {problem} (check the terminal's or the script's encoding)")
     net, tokenizer = _load(model, device)
     options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     if stream:
@@ -183,6 +217,8 @@ def chat(
     net, tokenizer = _load(model, device)
     options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     typer.echo("tinyllama chat — type a prompt; /quit or an empty line to leave.")
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")  # a bad line is answered below, not a traceback
     while True:
         try:
             text = input("> ")
@@ -191,6 +227,9 @@ def chat(
             break
         if not text.strip() or text.strip() == "/quit":
             break
+        if problem := _not_utf8(text):
+            typer.secho(f"error: that line {problem}; type it again", fg=typer.colors.RED, err=True)
+            continue
         for delta in stream_text(net, tokenizer, text, **options):
             sys.stdout.write(delta)
             sys.stdout.flush()
@@ -214,10 +253,8 @@ def evaluate(
 
     if not data.is_file():
         _fail(f"--data {data} does not exist")
-    try:
-        result = evaluate_file(_model_dir(model), data, text_field=text_field)
-    except (ValueError, KeyError) as err:
-        _fail(str(err))
+    with _bad_input_fails(), _model_dir(model) as directory:
+        result = evaluate_file(directory, data, text_field=text_field)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -231,7 +268,8 @@ def export_hf(
 
     if not model.is_dir():
         _fail(f"--model {model} is not a model directory")
-    typer.echo(str(export(model, out)))
+    with _bad_input_fails():  # a bad config.json, or a model Llama cannot express (named by its flag)
+        typer.echo(str(export(model, out)))
 
 
 if __name__ == "__main__":

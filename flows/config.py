@@ -11,14 +11,16 @@ vocabulary settings are the base that the preset's own `model`/`train` fields th
 from __future__ import annotations
 
 import dataclasses
+import typing
 import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tasks.collect import CollectConfig
+from tasks.data_root import DataRoot
 from tasks.evaluate import EvaluateConfig
 from tasks.preprocess import PreprocessConfig
 from tasks.register import RegisterConfig
@@ -57,7 +59,9 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data_root: str = Field(
-        ".tinyllama/data", description="Folder every phase writes under (<root>/<phase>/<fingerprint>/)."
+        ".tinyllama/data",
+        description="Folder, or object-store URL (s3://bucket/prefix, gs://bucket/prefix; credentials and "
+        "endpoint from the environment), every phase writes under (<root>/<phase>/<fingerprint>/).",
     )
     train_deployment: str | None = Field(
         None,
@@ -71,6 +75,12 @@ class PipelineConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     register: RegisterConfig = Field(default_factory=RegisterConfig)
+
+    @field_validator("data_root")
+    @classmethod
+    def _usable_root(cls, value: str) -> str:
+        DataRoot.parse(value)  # an unknown scheme or a missing backend fails now, naming what to install
+        return value
 
 
 def preset_names() -> list[str]:
@@ -106,7 +116,7 @@ def _field_names(model: Any) -> list[str] | None:
 def _field_type(node: Any, name: str) -> Any:
     if isinstance(node, type) and issubclass(node, BaseModel):
         return node.model_fields[name].annotation
-    return {f.name: f.type for f in dataclasses.fields(node)}[name]
+    return typing.get_type_hints(node)[name]  # a dataclass under postponed annotations holds strings
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
@@ -120,14 +130,17 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     node: Any = PipelineConfig
     for depth, key in enumerate(keys):
         names = _field_names(node)
-        if names is None or key not in names:
-            where = ".".join(keys[:depth]) or "the top level"
-            known = ", ".join(names or [])
+        where = ".".join(keys[:depth]) or "the top level"
+        if names is None:
+            raise ConfigError(
+                f"unknown setting {dotted!r}: {where} is a single value, not a section; set it with "
+                f"--set {where}=VALUE"
+            )
+        if key not in names:
+            known = ", ".join(names)
             raise ConfigError(f"unknown setting {dotted!r}: {where} has no field {key!r} (fields: {known})")
         if depth < len(keys) - 1:
             node = _field_type(node, key)
-            if isinstance(node, str):  # postponed annotation: resolve through the class' module
-                node = PipelineConfig.model_fields[key].annotation
     target = data
     for key in keys[:-1]:
         target = target.setdefault(key, {})

@@ -10,6 +10,8 @@ from __future__ import annotations
 from prefect import flow
 
 from tasks.artifacts import Artifact
+from tasks.data_root import DataRoot
+from tasks.mlflow_run import RunRef
 from tasks.train import train as train_model
 from tinyllama_model.model import ModelConfig
 from tinyllama_model.train_config import TrainConfig
@@ -22,6 +24,7 @@ def train(
     tokens: Artifact | None = None,
     tokenizer: Artifact | None = None,
     data_root: str | None = None,
+    mlflow_run: RunRef | None = None,
 ) -> Artifact:
     """Train on the artifacts of an earlier `tinyllama-build` run (started by it, or by hand)."""
     if tokens is None or tokenizer is None or data_root is None:
@@ -29,4 +32,5 @@ def train(
             "tinyllama-train needs the `tokens` and `tokenizer` artifacts and the `data_root` they live in; "
             "run it through tinyllama-build with train_deployment='tinyllama-train/gpu'"
         )
-    return train_model(model or ModelConfig(), train or TrainConfig(), tokens, tokenizer, data_root)
+    model, train = model or ModelConfig(), train or TrainConfig()
+    return train_model(model, train, tokens, tokenizer, DataRoot.parse(data_root).url, mlflow_run)

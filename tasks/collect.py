@@ -16,7 +16,6 @@ a retried or restarted collection resumes there instead of starting over.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections import Counter
@@ -32,7 +31,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from tasks.artifacts import Artifact, load_artifact, phase_fingerprint, publish, scratch_dir
+from tasks.artifacts import Artifact, load_artifact, phase_fingerprint, publish, scratch_dir, work_lock
+from tasks.data_root import DataRoot
+from tasks.progress_artifact import PagesBar, ProgressBar
+from tasks.redact import redact_url, redact_value
 from tasks.retries import retry_only_on
 from tasks.sources.base import PreviousDocuments, Source, SourceContext, SourceSummary
 from tasks.sources.builtin import BuiltinSource
@@ -107,54 +109,58 @@ def build_sources(cfg: CollectConfig, *, sleep: Callable[[float], None] = time.s
     return sources
 
 
-def _pointer(root: Path, config_fp: str) -> Path:
-    return root / "collect" / f"latest-{config_fp}.json"
+def _pointer(config_fp: str) -> tuple[str, str]:
+    return "collect", f"latest-{config_fp}.json"  # under the data root, local or object store
 
 
-def previous_artifact(root: Path, cfg: CollectConfig) -> Artifact | None:
-    """The last published collect artifact of this config, if it is still complete on disk."""
-    pointer = _pointer(root, config_fingerprint(cfg))
-    if not pointer.is_file():
+def previous_artifact(root: str | Path, cfg: CollectConfig) -> Artifact | None:
+    """The last published collect artifact of this config, if it is still complete (checked)."""
+    pointer = DataRoot.parse(root).read_bytes(*_pointer(config_fingerprint(cfg)))
+    if pointer is None:
         return None
-    fingerprint = json.loads(pointer.read_text()).get("fingerprint", "")
+    fingerprint = json.loads(pointer).get("fingerprint", "")
     return load_artifact(root, "collect", fingerprint)
 
 
-def _write_pointer(root: Path, config_fp: str, artifact: Artifact) -> None:
-    pointer = _pointer(root, config_fp)
-    tmp = pointer.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"fingerprint": artifact.fingerprint, "path": artifact.path}))
-    os.replace(tmp, pointer)
+def _write_pointer(root: str | Path, config_fp: str, artifact: Artifact) -> None:
+    data = json.dumps({"fingerprint": artifact.fingerprint, "path": artifact.path}).encode()
+    DataRoot.parse(root).write_bytes(*_pointer(config_fp), data=data)  # whole or not at all
 
 
 def run_collect(
     cfg: CollectConfig,
-    root: Path,
+    root: str | Path,
     *,
     sleep: Callable[[float], None] = time.sleep,
     log: Callable[[str], None] = lambda _msg: None,
+    pages: Callable[[str, int, int], None] = lambda _source, _done, _planned: None,
 ) -> Artifact:
-    """Collect every enabled source into one raw-documents artifact (see the module docstring)."""
-    root = Path(root)
+    """Collect every enabled source into one raw-documents artifact (see the module docstring).
+
+    `pages(source, done, planned)` hears after each page a network source fetched.
+    """
     sources = build_sources(cfg, sleep=sleep)
     config_fp = config_fingerprint(cfg)
-    work = scratch_dir(root, "collect", config_fp)
-    previous = previous_artifact(root, cfg)
-    ctx = SourceContext(
-        progress=ProgressLog(work, max_age_s=cfg.resume_max_age_h * 3600),
-        previous=PreviousDocuments(previous.file(DOCUMENTS_FILE) if previous is not None else None),
-        log=log,
-    )
-    docs, summaries = gather(sources, ctx)
-    if not docs:
-        raise _nothing_collected(sources, summaries)
-    summary = CollectSummary.of(docs, summaries, previous)
-    fingerprint = phase_fingerprint(
-        "collect", CODE_VERSION, cfg=content_config(cfg), content=summary.content_digest
-    )
-    artifact = publish(root, "collect", fingerprint, partial(_write, docs=docs, summary=summary))
-    _write_pointer(root, config_fp, artifact)
-    shutil.rmtree(work, ignore_errors=True)
+    # Collections of one config share the work folder: one at a time, or one deletes it under the other.
+    with work_lock(root, "collect", f"work-{config_fp}"):
+        work = scratch_dir(root, "collect", config_fp)
+        previous = previous_artifact(root, cfg)
+        ctx = SourceContext(
+            progress=ProgressLog(work, max_age_s=cfg.resume_max_age_h * 3600),
+            previous=PreviousDocuments(previous.file(DOCUMENTS_FILE) if previous is not None else None),
+            log=lambda message: log(redact_url(message)),  # sources log URLs, which may carry credentials
+            pages=pages,
+        )
+        docs, summaries = gather(sources, ctx)
+        if not docs:
+            raise _nothing_collected(sources, summaries)
+        summary = CollectSummary.of(docs, summaries, previous)
+        fingerprint = phase_fingerprint(
+            "collect", CODE_VERSION, cfg=content_config(cfg), content=summary.content_digest
+        )
+        artifact = publish(root, "collect", fingerprint, partial(_write, docs=docs, summary=summary))
+        _write_pointer(root, config_fp, artifact)
+        shutil.rmtree(work, ignore_errors=True)
     log(f"collect: {len(docs)} documents -> {artifact.path}")
     return artifact
 
@@ -184,7 +190,7 @@ def _nothing_collected(sources: Sequence[Source], summaries: dict[str, SourceSum
 
 def _failures(summaries: dict[str, SourceSummary]) -> list[dict[str, Any]]:
     return [
-        {"source": name, **asdict(failure)}
+        {"source": name, **redact_value(asdict(failure))}  # shown in the UI, the manifest, error messages
         for name, summary in summaries.items()
         for failure in summary.failures
     ]
@@ -246,7 +252,8 @@ class CollectSummary:
 
 def _write(staging: Path, *, docs: list[Document], summary: CollectSummary) -> dict[str, Any]:
     write_documents(staging / DOCUMENTS_FILE, docs)
-    (staging / SUMMARY_FILE).write_text(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
+    summary_json = json.dumps(redact_value(summary.as_dict()), indent=2, ensure_ascii=False)
+    (staging / SUMMARY_FILE).write_text(summary_json)
     return summary.stats()
 
 
@@ -288,7 +295,9 @@ def summary_markdown(stats: dict[str, Any]) -> str:
 )
 def collect(cfg: CollectConfig, root: str) -> Artifact:
     logger = get_run_logger()
-    artifact = run_collect(cfg, Path(root), log=logger.info)
+    bar = ProgressBar("collect-progress", "Collect: pages fetched of pages planned", warn=logger.warning)
+    artifact = run_collect(cfg, root, log=logger.info, pages=PagesBar(bar))
+    bar.update(1.0, f"{artifact.stats['documents']:,} documents collected")
     create_table_artifact(
         summary_rows(artifact.stats), key="collect-sources", description="Documents per source"
     )

@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from tasks.artifacts import Artifact, phase_fingerprint, publish, task_cache_key
+from tasks.artifacts import Artifact, materialize, phase_fingerprint, publish
+from tasks.cache_records import artifact_cache
 from tasks.tokenizer import read_split
 from tinyllama_model.data import pack_documents
 from tinyllama_model.evaluation import evaluate_stream
@@ -82,33 +84,70 @@ def score_documents(
 
 
 def read_texts(path: Path, text_field: str = "content") -> list[str]:
-    """Documents of a jsonl (one object per line), parquet (one row each) or txt (the whole file) file."""
+    """Documents of a jsonl (one object per line), parquet (one row each) or txt (the whole file) file.
+
+    Input that is not text (undecodable bytes, a line that is not a JSON object, a field that is not a
+    string) is refused with the file, the line and the fix, before any model is loaded.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no file at {path}")
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        return [path.read_text(encoding="utf-8")]
+        return [_utf8(path.read_bytes(), str(path))]
     if suffix == ".jsonl":
-        texts = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                if text_field not in row:
-                    raise KeyError(
-                        f"{path}:{n} has no field {text_field!r} (fields: {sorted(row)}); "
-                        "pass --text-field NAME"
-                    )
-                texts.append(row[text_field])
-        return texts
+        with open(path, "rb") as f:
+            texts = [_jsonl_text(line, f"{path}:{n}", text_field) for n, line in enumerate(f, 1)]
+        return [t for t in texts if t is not None]
     if suffix == ".parquet":
-        names = pq.ParquetFile(path).schema_arrow.names
-        if text_field not in names:
-            raise KeyError(f"{path} has no column {text_field!r} (columns: {names}); pass --text-field NAME")
+        schema = pq.ParquetFile(path).schema_arrow
+        if text_field not in schema.names:
+            raise KeyError(
+                f"{path} has no column {text_field!r} (columns: {schema.names}); pass --text-field NAME"
+            )
+        kind = schema.field(text_field).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise ValueError(f"{path}: column {text_field!r} holds {kind}, not text; pass --text-field NAME")
         return pq.read_table(path, columns=[text_field]).column(text_field).to_pylist()
     raise ValueError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .parquet or .txt")
+
+
+def _utf8(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{where} is not valid UTF-8 (byte {err.start} is {data[err.start : err.start + 1]!r}); "
+            "convert the file to UTF-8 (e.g. iconv -f ITS-ENCODING -t UTF-8)"
+        ) from err
+
+
+def _jsonl_text(line: bytes, where: str, text_field: str) -> str | None:
+    """The text of one jsonl line (None: a blank line, or no text in the row)."""
+    one_object = f'each line holds one JSON object like {{"{text_field}": "some text"}}'
+    text = _utf8(line, where)
+    if not text.strip():
+        return None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where} is not valid JSON ({err.msg}); {one_object}") from err
+    if not isinstance(row, dict):
+        raise ValueError(f"{where} is {_json_kind(row)}, not a JSON object; {one_object}")
+    if text_field not in row:
+        raise KeyError(f"{where} has no field {text_field!r} (fields: {sorted(row)}); pass --text-field NAME")
+    value = row[text_field]
+    if value is not None and not isinstance(value, str):
+        raise ValueError(
+            f"{where}: {text_field!r} is {_json_kind(value)}, not a string; give the text as a JSON string, "
+            "or pass --text-field NAME for the field that holds it"
+        )
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "true/false", type(None): "null"}
+    return kinds.get(type(value), "a number")
 
 
 def evaluate_file(
@@ -131,6 +170,7 @@ def evaluate_file(
         raise ValueError(f"{data_path} holds no non-empty {text_field!r} text to evaluate on")
     tok = Tokenizer(model_dir)
     model = TinyLlama.from_pretrained(model_dir)
+    tok.check_fits(model.config.vocab_size)
     docs = [np.asarray(ids, dtype=np.int64) for ids in tok.encode_batch(texts)]
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
     result = score_documents(model, docs, n_bytes, stride=stride, batch_size=batch_size, device=device)
@@ -140,7 +180,8 @@ def evaluate_file(
 # -- the phase ------------------------------------------------------------------------------------------
 
 
-def run_evaluate(cfg: EvaluateConfig, model: Artifact, tokens: Artifact, root: Path) -> Artifact:
+def run_evaluate(cfg: EvaluateConfig, model: Artifact, tokens: Artifact, root: str | Path) -> Artifact:
+    model, tokens = materialize(model), materialize(tokens)
     fp = phase_fingerprint("evaluate", CODE_VERSION, cfg=cfg, model=model, tokens=tokens)
 
     def build(out: Path) -> dict[str, Any]:
@@ -198,9 +239,9 @@ def evaluation_markdown(stats: dict[str, Any], samples: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-@task(name="evaluate", cache_key_fn=task_cache_key("evaluate", CODE_VERSION), persist_result=True)
-def evaluate(cfg: EvaluateConfig, model: Artifact, tokens: Artifact, root: Path) -> Artifact:
-    artifact = run_evaluate(cfg, model, tokens, Path(root))
+@task(name="evaluate", **artifact_cache("evaluate", CODE_VERSION))
+def evaluate(cfg: EvaluateConfig, model: Artifact, tokens: Artifact, root: str) -> Artifact:
+    artifact = run_evaluate(cfg, model, tokens, root)
     samples = json.loads(artifact.file("samples.json").read_text())
     create_markdown_artifact(evaluation_markdown(artifact.stats, samples), key="evaluation")
     return artifact

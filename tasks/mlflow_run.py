@@ -1,10 +1,11 @@
 """The pipeline's MLflow run: opened with the config and provenance, filled with metrics, closed.
 
-One MLflow run per pipeline run. The flow opens it with `start_pipeline_run` before the register phase
-(every config field as a param, the caller's tags such as the data fingerprint, the git commit and the
-Prefect flow run); the register phase fills it in and closes it, and `finish_pipeline_run` closes it when
-an earlier phase failed. Metrics go in `log_batch` calls within MLflow's limits, under names MLflow
-accepts.
+One MLflow run per pipeline run. The flow opens it with `pipeline_run` before training (every config
+field as a param, the caller's tags such as the data fingerprint, the git commit and the Prefect flow run),
+so the train phase can log into it as it goes (`tasks.live_metrics`, reaching the run through a `RunRef`
+even on another machine); the register phase fills it in and closes it, and `pipeline_run` closes it when a
+phase failed or the flow was stopped. Metrics go in `log_batch` calls within MLflow's limits, under names
+MLflow accepts, and a (metric, step) pair already in the run is not logged twice.
 
 This module knows the run, not what goes in it: the reports, the model and the registry live in
 `tasks.run_reports`, `tasks.model_versions` and `tasks.champion`.
@@ -14,24 +15,33 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
-from pydantic import BaseModel
+from mlflow.entities import Metric, Param, RunStatus
+from pydantic import BaseModel, Field
 
 from tasks.mlflow_store import Store, ensure_experiment, resolve_store
+from tasks.redact import redact_url
+from tinyllama_model.config_fields import operational
 
 # MLflow's own limits (mlflow.utils.validation): entities per log_batch call, length of a param value.
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_VALUE_CHARS = 6000
+# The trainer's per-step rows live under "train/" in the run: its periodic val_bpb is an estimate on a sample
+# of windows, and the plain val_* names belong to the evaluate phase's full held-out figures.
+TRAIN_METRICS_PREFIX = "train/"
+
+log = logging.getLogger(__name__)
 
 
 class RunSettings(Protocol):
@@ -40,6 +50,32 @@ class RunSettings(Protocol):
     tracking_uri: str | None
     artifact_location: str | None
     experiment_name: str
+    live_metrics_every_s: float
+
+
+class RunRef(BaseModel):
+    """The pipeline's open run as a phase reaches it, here or on another machine (a flow parameter).
+
+    Every field is operational: which run watches a phase never changes what the phase computes, so a
+    task that takes a RunRef keeps its cache key from run to run.
+    """
+
+    tracking_uri: str | None = Field(
+        description="The store holding the run (resolved: a server URL or a SQLite file). None: the one "
+        "MLFLOW_TRACKING_URI names where the phase runs (a URI with credentials is never put here, since "
+        "flow parameters are shown in the Prefect UI).",
+        json_schema_extra=operational(),
+    )
+    run_id: str = Field(description="The pipeline's MLflow run.", json_schema_extra=operational())
+    metrics_every_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds between batches of live training metrics (register.live_metrics_every_s).",
+        json_schema_extra=operational(),
+    )
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri)
 
 
 def open_store(cfg: RunSettings, root: str | Path) -> Store:
@@ -50,7 +86,8 @@ def open_store(cfg: RunSettings, root: str | Path) -> Store:
 
 
 def flatten_params(params: Mapping[str, Any] | BaseModel, prefix: str = "") -> dict[str, str]:
-    """Nested config -> {"train.lr": "0.001", ...}; lists as JSON; values cut to MLflow's length limit."""
+    """Nested config -> {"train.lr": "0.001", ...}; lists as JSON; credentials in URLs masked (a param is
+    public to everyone who reads the run); values cut to MLflow's length limit."""
     if isinstance(params, BaseModel):
         params = params.model_dump(mode="json")
     flat: dict[str, str] = {}
@@ -63,7 +100,7 @@ def flatten_params(params: Mapping[str, Any] | BaseModel, prefix: str = "") -> d
         if isinstance(value, Mapping) and value:
             flat.update(flatten_params(value, f"{name}."))
             continue
-        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        text = redact_url(value if isinstance(value, str) else json.dumps(value, default=str))
         if len(text) > MAX_PARAM_VALUE_CHARS:
             text = text[: MAX_PARAM_VALUE_CHARS - 15] + "...[truncated]"
         flat[name] = text
@@ -99,13 +136,66 @@ def finish_pipeline_run(cfg: RunSettings, root: str | Path, run_id: str, failed:
     open_store(cfg, root).client().set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 
+@contextmanager
+def pipeline_run(
+    cfg: RunSettings,
+    root: str | Path,
+    params: Mapping[str, Any] | BaseModel,
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[RunRef]:
+    """The pipeline's run, open for the phases inside the block and closed whatever ends it.
+
+    The register phase closes it FINISHED (or FAILED); a run still open when the block ends is closed
+    here: FAILED after an exception, KILLED after a cancellation or interrupt, FINISHED otherwise.
+    """
+    run_id = start_pipeline_run(cfg, root, params, tags)
+    uri = shareable_uri(open_store(cfg, root).tracking_uri)
+    ref = RunRef(tracking_uri=uri, run_id=run_id, metrics_every_s=cfg.live_metrics_every_s)
+    try:
+        yield ref
+    except Exception:
+        _close_if_open(ref, RunStatus.FAILED)
+        raise
+    except BaseException:
+        _close_if_open(ref, RunStatus.KILLED)
+        raise
+    _close_if_open(ref, RunStatus.FINISHED)
+
+
+def shareable_uri(uri: str) -> str | None:
+    """The URI if it may travel as a flow parameter (shown in the Prefect UI); None if it has credentials."""
+    return uri if redact_url(uri) == uri else None
+
+
+def _close_if_open(ref: RunRef, status: int) -> None:
+    """End the run unless a phase already did; a store that fails here must not hide the phase's error."""
+    try:
+        client = ref.client()
+        if client.get_run(ref.run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
+            client.set_terminated(ref.run_id, status=RunStatus.to_string(status))
+    except Exception as err:  # reported; the phase's own outcome decides the flow's
+        log.warning("could not close MLflow run %s as %s: %s", ref.run_id, RunStatus.to_string(status), err)
+
+
+def logged_steps(client: MlflowClient, run_id: str, prefix: str = "") -> dict[str, set[int]]:
+    """The steps already in the run, per metric key under `prefix`: what a repeated log must skip."""
+    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith(prefix)]
+    return {k: {m.step for m in client.get_metric_history(run_id, k)} for k in keys}
+
+
 def log_metrics_batched(
-    run_id: str, rows: Iterable[Mapping[str, Any]], client: MlflowClient | None = None, prefix: str = ""
+    run_id: str,
+    rows: Iterable[Mapping[str, Any]],
+    client: MlflowClient | None = None,
+    prefix: str = "",
+    logged: dict[str, set[int]] | None = None,
 ) -> int:
     """Log per-step metric rows ({"step": 10, "train_loss": 3.2, ...}) in `log_batch` calls of <= 1000.
 
     Non-numeric values are skipped and key characters MLflow refuses become "_"; `prefix` namespaces
     the keys ("train/" groups them in the MLflow UI). A row without "step" takes its position in `rows`.
+    With `logged` (see `logged_steps`), a (key, step) pair found there is skipped and what is logged is
+    added to it, so live logging, a retried attempt and the final backfill never log a point twice.
     Returns the number of metric values logged.
     """
     client = client or MlflowClient()
@@ -114,8 +204,14 @@ def log_metrics_batched(
     for i, row in enumerate(rows):
         step = int(row.get("step", i))
         for key, value in row.items():
-            if key != "step" and is_number(value):
-                metrics.append(Metric(metric_key(prefix + key), float(value), now, step))
+            if key == "step" or not is_number(value):
+                continue
+            name = metric_key(prefix + key)
+            if logged is not None:
+                if step in logged.setdefault(name, set()):
+                    continue
+                logged[name].add(step)
+            metrics.append(Metric(name, float(value), now, step))
     for chunk in chunks(metrics, MAX_METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=chunk)
     return len(metrics)

@@ -15,6 +15,7 @@ how to open its UI on a run.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,14 @@ from mlflow import MlflowClient
 from mlflow.entities import LifecycleStage
 from mlflow.exceptions import MlflowException
 
+from tasks.data_root import DataRoot
+
 STORE_DIR = "mlflow"
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # object-store roots already told where their default store is
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,17 @@ class Store:
 
 
 def default_tracking_uri(root: str | Path) -> str:
-    return f"sqlite:///{(Path(root) / STORE_DIR / DB_FILE).resolve()}"
+    """SQLite under the data root; for an object-store root (no SQLite there), under its local cache."""
+    data_root = DataRoot.parse(root)
+    db = (data_root.local / STORE_DIR / DB_FILE).resolve()
+    if not data_root.is_local and data_root.url not in _WARNED:
+        _WARNED.add(data_root.url)
+        log.warning(
+            "data_root %s is an object store, where MLflow's SQLite store cannot live: runs and models go to "
+            "%s on this machine only. Set %s (e.g. an `mlflow server`) to share them.",
+            data_root.url, db, TRACKING_URI_ENV,
+        )  # fmt: skip
+    return f"sqlite:///{db}"
 
 
 def resolve_store(

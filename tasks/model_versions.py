@@ -1,10 +1,10 @@
 """Model versions in the MLflow registry: the model logged as a pyfunc and registered, and found again.
 
 A version is the pyfunc of `tinyllama_model.pyfunc`: the three model files (weights in safetensors and
-the SentencePiece model), the wrapper's code, optionally the `tinyllama_model` package itself so the
-model loads where this project is not installed, and pinned requirements. Each version carries the
-fingerprint of the train artifact it was built from, so a model that is already registered is found
-instead of logged again.
+the SentencePiece model) with the model card beside them as README.md, the wrapper's code, optionally
+the `tinyllama_model` package itself so the model loads where this project is not installed, and pinned
+requirements. Each version carries the fingerprint of the train artifact it was built from, so a model
+that is already registered is found instead of logged again.
 
 Which version is the champion is `tasks.champion`'s business; the run it is logged into is
 `tasks.mlflow_run`'s.
@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from tasks.model_card import CARD_FILE
 from tasks.model_refs import MODEL_FILES
 
 MODEL_ARTIFACT_NAME = "model"  # the pyfunc's name inside the run: runs:/<run_id>/model
@@ -39,16 +40,20 @@ def log_and_register(
     example_prompt: str,
     pip_requirements: list[str] | None = None,
     bundle_code: bool = True,
+    readme: str | None = None,
 ) -> ModelVersion:
     """Log the pyfunc into the active run and register it; MLflow loads it once to check the example.
 
     `serving_defaults` are the generation parameters' defaults in the model's signature;
-    `pip_requirements` default to `default_requirements()`.
+    `pip_requirements` default to `default_requirements()`; `readme` (the model card) is written as
+    README.md beside the model files.
     """
     from tinyllama_model import pyfunc
 
     with tempfile.TemporaryDirectory(prefix="tinyllama-register-") as tmp:
         staged = _stage(model_dir, Path(tmp) / "model")
+        if readme is not None:
+            (staged / CARD_FILE).write_text(readme, encoding="utf-8")
         code_paths = [str(_stage_package(Path(tmp) / "code"))] if bundle_code else None
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT_NAME,

@@ -25,7 +25,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field, model_validator
 
-from tasks.artifacts import Artifact, phase_fingerprint, publish, task_cache_key, verify
+from tasks.artifacts import Artifact, materialize, phase_fingerprint, publish, verify
+from tasks.cache_records import artifact_cache
 from tasks.cleaning.dedup import NearDedup
 from tasks.cleaning.filters import (
     Filter,
@@ -211,11 +212,12 @@ def clean_rows(kept: list[CleanDoc], cfg: PreprocessConfig) -> tuple[list[dict[s
     return rows, split_docs
 
 
-def run_preprocess(cfg: PreprocessConfig, raw: Artifact, root: Path) -> Artifact:
+def run_preprocess(cfg: PreprocessConfig, raw: Artifact, root: str | Path) -> Artifact:
     if raw.phase != "collect" or DOCUMENTS_FILE not in raw.files:
         raise ValueError(
             f"preprocess needs a collect artifact with {DOCUMENTS_FILE}; got {raw.phase} at {raw.path}"
         )
+    raw = materialize(raw)
     fingerprint = phase_fingerprint("preprocess", CODE_VERSION, cfg=cfg, raw=raw)
 
     def build(staging: Path) -> dict[str, Any]:
@@ -250,11 +252,10 @@ def load_report(artifact: Artifact) -> dict[str, Any]:
 # --- Prefect ----------------------------------------------------------------------------------------
 @task(
     name="preprocess",
-    cache_key_fn=task_cache_key("preprocess", CODE_VERSION),
-    persist_result=True,
+    **artifact_cache("preprocess", CODE_VERSION),
 )
 def preprocess(cfg: PreprocessConfig, raw: Artifact, root: str) -> Artifact:
-    artifact = run_preprocess(cfg, raw, Path(root))
+    artifact = run_preprocess(cfg, raw, root)
     report = load_report(artifact)
     get_run_logger().info(
         "preprocess: %d in, %d kept, %d rejected",

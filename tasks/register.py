@@ -3,9 +3,10 @@
 The flow opens one MLflow run per pipeline run (`tasks.mlflow_run.start_pipeline_run`); `run_register`,
 the last phase, fills it in and closes it: per-step training metrics, the data and tokenizer reports,
 the loss curve, sample generations and the evaluation metrics (`tasks.run_reports`), then the model as an
-MLflow pyfunc registered as a new version of `tinyllama` (`tasks.model_versions`). The alias `champion`
-moves to the new version only when its validation bits per byte are strictly lower than the current
-champion's (`tasks.champion`).
+MLflow pyfunc registered as a new version of `tinyllama` (`tasks.model_versions`), with its model card
+(`tasks.model_card`) as the version's description, as `card.*` tags and as README.md beside the model
+files. The alias `champion` moves to the new version only when its validation bits per byte are strictly
+lower than the current champion's (`tasks.champion`).
 
 A model that is already registered (same train-artifact fingerprint, e.g. a nightly rebuild that found
 nothing new) is not logged again: the run points at the existing version instead, so the registry does
@@ -29,14 +30,18 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from tasks.artifacts import Artifact, phase_fingerprint, publish, task_cache_key
+from tasks.artifacts import Artifact, materialize, phase_fingerprint, publish
+from tasks.cache_records import artifact_cache
 from tasks.champion import promote_if_better
 from tasks.mlflow_run import flat_numbers, open_store
 from tasks.mlflow_store import is_connection_error, mlflow_run_link
+from tasks.model_card import ModelCard, build_card
 from tasks.model_refs import find_model_dir
 from tasks.model_versions import MODEL_FINGERPRINT_TAG, find_version, log_and_register
+from tasks.redact import redact_url
 from tasks.retries import retry_if
-from tasks.run_reports import evaluation_metrics, log_run_contents
+from tasks.run_reports import evaluation_metrics, log_run_contents, read_samples
+from tinyllama_model.config_fields import operational
 
 CODE_VERSION = "1"
 REGISTRATION_FILE = "registration.json"
@@ -71,6 +76,14 @@ class RegisterConfig(BaseModel):
     )
     log_step_metrics: bool = Field(
         True, description="Log the per-step training metrics (metrics.jsonl of the train phase) into the run."
+    )
+    live_metrics_every_s: float = Field(
+        10.0,
+        gt=0,
+        description="While training runs: seconds between batches of train loss, lr and tokens/s sent to the "
+        "MLflow run (validation rows go at once). Bounds the requests to the store, not what is kept: every "
+        "step is in the run at the end.",
+        json_schema_extra=operational(),
     )
     example_prompt: str = Field(
         "The future of AI is",
@@ -108,6 +121,8 @@ def run_register(
     a file/folder whose JSON/Markdown files are logged under `reports/<name>/`. Returns a small
     "register" artifact whose stats say which version was registered and whether it became champion.
     """
+    model, evaluation = materialize(model), materialize(evaluation)
+    reports = {name: materialize(r) if isinstance(r, Artifact) else r for name, r in reports.items()}
     store = open_store(cfg, root)
     client = store.client()
     model_dir = find_model_dir(model.dir)
@@ -120,11 +135,14 @@ def run_register(
     fingerprint = phase_fingerprint(
         "register", CODE_VERSION, cfg=cfg, model=model, evaluation=evaluation, run_id=run_id
     )
+    card = build_card(cfg.model_name, model, model_dir, metrics, read_samples(evaluation), reports)
 
     with mlflow.start_run(run_id=run_id):  # closes the run: FINISHED, or FAILED on an exception
         log_run_contents(client, run_id, model, evaluation, metrics, reports, cfg.log_step_metrics)
-        mv, reused = _new_or_existing_version(client, cfg, model, evaluation, metrics, model_dir)
+        client.log_text(run_id, card.markdown(), "model_card.md")
+        mv, reused = _new_or_existing_version(client, cfg, model, evaluation, metrics, model_dir, card)
         version = int(mv.version)
+        client.update_model_version(cfg.model_name, str(version), description=card.description())
         decision = promote_if_better(client, cfg, version, metrics.get(cfg.champion_metric))
         model_uri = f"models:/{cfg.model_name}/{version}"
         client.set_tag(run_id, "model_uri", model_uri)
@@ -132,7 +150,8 @@ def run_register(
 
     stats = {
         "run_id": run_id,
-        "tracking_uri": store.tracking_uri,
+        "tracking_uri": redact_url(store.tracking_uri),  # stats are shown: registration.json, the UI
+        "run_link": redact_url(mlflow_run_link(store.tracking_uri, run_id)),  # needs the real URI
         "model_name": cfg.model_name,
         "version": version,
         "model_uri": model_uri,
@@ -155,16 +174,20 @@ def _new_or_existing_version(
     evaluation: Artifact,
     metrics: Mapping[str, float],
     model_dir: Path,
+    card: ModelCard,
 ) -> tuple[ModelVersion, bool]:
     """The version for this model and whether it existed; either way it carries the current figures."""
     version_tags = {
         **{k: repr(v) for k, v in metrics.items()},
         **{f"train.{k}": repr(v) for k, v in flat_numbers(model.stats).items()},
+        **card.tags(),
         MODEL_FINGERPRINT_TAG: model.fingerprint,
         "evaluation_fingerprint": evaluation.fingerprint,
     }
     mv = find_version(client, cfg.model_name, model.fingerprint)
-    if mv is not None:  # the same model again: refresh its figures (the evaluation may have changed)
+    # The same model again: refresh its figures (the evaluation may have changed). Its README.md stays as
+    # first logged; the description and tags carry the current card.
+    if mv is not None:
         for key, value in version_tags.items():
             client.set_model_version_tag(cfg.model_name, str(mv.version), key, value)
         return mv, True
@@ -177,6 +200,7 @@ def _new_or_existing_version(
         example_prompt=cfg.example_prompt,
         pip_requirements=cfg.pip_requirements,
         bundle_code=cfg.bundle_code,
+        readme=card.markdown(),
     )
     return mv, False
 
@@ -185,6 +209,7 @@ def registration_markdown(cfg: RegisterConfig, stats: Mapping[str, Any]) -> str:
     """The Prefect UI's summary of a registration: which version, the metric, where the champion is."""
     metric, previous = stats.get(cfg.champion_metric), stats.get("previous_champion_value")
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
+    link = stats.get("run_link") or mlflow_run_link(stats["tracking_uri"], stats["run_id"])  # older stats
     return "\n".join(
         [
             f"# Registered `{stats['model_uri']}`"
@@ -192,7 +217,7 @@ def registration_markdown(cfg: RegisterConfig, stats: Mapping[str, Any]) -> str:
             "",
             "| | |",
             "|---|---|",
-            f"| MLflow run | {mlflow_run_link(stats['tracking_uri'], stats['run_id'])} |",
+            f"| MLflow run | {link} |",
             f"| tracking URI | `{stats['tracking_uri']}` |",
             f"| {cfg.champion_metric} | {fmt(metric)} |",
             f"| champion before | {stats['previous_champion']} ({fmt(previous)}) |",
@@ -209,8 +234,7 @@ def registration_markdown(cfg: RegisterConfig, stats: Mapping[str, Any]) -> str:
 
 @task(
     name="register",
-    cache_key_fn=task_cache_key("register", CODE_VERSION),
-    persist_result=True,
+    **artifact_cache("register", CODE_VERSION),
     retries=2,
     retry_delay_seconds=[30, 120],
     retry_condition_fn=retry_if(is_connection_error),  # the tracking store was unreachable

@@ -22,17 +22,17 @@ from mlflow.entities import Metric
 from tasks.artifacts import Artifact
 from tasks.mlflow_run import (
     MAX_METRICS_PER_BATCH,
+    TRAIN_METRICS_PREFIX,
     chunks,
     flat_numbers,
     is_number,
     log_metrics_batched,
+    logged_steps,
     metric_key,
 )
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-TRAIN_METRICS_PREFIX = "train/"
 
 # Evaluation may name its figures plainly ("bpb"); in the run and on versions they are "val_bpb" etc.
 _VAL_NAMES = {"loss": "val_loss", "perplexity": "val_perplexity", "ppl": "val_perplexity", "bpb": "val_bpb"}
@@ -53,14 +53,15 @@ def log_run_contents(
 ) -> None:
     """Everything but the model: step metrics, loss curve, evaluation metrics and samples, reports.
 
-    With `step_metrics` off the per-step rows are not logged as metrics; their file and curve still are.
+    The per-step rows the train phase already sent live are not logged again: only what the run lacks
+    (all of them when training was a cache hit or its live stream stopped). With `step_metrics` off the
+    per-step rows are not logged as metrics; their file and curve still are.
     """
     steps_file = model.file("metrics.jsonl")
     steps = read_jsonl(steps_file) if steps_file.is_file() else []
     if step_metrics and steps:
-        # Under "train/": the trainer's periodic val_bpb is an estimate on a sample of windows; the plain
-        # val_* names belong to the evaluate phase's full held-out figures logged below.
-        log_metrics_batched(run_id, steps, client, prefix=TRAIN_METRICS_PREFIX)
+        logged = logged_steps(client, run_id, TRAIN_METRICS_PREFIX)
+        log_metrics_batched(run_id, steps, client, prefix=TRAIN_METRICS_PREFIX, logged=logged)
     if steps:
         client.log_artifact(run_id, str(steps_file), "training")
         if (figure := loss_curve_figure(steps)) is not None:

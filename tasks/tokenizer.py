@@ -30,7 +30,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
-from tasks.artifacts import Artifact, phase_fingerprint, publish, task_cache_key
+from tasks.artifacts import Artifact, materialize, phase_fingerprint, publish
+from tasks.cache_records import artifact_cache
 from tinyllama_model.data import token_dtype
 from tinyllama_model.tokenizer import N_SPECIAL, TOKENIZER_FILE, Tokenizer, train_sentencepiece
 
@@ -205,7 +206,8 @@ def tokenizer_report(tok: Tokenizer, documents: Path, batch_docs: int, num_threa
     }
 
 
-def run_tokenizer(cfg: TokenizerConfig, clean: Artifact, root: Path) -> Artifact:
+def run_tokenizer(cfg: TokenizerConfig, clean: Artifact, root: str | Path) -> Artifact:
+    clean = materialize(clean)
     documents = clean.file(DOCUMENTS)
     fp = phase_fingerprint("tokenizer", CODE_VERSION, cfg=cfg, clean=clean)
 
@@ -274,7 +276,8 @@ def encode_corpus(cfg: TokenizerConfig, documents: Path, tok: Tokenizer, out: Pa
     return {**stats, "vocab_size": tok.vocab_size, "dtype": str(dtype), "val_fraction": cfg.val_fraction}
 
 
-def run_encode(cfg: TokenizerConfig, clean: Artifact, tokenizer: Artifact, root: Path) -> Artifact:
+def run_encode(cfg: TokenizerConfig, clean: Artifact, tokenizer: Artifact, root: str | Path) -> Artifact:
+    clean, tokenizer = materialize(clean), materialize(tokenizer)
     fp = phase_fingerprint("encode", CODE_VERSION, cfg=cfg, clean=clean, tokenizer=tokenizer)
 
     def build(out: Path) -> dict[str, Any]:
@@ -320,16 +323,16 @@ def tokenizer_markdown(stats: dict[str, Any]) -> str:
     )
 
 
-@task(name="train-tokenizer", cache_key_fn=task_cache_key("tokenizer", CODE_VERSION), persist_result=True)
-def build_tokenizer(cfg: TokenizerConfig, clean: Artifact, root: Path) -> Artifact:
-    artifact = run_tokenizer(cfg, clean, Path(root))
+@task(name="train-tokenizer", **artifact_cache("tokenizer", CODE_VERSION))
+def build_tokenizer(cfg: TokenizerConfig, clean: Artifact, root: str) -> Artifact:
+    artifact = run_tokenizer(cfg, clean, root)
     create_markdown_artifact(tokenizer_markdown(artifact.stats), key="tokenizer-report")
     return artifact
 
 
-@task(name="encode", cache_key_fn=task_cache_key("encode", CODE_VERSION), persist_result=True)
-def encode(cfg: TokenizerConfig, clean: Artifact, tokenizer: Artifact, root: Path) -> Artifact:
-    artifact = run_encode(cfg, clean, tokenizer, Path(root))
+@task(name="encode", **artifact_cache("encode", CODE_VERSION))
+def encode(cfg: TokenizerConfig, clean: Artifact, tokenizer: Artifact, root: str) -> Artifact:
+    artifact = run_encode(cfg, clean, tokenizer, root)
     s = artifact.stats
     rows = [
         {"split": k, "documents": s[f"{k}_docs"], "tokens": s[f"{k}_tokens"], "bytes": s[f"{k}_bytes"]}

@@ -4,7 +4,10 @@ The model's vocabulary size always comes from the tokenizer (`model.vocab_size` 
 log line when it differed), so a tokenizer config change can never produce a model that cannot embed
 its ids. Training state lives in `scratch_dir(root, "train", fingerprint)`: packed `train.bin` /
 `val.bin`, `run.json` and the trainer's checkpoints, so a retried task resumes from its last checkpoint
-instead of starting over. The published artifact holds:
+instead of starting over; on an object-store data root the checkpoints (with the best model so far and the
+metrics log) are mirrored to `<root>/train/.work-<fingerprint>/` as they are saved and fetched back before
+a resume, so a retry on another worker resumes too (`tasks.store_sync.WorkMirror`). The published artifact
+holds:
 
     model/          config.json, model.safetensors, tokenizer.model: the checkpoint with the lowest
                     validation loss. Validation always runs at the end, so with a schedule that decays to
@@ -33,9 +36,15 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from tasks.artifacts import Artifact, phase_fingerprint, publish, scratch_dir, task_cache_key
+from tasks.artifacts import Artifact, materialize, phase_fingerprint, publish, scratch_dir
+from tasks.cache_records import artifact_cache
+from tasks.live_metrics import MetricsStream
+from tasks.mlflow_run import RunRef
+from tasks.progress_artifact import ProgressBar
 from tasks.retries import retry_only_on
+from tasks.store_sync import WorkMirror
 from tasks.tokenizer import read_split
+from tasks.train_monitor import TrainingMonitor
 from tinyllama_model.data import token_dtype, write_packed
 from tinyllama_model.launch import trainer_from_run_dir, write_run_spec
 from tinyllama_model.model import ModelConfig
@@ -142,20 +151,24 @@ def run_train(
     train_cfg: TrainConfig,
     tokens: Artifact,
     tokenizer: Artifact,
-    root: Path,
+    root: str | Path,
     on_metrics: Callable[[dict], None] | None = None,
 ) -> Artifact:
+    tokens, tokenizer = materialize(tokens), materialize(tokenizer)
     model_cfg = effective_model_config(model_cfg, tokenizer)
     fp = train_fingerprint(model_cfg, train_cfg, tokens, tokenizer)
 
     def build(out: Path) -> dict[str, Any]:
         work = scratch_dir(root, "train", fp)
+        mirror = WorkMirror(root, "train", fp, work)  # on an object store: checkpoints survive this machine
+        mirror.pull()
         prepare_run(model_cfg, train_cfg, tokens, tokenizer, work)
         if train_cfg.nproc_per_node > 1:
-            run_torchrun(work, train_cfg.nproc_per_node, on_metrics)
+            run_torchrun(work, train_cfg.nproc_per_node, mirror.watch(on_metrics))
             result = json.loads((work / RESULT_FILE).read_text())
         else:
-            result = trainer_from_run_dir(work, on_metrics=on_metrics).fit()
+            result = trainer_from_run_dir(work, on_metrics=mirror.watch(on_metrics)).fit()
+        mirror.push()
         shutil.copytree(work / BEST_DIR, out / "model")
         shutil.copyfile(work / METRICS_FILE, out / METRICS_FILE)
         (out / RESULT_FILE).write_text(json.dumps(result, indent=2))
@@ -192,24 +205,27 @@ def loss_curve_rows(metrics_file: Path, max_train_rows: int = 60) -> list[dict[s
 @task(
     name="train",
     tags=["gpu"],
-    cache_key_fn=task_cache_key("train", CODE_VERSION),
-    persist_result=True,
+    **artifact_cache("train", CODE_VERSION),
     retries=2,
     retry_delay_seconds=10,
     retry_condition_fn=retry_only_on(TrainingCrashed),
 )
 def train(
-    model_cfg: ModelConfig, train_cfg: TrainConfig, tokens: Artifact, tokenizer: Artifact, root: Path
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    tokens: Artifact,
+    tokenizer: Artifact,
+    root: str,
+    mlflow_run: RunRef | None = None,
 ) -> Artifact:
+    """Train, shown as it goes: log lines, the progress bar, and the curves in the pipeline's MLflow run."""
     from prefect.logging import get_run_logger
 
     logger = get_run_logger()
-
-    def on_metrics(row: dict) -> None:
-        if "val_loss" in row:
-            logger.info("step %d: val loss %.4f, bpb %s", row["step"], row["val_loss"], row.get("val_bpb"))
-
-    artifact = run_train(model_cfg, train_cfg, tokens, tokenizer, Path(root), on_metrics=on_metrics)
+    stream = MetricsStream(mlflow_run, warn=logger.warning) if mlflow_run is not None else None
+    bar = ProgressBar("train-progress", "Training: share of the budget used", warn=logger.warning)
+    with TrainingMonitor(train_cfg, logger, bar=bar, stream=stream) as monitor:
+        artifact = run_train(model_cfg, train_cfg, tokens, tokenizer, root, on_metrics=monitor)
     s = artifact.stats
     rows = [{"metric": name, "value": s.get(key)} for name, key in SUMMARY_ROWS]
     create_table_artifact(rows, key="train-summary", description="Training run")

@@ -44,12 +44,15 @@ def _torch_one_thread():
 
 @pytest.fixture(autouse=True)
 def _restore_mlflow_environment():
-    """`mlflow.set_tracking_uri` in a test also exports MLFLOW_TRACKING_URI; later tests must not see it."""
+    """`mlflow.set_tracking_uri` / `set_registry_uri` in a test also export MLFLOW_TRACKING_URI /
+    MLFLOW_REGISTRY_URI; later tests (and the subprocesses they start) must see neither."""
     import os
 
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {name: os.environ.get(name) for name in names}
     yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -55,3 +56,38 @@ def stop_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+# -- processes by family and by environment (Linux /proc) --------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the name may hold spaces
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def kill_by_environment(name: str, value: str) -> list[int]:
+    """SIGKILL every process of this user whose environment has `name=value`; returns their pids.
+
+    For what outlives a stopped process group: Prefect starts each flow run in a session of its own, so a
+    flow run whose worker is gone keeps running unless something finds it by what it inherited.
+    """
+    marker = f"{name}={value}".encode()
+    killed = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        pid = int(environ.parent.name)
+        try:
+            if pid != os.getpid() and marker in environ.read_bytes().split(b"\0"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        except OSError:  # another user's process, or one that just ended
+            continue
+    return killed

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 CONFIG_FILE = "config.json"
@@ -74,9 +74,15 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
                 f"{path} is missing; a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
             )
     try:
-        return json.loads(config_path.read_text())
+        config = json.loads(config_path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{config_path} holds a JSON {_json_kind(config)}, not an object of model settings such as "
+            '{"dim": 512, "n_layers": 8, ...}; restore the config.json saved with these weights'
+        )
+    return config
 
 
 def read_model_weights(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -88,27 +94,82 @@ def read_model_weights(directory: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{weights_path} is truncated or not a safetensors file: {e}") from e
 
 
-def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, torch.Size], where: str) -> None:
-    """Raise a CheckpointError listing missing, unexpected and mis-shaped tensors (the config is wrong)."""
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs config {tuple(expected[k])}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k]
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if shapes:
-            parts.append(f"wrong shapes {shapes[:5]}{' ...' if len(shapes) > 5 else ''}")
+def read_weight_shapes(directory: str | Path) -> dict[str, torch.Size]:
+    """Name and shape of every tensor in model.safetensors, from the file's header (no tensor is read)."""
+    weights_path = Path(directory) / WEIGHTS_FILE
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            names = list(f.keys())
+            return {name: torch.Size(f.get_slice(name).get_shape()) for name in names}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights_path} is truncated or not a safetensors file: {e}") from e
+
+
+def check_loadable(directory: str | Path, expected: dict[str, torch.Size], model_bytes: int) -> None:
+    """Refuse a model directory whose config.json cannot be loaded, before any tensor is allocated.
+
+    `expected` are the shapes of the tensors that the model config.json describes stores, `model_bytes`
+    the memory that model takes (the caller learns both from a model built on the meta device, which
+    allocates nothing). Two limits, each with its reason:
+    - the weights file must hold exactly those tensors (its header says): a config.json that was edited,
+      or copied from another model, is named before it asks for any memory;
+    - the model plus the weights loaded beside it must fit in this machine's memory: a config.json that
+      matches its weights yet sizes buffers in terabytes (RoPE tables of a max_seq_len of 10**12) fails
+      here, not in the allocator or by swapping the machine to a halt.
+    """
+    directory = Path(directory)
+    weights_path = directory / WEIGHTS_FILE
+    sizes = _sizes(read_model_config(directory))  # for the messages
+    if mismatch := _mismatch(read_weight_shapes(directory), expected):
         raise CheckpointError(
-            f"the weights in {where} do not match its {CONFIG_FILE}: {'; '.join(parts)}. "
-            "Was config.json edited, or copied from another model?"
+            f"the weights in {weights_path} do not match its {CONFIG_FILE} ({sizes}): {mismatch}. "
+            "Was config.json edited, or copied from another model? Nothing was loaded"
         )
+    needed, memory = model_bytes + weights_path.stat().st_size, memory_bytes()
+    if memory is not None and needed > memory:
+        raise CheckpointError(
+            f"{directory / CONFIG_FILE} ({sizes}) needs {_gib(needed)} to load, more than this machine's "
+            f"{_gib(memory)} of memory; nothing was allocated. Check its max_seq_len, or load the model "
+            "on a machine with more memory"
+        )
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory, where the OS says (Linux, macOS); None where it does not."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _mismatch(found: dict[str, torch.Size], expected: dict[str, torch.Size]) -> str:
+    """Missing, unexpected and mis-shaped tensors, or "" when the file holds exactly what is expected."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [
+        f"{k}: file {tuple(found[k])} vs config {tuple(expected[k])}"
+        for k in sorted(set(found) & set(expected))
+        if found[k] != expected[k]
+    ]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shapes", shapes)):
+        if items:
+            parts.append(f"{label} {items[:5]}{' ...' if len(items) > 5 else ''}")
+    return "; ".join(parts)
+
+
+def _sizes(config: dict[str, Any]) -> str:
+    """The integer settings of a model config, which decide its size: `dim=512, n_layers=8, ...`."""
+    return ", ".join(f"{k}={v}" for k, v in config.items() if isinstance(v, int) and not isinstance(v, bool))
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:,.1f} GiB"
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
 def write_dir_atomic(directory: str | Path, build) -> Path:

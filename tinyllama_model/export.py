@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import save_file
 
 from tinyllama_model.checkpoint import TOKENIZER_FILE, write_dir_atomic
+from tinyllama_model.errors import ConfigError
 from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -48,8 +49,30 @@ _LAYER_NAMES = {
 }
 
 
+# model flags Llama has no counterpart for, each with the value that Llama computes; zero_init_proj and
+# an untied head change only how training starts and learns, so they export as they are
+_NOT_LLAMA = {
+    "mlp": ("swiglu", "Llama's MLP is SwiGLU"),
+    "qk_norm": (False, "Llama does not normalise queries and keys"),
+    "logit_softcap": (None, "Llama does not cap its logits"),
+    "value_embeds": (False, "Llama has no value embeddings"),
+}
+
+
+def check_llama_expressible(cfg: ModelConfig) -> None:
+    """Refuse, naming the flag, a model that `LlamaForCausalLM` would load but compute differently."""
+    for name, (llama_value, why) in _NOT_LLAMA.items():
+        if getattr(cfg, name) != llama_value:
+            raise ConfigError(
+                f"cannot export to Hugging Face Llama: the model was trained with {name}="
+                f"{getattr(cfg, name)!r} and {why}, so transformers would compute other logits; "
+                f"serve it with tinyllama itself, or train with model.{name}={llama_value!r} to export"
+            )
+
+
 def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """A `LlamaConfig` as JSON; rope_theta is written both the 4.x way and the 5.x way (rope_parameters)."""
+    check_llama_expressible(cfg)
     dtype_name = str(dtype).removeprefix("torch.")
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -110,6 +133,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
     """
     model_dir = Path(model_dir)
     model = TinyLlama.from_pretrained(model_dir)
+    check_llama_expressible(model.config)  # before anything is written
     tokenizer_file = model_dir / TOKENIZER_FILE
     has_tokenizer = tokenizer_file.is_file()
     if has_tokenizer:

@@ -7,9 +7,11 @@ Nothing here knows about models, data or runs.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 
 import torch
 
@@ -34,14 +36,62 @@ def prepare_device(device: torch.device, num_threads: int | None, world: int) ->
         torch.set_num_threads(num_threads or max(1, (os.cpu_count() or 1) // local_world))
 
 
-def autocast_for(device: torch.device, dtype: str) -> tuple[AbstractContextManager, str]:
-    """bf16 autocast on CUDA under "auto" (or when asked), plain fp32 elsewhere; float64 runs in double."""
-    use_bf16 = dtype == "bfloat16" or (
-        dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
-    if use_bf16:
+# bf16 autocast also converts activations and casts back, so a bf16 matmul only pays on a CPU when it is
+# clearly faster than fp32: 2.4x on AVX512-BF16 parts, 0.1-0.5x on AVX2 parts that emulate it
+BF16_MIN_SPEEDUP = 1.5
+CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The SIMD flags that decide matmul speed (of `CPU_FLAGS_OF_INTEREST`), as /proc/cpuinfo lists them."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return []
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    present = set(line.partition(":")[2].split())
+    return [f for f in CPU_FLAGS_OF_INTEREST if f in present]
+
+
+@functools.cache
+def cpu_matmul_rates(n: int = 512, seconds: float = 0.15) -> dict[str, float]:
+    """FLOP/s of an (n x n) matmul in fp32 and in bf16 on this CPU, measured once per process.
+
+    The probe that decides CPU autocast: a few hundred milliseconds, cached because the machine does
+    not change while the process lives (and so every trainer in one process decides alike).
+    """
+    cpu = torch.device("cpu")
+    return {
+        "float32": measure_matmul_flops(cpu, torch.float32, n, seconds),
+        "bfloat16": measure_matmul_flops(cpu, torch.bfloat16, n, seconds),
+    }
+
+
+def pick_cpu_dtype(rates: dict[str, float], min_speedup: float = BF16_MIN_SPEEDUP) -> str:
+    """bfloat16 when its measured matmul rate is at least `min_speedup` times fp32's, else float32."""
+    return "bfloat16" if rates["bfloat16"] >= min_speedup * rates["float32"] else "float32"
+
+
+def resolve_dtype(device: torch.device, dtype: str, rates: dict[str, float] | None = None) -> str:
+    """The dtype a run computes in: "auto" is bf16 on a CUDA that supports it, on a CPU whatever the
+    matmul probe (`rates`, measured when not given) says is faster; fp32 elsewhere (e.g. MPS)."""
+    if dtype != "auto":
+        return dtype
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if device.type == "cpu":
+        return pick_cpu_dtype(rates or cpu_matmul_rates())
+    return "float32"
+
+
+def autocast_for(
+    device: torch.device, dtype: str, rates: dict[str, float] | None = None
+) -> tuple[AbstractContextManager, str]:
+    """bf16 autocast when `resolve_dtype` says bf16, plain fp32 otherwise; float64 runs in double."""
+    resolved = resolve_dtype(device, dtype, rates)
+    if resolved == "bfloat16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16), "bfloat16"
-    return nullcontext(), "float64" if dtype == "float64" else "float32"
+    return nullcontext(), resolved
 
 
 def measure_matmul_flops(
@@ -79,3 +129,15 @@ def measure_matmul_flops(
 def measured_peak(device: torch.device, dtype: str) -> float:
     """The MFU denominator when none is configured: a matmul in the dtype training computes in."""
     return measure_matmul_flops(device, getattr(torch, dtype))
+
+
+def cpu_report() -> dict[str, object]:
+    """What benchmarks print beside every figure: the CPU's flags, its matmul rates and the dtype picked."""
+    rates = cpu_matmul_rates()
+    return {
+        "cpu_flags": cpu_flags(),
+        "threads": torch.get_num_threads(),
+        "fp32_gflops": rates["float32"] / 1e9,
+        "bf16_gflops": rates["bfloat16"] / 1e9,
+        "auto_dtype": pick_cpu_dtype(rates),
+    }

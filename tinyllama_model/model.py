@@ -8,8 +8,11 @@ unchanged into `LlamaForCausalLM` with no permutation.
 
 The training forward (`TinyLlama.forward`) is a straight line: no KV-cache branches, causal attention via
 `scaled_dot_product_attention(is_causal=True)`. Incremental decoding goes through `forward_cached` with a
-`KVCache` object that only inference code creates. Sampling lives in `generate.py`; files on disk in
-`checkpoint.py`.
+`KVCache` object (`kv_cache.py`) that only inference code creates. Sampling lives in `generate.py`; files
+on disk in `checkpoint.py`.
+
+Levers from the small-budget speedrun records (ReLU^2, QK-norm, zero-init projections, logit soft-capping,
+value embeddings) are `ModelConfig` flags, all off by default: off, the model is plain LLaMA.
 """
 
 from __future__ import annotations
@@ -26,14 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyllama_model.checkpoint import (
-    WEIGHTS_FILE,
-    check_state_dict,
+    check_loadable,
     read_model_config,
     read_model_weights,
     save_model_dir,
 )
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.generate import generate_tensor
+from tinyllama_model.kv_cache import KVCache
 
 
 @dataclass
@@ -50,6 +53,13 @@ class ModelConfig:
     norm_eps: float = 1e-5  # RMSNorm epsilon
     dropout: float = 0.0  # attention and residual dropout while training; 0 for pretraining from scratch
     tie_embeddings: bool = False  # share tok_embeddings and output weights (fewer parameters)
+    # levers from the small-budget records (modded-nanogpt, nanochat); the defaults are plain LLaMA, and
+    # `export.py` refuses a model that uses one Llama cannot express
+    mlp: str = "swiglu"  # "relu2": w2(relu(w1 x)^2), two matrices of 4*dim instead of SwiGLU's three
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys (no gain): bounded attention logits
+    zero_init_proj: bool = False  # attention.wo and feed_forward.w2 start at 0: each block starts as identity
+    logit_softcap: float | None = None  # logits = c * tanh(logits / c): no runaway logits early in training
+    value_embeds: bool = False  # a token table per alternate layer added to v through a learned gate
 
     def __post_init__(self) -> None:
         for name in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len", "multiple_of"):
@@ -82,8 +92,14 @@ class ModelConfig:
             raise ConfigError(f"norm_eps={self.norm_eps!r} must be a small positive number such as 1e-5")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ConfigError(f"dropout={self.dropout!r} must be in [0, 1)")
-        if not isinstance(self.tie_embeddings, bool):
-            raise ConfigError(f"tie_embeddings={self.tie_embeddings!r} must be true or false")
+        for name in ("tie_embeddings", "qk_norm", "zero_init_proj", "value_embeds"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
+        if self.mlp not in MLPS:
+            raise ConfigError(f"mlp={self.mlp!r} must be one of {', '.join(MLPS)}")
+        cap = self.logit_softcap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
+            raise ConfigError(f"logit_softcap={cap!r} must be a positive number (15 in nanochat) or None")
 
     # -- derived sizes ------------------------------------------------------------------------------
 
@@ -97,20 +113,37 @@ class ModelConfig:
 
     @property
     def hidden_dim(self) -> int:
-        """SwiGLU width: 2/3 of the usual 4*dim keeps FLOPs equal to a 2-matrix MLP (3 matrices instead)."""
+        """FFN width: 4*dim for ReLU^2; for SwiGLU 2/3 of that, so its 3 matrices cost what 2 would."""
         if self.ffn_hidden_dim is not None:
             return self.ffn_hidden_dim
-        hidden = int(2 * (4 * self.dim) / 3)
+        hidden = 4 * self.dim if self.mlp == "relu2" else int(2 * (4 * self.dim) / 3)
         return self.multiple_of * math.ceil(hidden / self.multiple_of)
+
+    @property
+    def ve_layers(self) -> tuple[int, ...]:
+        """Layers with a value embedding: every other one, ending at the last (nanochat's placement)."""
+        if not self.value_embeds:
+            return ()
+        return tuple(i for i in range(self.n_layers) if (self.n_layers - 1 - i) % 2 == 0)
+
+    @property
+    def ve_gate_channels(self) -> int:
+        return min(VE_GATE_CHANNELS, self.dim)
+
+    def value_embed_params(self) -> int:
+        """Parameters of the value-embedding tables: lookups, so they cost memory but no matmul FLOPs."""
+        return len(self.ve_layers) * self.vocab_size * self.kv_heads * self.head_dim
 
     def num_params(self) -> int:
         """Closed-form parameter count (a shared embedding counted once); `TinyLlama.num_params` agrees."""
         d, hd = self.dim, self.head_dim
         attention = d * (self.n_heads * hd) * 2 + d * (self.kv_heads * hd) * 2  # wq, wo; wk, wv
-        feed_forward = 3 * d * self.hidden_dim  # w1, w2, w3
+        feed_forward = (3 if self.mlp == "swiglu" else 2) * d * self.hidden_dim  # w1, w2 (, w3)
         norms = 2 * d  # attention_norm, ffn_norm
         embeddings = self.vocab_size * d * (1 if self.tie_embeddings else 2)  # tok_embeddings (+ output)
-        return self.n_layers * (attention + feed_forward + norms) + d + embeddings
+        gates = len(self.ve_layers) * self.ve_gate_channels * self.kv_heads  # attention.ve_gate
+        blocks = self.n_layers * (attention + feed_forward + norms)
+        return blocks + d + embeddings + gates + self.value_embed_params()
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward), nanoGPT's `estimate_mfu` formula.
@@ -121,7 +154,8 @@ class ModelConfig:
         a lookup, so it is excluded unless it is tied to the output projection.
         """
         t = self.max_seq_len if seq_len is None else seq_len
-        n = self.num_params() - (0 if self.tie_embeddings else self.vocab_size * self.dim)
+        lookups = (0 if self.tie_embeddings else self.vocab_size * self.dim) + self.value_embed_params()
+        n = self.num_params() - lookups
         return 6 * n + 12 * self.n_layers * self.n_heads * self.head_dim * t
 
     # -- serialisation ------------------------------------------------------------------------------
@@ -146,6 +180,10 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
         return cls.from_dict(json.loads(text))
+
+
+MLPS = ("swiglu", "relu2")
+VE_GATE_CHANNELS = 32  # the value-embedding gate reads this many leading channels of the block input
 
 
 def _require_positive_int(name: str, value: object) -> None:
@@ -208,7 +246,7 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, has_ve: bool = False):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
         self.n_rep = cfg.n_heads // cfg.kv_heads
@@ -217,17 +255,29 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.dropout = cfg.dropout
+        self.qk_norm_eps = cfg.norm_eps if cfg.qk_norm else None
+        # value embeddings: v += 2 * sigmoid(gate(x[..., :C])) * ve per kv head; zero init = a gate of 1
+        self.ve_gate = nn.Linear(cfg.ve_gate_channels, cfg.kv_heads, bias=False) if has_ve else None
 
-    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ve: torch.Tensor | None):
         b, t, _ = x.shape
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        if self.qk_norm_eps is not None:
+            q = F.rms_norm(q, (self.head_dim,), eps=self.qk_norm_eps)
+            k = F.rms_norm(k, (self.head_dim,), eps=self.qk_norm_eps)
+        if self.ve_gate is not None and ve is not None:
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate.in_features]))  # (B, T, nkv)
+            ve = ve.view(b, t, self.n_kv_heads, self.head_dim)
+            v = v + (gate.unsqueeze(-1) * ve).transpose(1, 2)  # (B, nkv, T, hd)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ve: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = self._qkv(x, cos, sin)
+        q, k, v = self._qkv(x, cos, sin, ve)
         k, v = repeat_kv(k, self.n_rep), repeat_kv(v, self.n_rep)  # (B, nh, T, hd)
         dropout = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)  # (B, nh, T, hd)
@@ -242,10 +292,11 @@ class Attention(nn.Module):
         v_cache: torch.Tensor,
         pos: int,
         mask: torch.Tensor | None,
+        ve: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend from T new positions at cache slot `pos` to everything cached so far (inference only)."""
         b, t, _ = x.shape
-        q, k, v = self._qkv(x, cos, sin)
+        q, k, v = self._qkv(x, cos, sin, ve)
         k_cache[:, :, pos : pos + t] = k  # caches are (B, nkv, max_seq_len, hd)
         v_cache[:, :, pos : pos + t] = v
         k = repeat_kv(k_cache[:, :, : pos + t], self.n_rep)  # (B, nh, pos+T, hd)
@@ -256,86 +307,39 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+    """SwiGLU: w2(silu(w1 x) * w3 x); or ReLU^2 (mlp="relu2"): w2(relu(w1 x)^2), no w3."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.w1 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
-        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.hidden_dim, bias=False) if cfg.mlp == "swiglu" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w3 is None:
+            return self.w2(F.relu(self.w1(x)).square())
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
 class Block(nn.Module):
     """Pre-norm residual block: x + attention(norm(x)), then h + feed_forward(norm(h))."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, has_ve: bool = False):
         super().__init__()
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attention = Attention(cfg)
+        self.attention = Attention(cfg, has_ve)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
         self.resid_dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        h = x + self.resid_dropout(self.attention(self.attention_norm(x), cos, sin))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ve=None) -> torch.Tensor:
+        h = x + self.resid_dropout(self.attention(self.attention_norm(x), cos, sin, ve))
         return h + self.resid_dropout(self.feed_forward(self.ffn_norm(h)))
 
-    def forward_cached(self, x, cos, sin, k_cache, v_cache, pos, mask) -> torch.Tensor:
-        h = x + self.attention.forward_cached(self.attention_norm(x), cos, sin, k_cache, v_cache, pos, mask)
+    def forward_cached(self, x, cos, sin, k_cache, v_cache, pos, mask, ve=None) -> torch.Tensor:
+        x_norm = self.attention_norm(x)
+        h = x + self.attention.forward_cached(x_norm, cos, sin, k_cache, v_cache, pos, mask, ve)
         return h + self.feed_forward(self.ffn_norm(h))
-
-
-class KVCache:
-    """Keys and values of the positions seen so far, for incremental decoding. Inference only.
-
-    Rows share one timeline: a batch of prompts of different lengths is left-padded, and `pad[b]` says
-    how many leading slots of row b are padding (never attended to; rotary positions count from the
-    first real token), so a padded row computes what it would alone.
-    """
-
-    def __init__(
-        self,
-        cfg: ModelConfig,
-        batch_size: int,
-        *,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        pad: torch.Tensor | None = None,
-    ):
-        shape = (cfg.n_layers, batch_size, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len = cfg.max_seq_len
-        self.pos = 0  # slots filled
-        self.pad = None if pad is None or not bool(pad.any()) else pad.to(device=device, dtype=torch.long)
-
-    def reset(self, pad: torch.Tensor | None = None) -> None:
-        """Empty the cache (the tensors are reused) with a new left padding."""
-        self.pos = 0
-        self.pad = None if pad is None or not bool(pad.any()) else pad.to(self.k.device, torch.long)
-
-    def positions_and_mask(self, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rotary positions (B or 1, T) of the next t slots and the attention mask (None when not needed)."""
-        device, p = self.k.device, self.pos
-        slots = torch.arange(p, p + t, device=device)  # (T,)
-        if self.pad is None:
-            if t == 1 or p == 0:
-                return slots[None], None  # one token sees all; a fresh prefill is plain causal
-            keys = torch.arange(p + t, device=device)
-            return slots[None], (keys[None, :] <= slots[:, None])[None, None]  # (1, 1, T, p+T)
-        # RoPE scores depend only on relative positions, so this offset changes rounding, not maths: it
-        # keeps a padded row's numbers as close as possible to the same prompt run alone
-        positions = (slots[None, :] - self.pad[:, None]).clamp(min=0)  # (B, T)
-        keys = torch.arange(p + t, device=device)
-        causal = keys[None, :] <= slots[:, None]  # (T, p+T)
-        real = keys[None, :] >= self.pad[:, None]  # (B, p+T)
-        # a padding query attends to itself only, so every softmax row has a finite entry
-        own = keys[None, :] == slots[:, None]
-        mask = causal[None] & (real[:, None, :] | own[None])  # (B, T, p+T)
-        return positions, mask[:, None]  # (B, 1, T, p+T)
 
 
 class TinyLlama(nn.Module):
@@ -343,7 +347,10 @@ class TinyLlama(nn.Module):
         super().__init__()
         self.config = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, i in cfg.ve_layers) for i in range(cfg.n_layers))
+        kv_dim = cfg.kv_heads * cfg.head_dim
+        tables = {str(i): nn.Embedding(cfg.vocab_size, kv_dim) for i in cfg.ve_layers}
+        self.value_embeds = nn.ModuleDict(tables)  # keyed by layer index; empty unless value_embeds
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -355,9 +362,13 @@ class TinyLlama(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layers) so the stream's variance stays O(1)
+        # (zero_init_proj: start them at 0 instead, as modded-nanogpt does)
         for name, p in self.named_parameters():
             if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+                std = 0.0 if cfg.zero_init_proj else 0.02 / math.sqrt(2 * cfg.n_layers)
+                nn.init.normal_(p, mean=0.0, std=std)
+            elif name.endswith("attention.ve_gate.weight"):
+                nn.init.zeros_(p)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -382,8 +393,8 @@ class TinyLlama(nn.Module):
             raise ValueError(f"sequence length {t} exceeds max_seq_len={self.config.max_seq_len}")
         h = self.dropout(self.tok_embeddings(idx))  # (B, T, C)
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]  # (T, 2, hd/2)
-        for layer in self.layers:
-            h = layer(h, cos, sin)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, self._value_embed(i, idx))
         h = self.norm(h)
         if targets is None:
             return self._logits(h[:, -1:] if last_only else h), None
@@ -405,14 +416,22 @@ class TinyLlama(nn.Module):
         sin = self.rope_sin[positions][:, None]
         h = self.tok_embeddings(idx)
         for i, layer in enumerate(self.layers):
-            h = layer.forward_cached(h, cos, sin, cache.k[i], cache.v[i], cache.pos, mask)
+            ve = self._value_embed(i, idx)
+            h = layer.forward_cached(h, cos, sin, cache.k[i], cache.v[i], cache.pos, mask, ve)
         cache.pos += t
         h = self.norm(h[:, -1:] if last_only else h)
         return self._logits(h)
 
+    def _value_embed(self, layer: int, idx: torch.Tensor) -> torch.Tensor | None:
+        """Layer `layer`'s value embedding of the tokens idx (B, T) -> (B, T, kv_dim), or None."""
+        key = str(layer)
+        return self.value_embeds[key](idx) if key in self.value_embeds else None
+
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         """float32 logits, also under bf16 autocast; a float64 model (equivalence tests) keeps float64."""
-        return self.output(h).to(torch.promote_types(h.dtype, torch.float32))
+        logits = self.output(h).to(torch.promote_types(h.dtype, torch.float32))
+        cap = self.config.logit_softcap
+        return logits if cap is None else cap * torch.tanh(logits / cap)
 
     def new_cache(self, batch_size: int, pad: torch.Tensor | None = None) -> KVCache:
         p = self.rope_cos
@@ -458,13 +477,19 @@ class TinyLlama(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> TinyLlama:
-        """Rebuild a model from its directory; weights that do not fit config.json are an error."""
+        """Rebuild a model from its directory; weights that do not fit config.json are an error.
+
+        The model is first built on the meta device (shapes, no memory), so a config.json that does not
+        fit the weights or this machine is refused before anything is allocated (`check_loadable`).
+        """
         cfg = ModelConfig.from_dict(read_model_config(directory))
-        state = read_model_weights(directory)
-        model = cls(cfg)
-        expected = {k: v.shape for k, v in model.state_dict().items()}
+        with torch.device("meta"):
+            skeleton = cls(cfg)
+        expected = {k: v.shape for k, v in skeleton.state_dict().items()}
         if cfg.tie_embeddings:
             expected.pop("output.weight")
-        check_state_dict(state, expected, where=str(Path(directory) / WEIGHTS_FILE))
-        model.load_state_dict(state, strict=not cfg.tie_embeddings)
+        n_bytes = sum(t.nbytes for t in (*skeleton.parameters(), *skeleton.buffers()))
+        check_loadable(directory, expected, n_bytes)
+        model = cls(cfg)
+        model.load_state_dict(read_model_weights(directory), strict=not cfg.tie_embeddings)
         return model.to(map_location)

@@ -105,13 +105,18 @@ def _adamw(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float], 
 
 
 def _param_roles(model: TinyLlama) -> tuple[list, list, list]:
-    """(hidden matrices, the untied output head, never decayed: the embedding table and norm gains)."""
+    """(hidden matrices, the untied output head, never decayed: embedding tables, norm gains, gates).
+
+    Value-embedding tables are lookups like the token table; their gates are tiny (kv_heads x 32)
+    mixing weights, not hidden matrices, so neither goes to Muon or takes decay.
+    """
     embedding, head = model.tok_embeddings.weight, model.output.weight
     hidden, decayed_head, undecayed = [], [], []
-    for p in model.parameters():  # a tied head is the embedding table, listed once
+    for name, p in model.named_parameters():  # a tied head is the embedding table, listed once
         if not p.requires_grad:
             continue
-        if p is embedding or p.dim() < 2:
+        lookup_or_gate = name.startswith("value_embeds.") or name.endswith("ve_gate.weight")
+        if p is embedding or p.dim() < 2 or lookup_or_gate:
             undecayed.append(p)
         elif p is head:
             decayed_head.append(p)
@@ -121,11 +126,19 @@ def _param_roles(model: TinyLlama) -> tuple[list, list, list]:
 
 
 def build_optimizer(model: TinyLlama, cfg: TrainConfig, device_type: str) -> OptimizerChain:
-    """AdamW decays hidden matrices and the untied output head, never norms or the embedding table."""
+    """AdamW decays hidden matrices and the untied output head, never norms or the embedding table.
+
+    An untied head runs at `head_lr` (its own group) when that is set, under the same schedule.
+    """
     hidden, head, undecayed = _param_roles(model)
     use_muon = cfg.optimizer == "muon"
+    decayed = [] if use_muon else hidden
+    if cfg.head_lr is None:  # the head shares the decayed group (the layout checkpoints have always had)
+        decayed, head = decayed + head, []
+    wd = cfg.weight_decay
     adam_groups = [
-        {"params": head if use_muon else hidden + head, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+        {"params": decayed, "weight_decay": wd, "lr_scale": 1.0},
+        {"params": head, "weight_decay": wd, "lr_scale": (cfg.head_lr or cfg.lr) / cfg.lr},
         {"params": undecayed, "weight_decay": 0.0, "lr_scale": 1.0},
     ]
     optimizers: dict[str, torch.optim.Optimizer] = {}

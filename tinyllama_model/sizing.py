@@ -11,9 +11,10 @@ the largest shape on a ladder of LLaMA-like shapes whose token count still reach
 goes into parameters rather than into more repeats. On the dev corpus (1M tokens at vocabulary 2048)
 and 10 quiet CPU minutes (~4.7e13 FLOPs) it picks the 10-minute preset's shape, dim 128 x 4 layers.
 
-A budget in minutes becomes FLOPs through a FLOP/s figure: given, or measured with a large matmul
-(`hardware.measure_matmul_flops`) times the share of it training reaches (`mfu`; the 10-minute preset
-reaches about 0.4-0.7 of a bare 1024x1024 fp32 matmul on a 2-core CPU).
+A budget in minutes becomes FLOPs through a FLOP/s figure: given, or measured (`hardware.cpu_matmul_rates`,
+in the dtype the trainer's probe picks: bf16 on CPUs that run it >= 1.5x faster, else fp32) times the
+share of it training reaches (`mfu`; the 10-minute preset reaches about 0.4-0.7 of a bare fp32 matmul on
+a 2-core CPU).
 
 Presets are small functions returning `(ModelConfig, TrainConfig, tokenizer vocab size)`:
 `default()` is the original design (512/8/8, vocab 12,000), `debug()` the tiny shape tests use and
@@ -22,9 +23,10 @@ Presets are small functions returning `(ModelConfig, TrainConfig, tokenizer voca
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from tinyllama_model.hardware import measure_matmul_flops
+from tinyllama_model.hardware import BF16_MIN_SPEEDUP, cpu_matmul_rates, pick_cpu_dtype
 from tinyllama_model.model import ModelConfig
 from tinyllama_model.train_config import TrainConfig
 
@@ -110,9 +112,22 @@ def size_for_budget(
     return best
 
 
-def budget_flops(minutes: float, flops_per_s: float | None = None, mfu: float = 0.4) -> float:
-    """Training FLOPs in `minutes` here: measured (or given) matmul FLOP/s times the MFU training reaches."""
-    flops_per_s = flops_per_s or measure_matmul_flops()
+def budget_flops(
+    minutes: float,
+    flops_per_s: float | None = None,
+    mfu: float = 0.4,
+    *,
+    min_bf16_speedup: float = BF16_MIN_SPEEDUP,
+) -> float:
+    """Training FLOPs in `minutes` here: measured (or given) matmul FLOP/s times the MFU training reaches.
+
+    Measured: the matmul rate of the dtype training will compute in on this CPU (bf16 where the
+    trainer's probe picks it, the same rule with the same threshold, else fp32), so a CPU with native
+    bf16 buys a larger model and the sizing never assumes the machine it was tuned on.
+    """
+    if not flops_per_s:
+        rates = cpu_matmul_rates()
+        flops_per_s = rates[pick_cpu_dtype(rates, min_bf16_speedup)]
     return minutes * 60.0 * flops_per_s * mfu
 
 
@@ -139,8 +154,21 @@ def debug() -> tuple[ModelConfig, TrainConfig, int]:
     return model, train, 512
 
 
-def cpu_10min() -> tuple[ModelConfig, TrainConfig, int]:
+# where the 10-minute recipe was tuned: ~4.7e13 FLOPs in 10 quiet minutes of fp32 on a 2-core Zen 3 (AVX2),
+# ~1M training tokens of the dev corpus at vocabulary 2048
+CPU_10MIN_TUNED_FLOPS = 4.7e13
+CPU_10MIN_TUNED_CORPUS_TOKENS = 1_000_000
+
+
+def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, TrainConfig, int]:
     """Ten minutes on a 2-core CPU, tuned on the 3.6 MB AI-Wikipedia dev corpus (benchmarks/quality_10min.py).
+
+    The shape follows this machine's matmul probe (`rates`, measured when not given): where bf16 runs
+    faster and the trainer will use it, the ten minutes buy `speedup` times the FLOPs the recipe was tuned
+    at, and `size_for_budget` picks the shape for that budget; on an fp32 CPU the speedup is exactly 1
+    and the shape is the tuned one. Only the speedup ratio is used, not the absolute rate, so load on the
+    machine does not move the shape (and the fingerprint) from one run to the next. The dtype itself is
+    `auto`: the trainer probes again, with the same rule, on the machine that trains.
 
     Held-out bits per byte of the tuning runs (dim 128 x 4 layers, vocabulary 2048 unless said):
     - vocabulary 2048 ~ 4096 (2.10 vs 2.12 at 8e12 FLOPs) > 1024 (2.15); 2048 runs ~30% more tokens/s;
@@ -156,9 +184,19 @@ def cpu_10min() -> tuple[ModelConfig, TrainConfig, int]:
       muon_lr 0.01 ~ 0.02 > 0.05. The AdamW rate of the embeddings and head, which also sets Muon's
       decay per step, wants to be high: 2e-3 1.79, 4e-3 1.78, 8e-3 1.76, 1.6e-2 1.73, 3.2e-2 1.78 (3 min).
     - tied embeddings, dropout 0.1, a floor of 0, DDP over the 2 cores: no better (within ~0.01) or worse.
+    - the speedrun levers (benchmarks/quality_10min.py at 400k tokens, 1 thread, held-out bpb on split
+      seeds 0 / 1; baseline 2.037 / 2.188): QK-norm 1.981 / 2.127, the one clear win, on both splits;
+      value embeddings 2.037 / 2.180, soft-cap 15 2.035, zero-init projections 2.035: within noise;
+      ReLU^2 2.062 and a head at lr 4e-3 2.052: worse. None changes tokens/s beyond the noise of a
+      loaded machine (benchmarks/bench_levers.py). QK-norm is therefore on; it is a flag Llama has no
+      counterpart for, so export-hf refuses this size (set model.qk_norm=false to export).
     """
-    vocab = 2048
-    model = ModelConfig(dim=128, n_layers=4, n_heads=4, vocab_size=vocab, max_seq_len=64, multiple_of=32)
+    vocab, context = 2048, 64
+    rates = rates or cpu_matmul_rates()
+    speedup = rates[pick_cpu_dtype(rates)] / rates["float32"]
+    budget = CPU_10MIN_TUNED_FLOPS * speedup
+    shape = size_for_budget(budget, CPU_10MIN_TUNED_CORPUS_TOKENS, vocab_size=vocab, seq_len=context).model
+    model = dataclasses.replace(shape, qk_norm=True)
     train = TrainConfig(
         batch_size=32,
         optimizer="muon",

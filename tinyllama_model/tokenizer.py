@@ -98,6 +98,19 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
 
+    def check_fits(self, model_vocab_size: int) -> None:
+        """Refuse a model whose vocabulary is not this tokenizer's (the train phase makes them equal).
+
+        A larger tokenizer gives ids the model has no embedding for; a smaller one cannot decode the ids
+        the model samples above its size. Either way the pair was not trained together.
+        """
+        if self.vocab_size != model_vocab_size:
+            raise ValueError(
+                f"{self.path} has {self.vocab_size} pieces but the model's config.json says "
+                f"vocab_size={model_vocab_size}: this tokenizer was not trained with this model. Put the "
+                f"{TOKENIZER_FILE} from the same train artifact (its model/ folder) beside the weights"
+            )
+
     def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
         ids = self.sp.encode(text)
         return ([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else [])

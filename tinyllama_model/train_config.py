@@ -52,6 +52,10 @@ class TrainConfig:
         default="adamw",
         metadata=_doc("adamw, or muon: Muon for the hidden matrices, AdamW for embeddings, head and norms."),
     )
+    head_lr: float | None = field(
+        default=None,
+        metadata=_doc("Peak AdamW learning rate of an untied output head; None: lr."),
+    )
     muon_lr: float = field(default=0.02, metadata=_doc("Muon's peak learning rate (optimizer=muon)."))
     muon_momentum: float = field(default=0.95, metadata=_doc("Muon's Nesterov momentum (optimizer=muon)."))
     grad_clip: float = field(default=1.0, metadata=_doc("Clip the global gradient norm to this (0: off)."))
@@ -96,8 +100,17 @@ class TrainConfig:
     dtype: str = field(
         default="auto",
         metadata=_doc(
-            "auto (bf16 autocast on CUDA, fp32 elsewhere), float32, bfloat16, or float64 (weights and "
-            "arithmetic in double: slow, for runs that must agree to rounding, e.g. equivalence tests)."
+            "auto (bf16 autocast on CUDA; on a CPU when a matmul probe finds bf16 at least "
+            "cpu_bf16_min_speedup times faster than fp32; fp32 otherwise), float32, bfloat16, or float64 "
+            "(weights and arithmetic in double: slow, for runs that must agree to rounding, e.g. equivalence "
+            "tests). A resumed run keeps the dtype its checkpoint was trained in."
+        ),
+    )
+    cpu_bf16_min_speedup: float = field(
+        default=1.5,
+        metadata=_doc(
+            "dtype=auto on a CPU: train under bf16 autocast when bf16 matmul measures at least this many "
+            "times fp32's rate (AVX512-BF16/AMX parts: ~2.4x; AVX2 parts emulate bf16 and are slower)."
         ),
     )
     compile: bool = field(
@@ -140,6 +153,8 @@ class TrainConfig:
         _require(self.lr > 0, "lr", "positive (e.g. 6e-4)")
         _require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}")
         _require(self.muon_lr > 0, "muon_lr", "positive (e.g. 0.02)")
+        _require(self.head_lr is None or self.head_lr > 0, "head_lr", "positive (e.g. 4e-3) or None")
+        _require(self.cpu_bf16_min_speedup > 0, "cpu_bf16_min_speedup", "positive (e.g. 1.5)")
         _require(0 <= self.muon_momentum < 1, "muon_momentum", "in [0, 1)")
         _require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
         _require(self.warmup_steps >= 0, "warmup_steps", ">= 0")
@@ -181,3 +196,14 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     cosine = floor + 0.5 * (1.0 + math.cos(math.pi * p)) * (cfg.lr - floor)
     warmup = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     return cosine * warmup
+
+
+def budget_progress(cfg: TrainConfig, step: int, tokens: int, epochs: float, elapsed_s: float) -> float:
+    """The largest fraction used of any budget set: 1.0 ends training (the trainer's and a watcher's view)."""
+    used = (
+        (cfg.max_steps, step),
+        (cfg.max_tokens, tokens),
+        (cfg.max_epochs, epochs),
+        (None if cfg.max_minutes is None else 60.0 * cfg.max_minutes, elapsed_s),
+    )
+    return max(done / budget for budget, done in used if budget)

@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,14 @@ import torch.distributed as dist
 
 from tinyllama_model.data import PackedTokens, WindowSampler, check_fits, eval_starts
 from tinyllama_model.evaluation import LN2, windows_nll
-from tinyllama_model.hardware import autocast_for, measured_peak, prepare_device, resolve_device
+from tinyllama_model.hardware import (
+    autocast_for,
+    cpu_matmul_rates,
+    measured_peak,
+    pick_cpu_dtype,
+    prepare_device,
+    resolve_device,
+)
 from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.optim import build_optimizer
 from tinyllama_model.progress import ProgressLine, format_duration
@@ -52,7 +59,7 @@ from tinyllama_model.run_state import (
     truncate_metrics,
     write_checkpoint,
 )
-from tinyllama_model.train_config import OPERATIONAL, TrainConfig, lr_at
+from tinyllama_model.train_config import OPERATIONAL, TrainConfig, budget_progress, lr_at
 
 MetricsCallback = Callable[[dict[str, Any]], None]
 
@@ -90,7 +97,7 @@ class Trainer:
         self.master = self.rank == 0
         self.device = resolve_device(cfg.device)
         prepare_device(self.device, cfg.num_threads, self.world)
-        self.autocast, self.compute_dtype = autocast_for(self.device, cfg.dtype)
+        self.autocast, self.compute_dtype = self._pick_dtype(cfg.dtype)
         self.progress_line = ProgressLine(cfg.log_every_s, enabled=progress and self.master)
 
         self._build()
@@ -100,6 +107,18 @@ class Trainer:
         self.resumed_from: Path | None = None
         self._resume()
         self.forward_model = self._wrap_for_training()
+
+    def _pick_dtype(self, dtype: str) -> tuple[AbstractContextManager, str]:
+        """The autocast context and compute dtype; "auto" on a CPU is decided by a matmul probe."""
+        rates = None
+        if dtype == "auto" and self.device.type == "cpu":
+            rates = cpu_matmul_rates()
+            dtype = pick_cpu_dtype(rates, self.cfg.cpu_bf16_min_speedup)
+            if self.ddp:  # ranks measure their own cores and may disagree near the threshold: rank 0 decides
+                flag = torch.tensor([float(dtype == "bfloat16")])
+                dist.broadcast(flag, src=0)
+                dtype = "bfloat16" if flag.item() else "float32"
+        return autocast_for(self.device, dtype, rates)
 
     def _build(self) -> None:
         """Model, optimizer, data order and validation windows, seeded alike on every rank."""
@@ -139,16 +158,8 @@ class Trainer:
 
     def progress(self) -> float:
         """The largest fraction used of any budget (1.0 ends training); agreed on by all ranks."""
-        c, fractions = self.cfg, []
-        if c.max_steps:
-            fractions.append(self.step / c.max_steps)
-        if c.max_tokens:
-            fractions.append(self.tokens / c.max_tokens)
-        if c.max_epochs:
-            fractions.append(self.sampler.epochs_done / c.max_epochs)
-        if c.max_minutes:
-            fractions.append(self.elapsed / (60.0 * c.max_minutes))
-        p = max(fractions)
+        c = self.cfg
+        p = budget_progress(c, self.step, self.tokens, self.sampler.epochs_done, self.elapsed)
         if self.ddp and c.max_minutes:  # clocks differ between ranks; everyone follows the slowest
             t = torch.tensor([p], dtype=torch.float64, device=self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -355,6 +366,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": rng_state(),
+            "compute_dtype": self.compute_dtype,
         }
         return write_checkpoint(state, self.run_dir / CHECKPOINT_DIR, self.step, self.cfg.keep_last)
 
@@ -370,6 +382,9 @@ class Trainer:
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.best_val_loss = state["best_val_loss"]
         set_rng_state(state["rng"])
+        if self.cfg.dtype == "auto" and state.get("compute_dtype", self.compute_dtype) != self.compute_dtype:
+            # a probe near the threshold may decide otherwise this time; a run keeps the dtype it began in
+            self.autocast, self.compute_dtype = autocast_for(self.device, state["compute_dtype"])
         self.resumed_from = path
         if self.master:  # rows a killed run logged after this checkpoint will be logged again
             truncate_metrics(self.run_dir / METRICS_FILE, self.step)

@@ -61,6 +61,8 @@ class SourceContext:
     progress: ProgressLog = field(default_factory=lambda: ProgressLog(None))
     previous: PreviousDocuments = field(default_factory=PreviousDocuments)
     log: Callable[[str], None] = _quiet
+    # (source name, pages done, pages planned) after each page a network source fetched: a progress bar
+    pages: Callable[[str, int, int], None] = lambda _source, _done, _planned: None
 
 
 class Source(Protocol):

@@ -12,6 +12,7 @@ take ~45 s), so the depth is estimated with a cheap tag scan first and a page ne
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
@@ -80,10 +81,30 @@ def html_to_text(html: str, *, max_depth: int = 2000) -> tuple[str, str]:
 
 
 def _block_of(node: LexborNode) -> LexborNode | None:
+    """The nearest block element above `node` (walks up: used once per page, for the root)."""
     parent = node.parent
     while parent is not None and parent.tag not in BLOCK_TAGS:
         parent = parent.parent
     return parent
+
+
+def _text_nodes(root: LexborNode) -> Iterator[tuple[LexborNode, LexborNode | None]]:
+    """(node, its nearest block ancestor) for `root` and every node below it, in document order.
+
+    Each node is visited once and hands its block down to its children, so the work is linear in the
+    page; walking up from every text node instead was quadratic in the nesting (1.6 s for 2,000 spans).
+    """
+    stack: list[tuple[LexborNode, LexborNode | None]] = [(root, _block_of(root))]
+    while stack:
+        node, block = stack.pop()
+        yield node, block
+        inner = node if node.tag in BLOCK_TAGS else block
+        children = []
+        child = node.child
+        while child is not None:
+            children.append((child, inner))
+            child = child.next
+        stack.extend(reversed(children))
 
 
 def _paragraphs(root: LexborNode) -> str:
@@ -99,13 +120,12 @@ def _paragraphs(root: LexborNode) -> str:
             paragraphs.append(text)
         current.clear()
 
-    for node in root.traverse(include_text=True):
+    for node, block in _text_nodes(root):
         if node.tag == "br":
             current.append("\n")
             continue
         if not node.is_text_node:
             continue
-        block = _block_of(node)
         block_id = block.mem_id if block is not None else None
         if block_id != current_block:
             flush()

@@ -3,17 +3,19 @@
 A text or HTML file is one document titled by its <title> or file name; a jsonl line or parquet row
 is one document whose text is `text_field` and whose title is `title_field` (else the file name and
 row number). A file or row that cannot be read (not UTF-8, binary, malformed JSON, no text field,
-an HTML bomb) is recorded with its reason rather than dropped silently; a file where *no* row has the
-text field stops the phase with the fields it does have, since the config is then clearly wrong.
+an HTML bomb, a Parquet file that decodes past `max_decoded_bytes`) is recorded with its reason rather
+than dropped silently; a file where *no* row has the text field stops the phase with the fields it does
+have, since the config is then clearly wrong. Which files the paths name is `tasks.sources.paths`.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
@@ -21,7 +23,7 @@ from tasks.sources.base import Failure, SourceContext, SourceSummary
 from tasks.sources.document import Document, make_doc_id
 from tasks.sources.errors import InputError
 from tasks.sources.htmltext import HTMLBombError, html_to_text
-from tinyllama_model.errors import ConfigError
+from tasks.sources.paths import expand_paths
 
 SOURCE = "local"
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
@@ -44,6 +46,12 @@ class LocalConfig(BaseModel):
     max_file_bytes: int = Field(
         500_000_000, ge=1, description="Largest file read; bigger files are recorded as failures."
     )
+    max_decoded_bytes: int = Field(
+        1_000_000_000,
+        ge=1,
+        description="Largest decoded size of the columns read from one Parquet file (a few KB of compressed "
+        "Parquet can decode to gigabytes); bigger files are recorded as failures.",
+    )
     max_html_depth: int = Field(2000, ge=10, description="Deepest HTML nesting parsed (HTML bomb guard).")
 
 
@@ -59,25 +67,6 @@ class LocalSummary(SourceSummary):
     failures: list[Failure]
 
 
-def expand_paths(patterns: list[str]) -> list[Path]:
-    """Files named by paths, folders and globs (sorted, each once); a pattern matching nothing is an error."""
-    files: dict[Path, None] = {}
-    for pattern in patterns:
-        path = Path(pattern).expanduser()
-        if path.is_dir():
-            matches = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in SUFFIXES]
-        elif path.is_file():
-            matches = [path]
-        else:
-            matches = [Path(p) for p in sorted(glob.glob(str(path), recursive=True)) if Path(p).is_file()]
-        if not matches:
-            raise ConfigError(
-                f"collect.local.paths entry {pattern!r} matches no file: name an existing file, folder, glob"
-            )
-        files.update(dict.fromkeys(matches))
-    return list(files)
-
-
 class LocalSource:
     """The files named by `collect.local.paths`, read in path order."""
 
@@ -90,12 +79,14 @@ class LocalSource:
     def collect(self, ctx: SourceContext) -> tuple[list[Document], LocalSummary]:
         docs: list[Document] = []
         failures: list[Failure] = []
-        files = expand_paths(self.cfg.paths)
+        files = expand_paths(self.cfg.paths, SUFFIXES)
         for path in files:
             try:
                 docs.extend(_read_file(path, self.cfg, failures))
             except _Unreadable as err:
                 failures.append(Failure(str(path), str(err)))
+            except OSError as err:  # unreadable (permissions, vanished): this file's failure, not the phase's
+                failures.append(Failure(str(path), f"cannot read {path}: {err}"))
         return docs, LocalSummary(
             files=len(files), documents=len(docs), failed=len(failures), failures=failures
         )
@@ -153,7 +144,9 @@ def _read_text_file(path: Path, cfg: LocalConfig) -> Document:
 def _read_jsonl(path: Path, cfg: LocalConfig, failures: list[Failure]) -> list[Document]:
     text = _decode(path, path.read_bytes())
     docs, missing_field, keys_seen = [], 0, set()
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    # JSON Lines ends records with \n only: str.splitlines() would also split on U+2028, U+0085, ... inside
+    # strings (JSON writes them raw), losing records and shifting line numbers.
+    lines = [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
     for n, line in lines:
         where = f"{path}:{n}"
         try:
@@ -194,6 +187,11 @@ def _row_document(path: Path, anchor: str, n: int, row: dict, text: str, cfg: Lo
 
 
 def _read_parquet(path: Path, cfg: LocalConfig, failures: list[Failure]) -> list[Document]:
+    """The rows of a Parquet file, its decoded size bounded before reading (metadata) and while reading.
+
+    Text columns are read dictionary-encoded, so a value repeated a million times is held once; the
+    size it decodes to is added up batch by batch before any batch becomes Python strings.
+    """
     try:
         columns = pq.read_schema(path).names
     except Exception as err:  # pyarrow raises several types for a file that is not Parquet
@@ -203,13 +201,64 @@ def _read_parquet(path: Path, cfg: LocalConfig, failures: list[Failure]) -> list
             f"{path} has no column {cfg.text_field!r}; its columns are {columns}. "
             f"Set collect.local.text_field to the one holding the text."
         )
-    wanted = [c for c in (cfg.text_field, cfg.title_field, cfg.topic_field) if c in columns]
-    table = pq.read_table(path, columns=list(dict.fromkeys(wanted)))
-    docs = []
-    for n, row in enumerate(table.to_pylist()):
-        text = row.get(cfg.text_field)
-        if not isinstance(text, str):
-            failures.append(Failure(f"{path}#row={n}", f"{cfg.text_field!r} is null or not a string"))
-            continue
-        docs.append(_row_document(path, f"row={n}", n, row, text, cfg))
+    wanted = list(
+        dict.fromkeys(c for c in (cfg.text_field, cfg.title_field, cfg.topic_field) if c in columns)
+    )
+    parquet = pq.ParquetFile(path, read_dictionary=wanted)
+    too_big = _Unreadable(
+        f"{path} decodes to more than collect.local.max_decoded_bytes={cfg.max_decoded_bytes} bytes; "
+        f"split the file or raise the limit"
+    )
+    if _stored_size(parquet.metadata, wanted) > cfg.max_decoded_bytes:
+        raise too_big
+    docs, decoded, n = [], 0, 0
+    for batch in parquet.iter_batches(columns=wanted):
+        decoded += _decoded_size(batch)
+        if decoded > cfg.max_decoded_bytes:
+            raise too_big
+        for row in batch.to_pylist():
+            text = row.get(cfg.text_field)
+            if not isinstance(text, str):
+                failures.append(Failure(f"{path}#row={n}", f"{cfg.text_field!r} is null or not a string"))
+            else:
+                docs.append(_row_document(path, f"row={n}", n, row, text, cfg))
+            n += 1
     return docs
+
+
+def _stored_size(metadata: pq.FileMetaData, columns: list[str]) -> int:
+    """Uncompressed bytes of `columns` as stored: the least they decode to (dictionaries can hide more)."""
+    total = 0
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            if chunk.path_in_schema in columns:
+                total += chunk.total_uncompressed_size
+    return total
+
+
+def _decoded_size(batch: pa.RecordBatch) -> int:
+    """Bytes `batch` takes once decoded: dictionary columns counted value by value, without expanding."""
+    total = 0
+    for column in batch.columns:
+        if pa.types.is_dictionary(column.type) and _is_bytes(column.type.value_type):
+            lengths = pc.take(pc.binary_length(column.dictionary), column.indices)
+            total += (pc.sum(lengths).as_py() or 0) + 8 * len(column)  # the values and their offsets
+        elif pa.types.is_dictionary(column.type):
+            total += pc.take(column.dictionary, column.indices).nbytes
+        else:
+            total += column.nbytes
+    return total
+
+
+def _is_bytes(kind: pa.DataType) -> bool:
+    return any(
+        check(kind)
+        for check in (
+            pa.types.is_string,
+            pa.types.is_large_string,
+            pa.types.is_binary,
+            pa.types.is_large_binary,
+        )
+    )

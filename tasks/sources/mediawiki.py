@@ -10,7 +10,8 @@
 The transport is wikipedia-api's `Wikipedia` client (its httpx session, User-Agent header, JSON and
 typed HTTP errors), pointed at a configurable endpoint and with its own retries off: its page objects
 fetch one page and one property per request and its `search()` does not follow continuation, so the
-batching above and the retry policy (`tasks.sources.retry`: jitter, Retry-After, maxlag) live here.
+batching above and the retry policy (`tasks.sources.retry`: jitter, Retry-After on 429 and 5xx, the
+lag of a maxlag error) live here.
 This module knows the API, not the collection: what to search, reuse or resume is `tasks.sources.wikipedia`.
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 import httpx
 import wikipediaapi
 
-from tasks.sources.retry import RetryConfig, RetryPolicy
+from tasks.sources.retry import RetryConfig, RetryPolicy, retry_after_seconds
 
 # API limits for clients without the bot right (https://www.mediawiki.org/wiki/API:Query).
 MAX_SEARCH_LIMIT = 500
@@ -38,9 +39,18 @@ class MediaWikiAPIError(Exception):
     # Codes that say "try again later" rather than "your request is wrong".
     TRANSIENT = frozenset({"maxlag", "ratelimited", "readonly", "internal_api_error_DBQueryError"})
 
-    def __init__(self, code: str, info: str) -> None:
+    def __init__(self, code: str, info: str, retry_after: float | None = None) -> None:
         super().__init__(f"MediaWiki API error {code}: {info}")
         self.code = code
+        self.retry_after = retry_after  # seconds the server asked us to wait (maxlag: at least the lag)
+
+
+class ServerBusyError(wikipediaapi.WikiHttpError):
+    """HTTP 5xx, with the wait its Retry-After header asks for (503 during maintenance or overload)."""
+
+    def __init__(self, status_code: int, url: str, retry_after: float | None) -> None:
+        super().__init__(status_code, url)
+        self.retry_after = retry_after
 
 
 def is_transient(err: BaseException) -> bool:
@@ -62,9 +72,21 @@ def is_transient(err: BaseException) -> bool:
 
 
 def _retry_after(err: BaseException) -> float | None:
-    if isinstance(err, wikipediaapi.WikiRateLimitError) and err.retry_after is not None:
-        return float(err.retry_after)
-    return None
+    """The wait the server asked for: Retry-After on 429 and 5xx, the lag (or Retry-After) on maxlag."""
+    value = getattr(err, "retry_after", None)
+    return float(value) if value is not None else None
+
+
+def _api_error(error: Any, response: httpx.Response) -> MediaWikiAPIError:
+    """The error envelope as an exception; maxlag waits for the lag it reports, or Retry-After if longer."""
+    error = error if isinstance(error, dict) else {}
+    code = str(error.get("code", "unknown"))
+    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+    if code == "maxlag":
+        lag = error.get("lag")
+        if isinstance(lag, (int, float)) and not isinstance(lag, bool):
+            retry_after = max(float(lag), retry_after or 0.0)
+    return MediaWikiAPIError(code, str(error.get("info", "")), retry_after)
 
 
 def describe(err: BaseException) -> str:
@@ -83,12 +105,23 @@ class _Transport(wikipediaapi.Wikipedia):
 
     def query(self, params: dict[str, Any]) -> dict[str, Any]:
         full = self._construct_params_standalone({"action": "query", "formatversion": 2, **params})
-        raw = self._get(self.language, full)
+        return self._get(self.language, full)
+
+    def _process_response(self, r: httpx.Response, url: str) -> dict[str, Any]:
+        """wikipedia-api's status checks, plus what only the response can tell: the wait asked for on
+        429/5xx (a Retry-After date as well as seconds) and the error envelope with its maxlag lag."""
+        if r.status_code == 429 or r.status_code >= 500:
+            retry_after = retry_after_seconds(r.headers.get("Retry-After"))
+            if r.status_code == 429:
+                error = wikipediaapi.WikiRateLimitError(url)
+                error.retry_after = retry_after  # type: ignore[assignment]  # seconds, fractional or not
+                raise error
+            raise ServerBusyError(r.status_code, url, retry_after)
+        raw = super()._process_response(r, url)
         if not isinstance(raw, dict):
             raise wikipediaapi.WikiInvalidJsonError(self._api_url)
         if "error" in raw:
-            error = raw["error"] if isinstance(raw["error"], dict) else {}
-            raise MediaWikiAPIError(str(error.get("code", "unknown")), str(error.get("info", "")))
+            raise _api_error(raw["error"], r)
         return raw
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,16 @@ class ProgressLog:
         folder.mkdir(parents=True, exist_ok=True)
         stamp = folder / STARTED
         if stamp.is_file() and max_age_s is not None:
-            started = json.loads(stamp.read_text()).get("started", 0.0)
-            if time.time() - started > max_age_s:
-                # Too old to trust: the world it recorded has moved on. Start afresh.
+            started = _started_at(stamp)
+            if started is None or time.time() - started > max_age_s:
+                # Too old to trust (or of unknown age): the world it recorded has moved on. Start afresh.
                 for path in folder.glob("*.jsonl"):
                     path.unlink()
-                stamp.unlink()
-        if not stamp.is_file():
-            stamp.write_text(json.dumps({"started": time.time()}))
+                stamp.unlink(missing_ok=True)
+        if not stamp.is_file():  # written whole or not at all: a crash never leaves an empty stamp
+            tmp = folder / f".{STARTED}.{uuid.uuid4().hex[:8]}.tmp"
+            tmp.write_text(json.dumps({"started": time.time()}))
+            os.replace(tmp, stamp)
 
     def append(self, name: str, record: dict[str, Any]) -> None:
         if self.folder is None:
@@ -58,3 +61,12 @@ class ProgressLog:
                 except json.JSONDecodeError:
                     continue  # a torn last line from an interrupted write
         return records
+
+
+def _started_at(stamp: Path) -> float | None:
+    """When the work in the folder began; None for a stamp that is empty or torn (an older writer's crash)."""
+    try:
+        started = json.loads(stamp.read_text()).get("started")
+    except (ValueError, AttributeError):
+        return None
+    return started if isinstance(started, (int, float)) else None

@@ -7,9 +7,11 @@ waits instead of spending them.
 
 from __future__ import annotations
 
+import email.utils
 import random
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import TypeVar
 
 from pydantic import BaseModel, Field
@@ -33,6 +35,22 @@ class RetryConfig(BaseModel):
         ge=0,
         description="Longest Retry-After wait honoured; a server asking for longer is waited this long.",
     )
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header (seconds, or an HTTP date) as seconds from now; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is always GMT; parsedate leaves "-0000" naive
+        when = when.replace(tzinfo=timezone.utc)
+    return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
 
 
 class RetryPolicy:

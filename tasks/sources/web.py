@@ -1,29 +1,37 @@
-"""Web pages through httpx + selectolax, fetched like a polite crawler.
+"""Web pages through httpx + selectolax, fetched like a polite and wary crawler.
 
-Per URL: http/https only; robots.txt of every host on the way is obeyed (with its Crawl-delay);
-redirects are followed by hand (each hop re-checked, loops and chains longer than `max_redirects`
-refused); one host is not asked twice within `per_host_delay_s`; the body is streamed and reading
-stops past `max_bytes`; only HTML and plain text are read. 429, 5xx, timeouts and connection errors
-are retried with backoff (Retry-After honoured); anything else is a rejection with its reason.
+Per URL: http/https only; every hop (the URL and each redirect, robots.txt's included) is checked
+after DNS resolution and refused unless its address is global or its host:port is in `allow_hosts`,
+and the socket connects to the address that was checked (`tasks.sources.addresses`, `.pinned`);
+robots.txt of every host on the way is obeyed (with its Crawl-delay) and read up to
+`robots_max_bytes`; redirects are followed by hand (loops and chains longer than `max_redirects`
+refused); one host is not asked twice within `per_host_delay_s`; a request gets `timeout_s` per read
+and `request_deadline_s` in all; the body is streamed, decoded with a bound (`tasks.sources.httpbody`)
+and reading stops past `max_bytes`; only HTML and plain text are read. 429, 5xx, timeouts and
+connection errors are retried with backoff (Retry-After honoured); anything else is a rejection with
+its reason, and any error of one page is that page's recorded failure: the phase goes on.
 """
 
 from __future__ import annotations
 
-import email.utils
+import socket
 import time
 import urllib.robotparser
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from tasks.sources.addresses import AddressGuard, BlockedAddress, Resolver, parse_allow_entry, system_resolve
 from tasks.sources.base import Failure, SourceContext, SourceSummary
 from tasks.sources.document import Document, make_doc_id
 from tasks.sources.htmltext import HTMLBombError, html_to_text
-from tasks.sources.retry import RetryConfig, RetryPolicy
+from tasks.sources.httpbody import ACCEPT_ENCODING, BodyError, read_limited
+from tasks.sources.pinned import PinnedBackend, PinnedTransport
+from tasks.sources.retry import RetryConfig, RetryPolicy, retry_after_seconds
 from tasks.sources.useragent import require_user_agent
 from tinyllama_model.config_fields import operational
 
@@ -38,12 +46,34 @@ class WebConfig(BaseModel):
         default_factory=list, description="Pages to fetch; empty turns the web source off."
     )
     topic: str | None = Field(None, description="Topic recorded on every web document.")
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Internal hosts the fetcher may reach although their address is not global (loopback, "
+        "private, link-local...): exact 'host' or 'host:port' entries, e.g. 'wiki.internal:8080'; an entry "
+        "without a port means the scheme's default port. Every other hop must resolve to global addresses.",
+    )
     timeout_s: float = Field(
-        20.0, gt=0, description="Timeout of one HTTP request, in seconds.", json_schema_extra=operational()
+        20.0,
+        gt=0,
+        description="Timeout of one HTTP read or connect, in seconds.",
+        json_schema_extra=operational(),
+    )
+    request_deadline_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest time one HTTP request (connect, headers and the whole body) may take, in "
+        "seconds; a page still arriving then is refused, not retried.",
+        json_schema_extra=operational(),
     )
     max_redirects: int = Field(5, ge=0, le=20, description="Longest redirect chain followed.")
     max_bytes: int = Field(
-        5_000_000, ge=1024, description="Largest response body read; bigger pages are refused unread."
+        5_000_000, ge=1024, description="Largest (decoded) response body read; bigger pages are refused."
+    )
+    robots_max_bytes: int = Field(
+        500_000,
+        ge=1024,
+        description="Most bytes of a robots.txt read (decoded); rules past them are ignored (RFC 9309).",
+        json_schema_extra=operational(),
     )
     max_html_depth: int = Field(
         2000, ge=10, description="Deepest HTML nesting parsed; deeper pages are refused as HTML bombs."
@@ -63,6 +93,13 @@ class WebConfig(BaseModel):
         json_schema_extra=operational(),
     )
 
+    @field_validator("allow_hosts")
+    @classmethod
+    def _host_port_entries(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            parse_allow_entry(entry)
+        return entries
+
 
 class Rejected(Exception):
     """A page that will not be collected, and why (not worth retrying)."""
@@ -74,17 +111,25 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
+def _is_transient(err: BaseException) -> bool:
+    return isinstance(err, (_Transient, httpx.TransportError))
+
+
+def _retry_after(err: BaseException) -> float | None:
+    return getattr(err, "retry_after", None)
+
+
+def _valid_url(url: str | httpx.URL) -> httpx.URL:
+    """`url` parsed, if it is an http(s) URL with a host and a valid port; else Rejected."""
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError) as err:
+        raise Rejected(f"invalid URL {str(url)!r}: {err}") from err
+    if parsed.scheme not in ("http", "https"):
+        raise Rejected(f"unsupported URL scheme in {str(url)!r} (http and https only)")
+    if not parsed.host or (parsed.port is not None and not 0 < parsed.port < 65536):
+        raise Rejected(f"invalid URL {str(url)!r}: no host, or a port outside 1-65535")
+    return parsed
 
 
 @dataclass
@@ -106,7 +151,8 @@ class WebSummary(SourceSummary):
 
 
 class WebFetcher:
-    """One polite HTTP client: robots.txt per host, per-host spacing, bounded redirects and sizes."""
+    """One polite, wary HTTP client: checked and pinned hops, robots.txt per host, per-host spacing,
+    bounded redirects, sizes and time. `resolve` is the DNS lookup (tests stand in for it)."""
 
     def __init__(
         self,
@@ -115,16 +161,25 @@ class WebFetcher:
         *,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        resolve: Resolver = system_resolve,
     ) -> None:
         self.cfg = cfg
         self.user_agent = user_agent
         self.agent_token = user_agent.split("/")[0].split()[0]
-        self.client = httpx.Client(
-            headers={"User-Agent": user_agent}, timeout=cfg.timeout_s, follow_redirects=False
+        self.guard = AddressGuard(cfg.allow_hosts, resolve=resolve)
+        self.backend = PinnedBackend(self.guard)
+        self.transport = PinnedTransport(self.backend)
+        self.client = httpx.Client(  # builds the requests (headers, timeouts) that `transport` sends
+            headers={"User-Agent": user_agent, "Accept-Encoding": ACCEPT_ENCODING},
+            timeout=cfg.timeout_s,
+            follow_redirects=False,
+            transport=self.transport,
+            trust_env=False,
         )
         self.retry = RetryPolicy(cfg.retry, sleep=sleep)
         self.sleep, self.clock = sleep, clock
         self._robots: dict[str, urllib.robotparser.RobotFileParser | None] = {}
+        self._robots_error: dict[str, str] = {}
         self._last: dict[str, float] = {}
 
     def close(self) -> None:
@@ -143,8 +198,7 @@ class WebFetcher:
 
     def allowed(self, url: str) -> bool:
         """robots.txt verdict; 401/403 or an unreachable robots.txt mean no, a missing one means yes."""
-        parts = urlsplit(url)
-        host = f"{parts.scheme}://{parts.netloc}"
+        host = _origin(url)
         if host not in self._robots:
             self._robots[host] = self._load_robots(f"{host}/robots.txt")
         robots = self._robots[host]
@@ -153,80 +207,140 @@ class WebFetcher:
     def _load_robots(self, robots_url: str) -> urllib.robotparser.RobotFileParser | None:
         parser = urllib.robotparser.RobotFileParser(robots_url)
         try:
-            self._wait_turn(urlsplit(robots_url).netloc)
-            response = self.retry.call(
-                lambda: self._robots_get(robots_url),
-                is_transient=lambda e: isinstance(e, (_Transient, httpx.TransportError)),
-                retry_after=lambda e: getattr(e, "retry_after", None),
-            )
-        except (_Transient, httpx.HTTPError):
-            return None  # unreachable: assume disallowed, as Google does for a failing robots.txt
-        if response.status_code in (401, 403):
+            status, lines = self._robots_get(robots_url)
+        except (Rejected, _Transient, httpx.HTTPError) as err:
+            # unreachable: assume disallowed, as Google does for a failing robots.txt
+            self._robots_error[_origin(robots_url)] = f"{type(err).__name__}: {err}"
+            return None
+        if status in (401, 403):
             parser.disallow_all = True
-        elif response.status_code >= 400:
+        elif status >= 400:
             parser.allow_all = True
         else:
-            parser.parse(response.text[: self.cfg.max_bytes].splitlines())
+            parser.parse(lines)
         return parser
 
-    def _robots_get(self, url: str) -> httpx.Response:
-        response = self.client.get(url, follow_redirects=True)
-        if response.status_code == 429 or response.status_code >= 500:
-            raise _Transient(
-                f"HTTP {response.status_code}", _retry_after_seconds(response.headers.get("Retry-After"))
+    def _robots_get(self, url: str) -> tuple[int, list[str]]:
+        """(status, lines up to robots_max_bytes) of robots.txt, redirects followed and checked by hand."""
+        for _hop in range(self.cfg.max_redirects + 1):
+            self._check(url)
+            result = self.retry.call(
+                lambda u=url: self._get(u, robots=True), is_transient=_is_transient, retry_after=_retry_after
             )
-        return response
+            if isinstance(result, str):
+                url = str(_valid_url(_redirect_target(url, result)))
+                continue
+            return result
+        raise Rejected(f"robots.txt: more than {self.cfg.max_redirects} redirects (max_redirects)")
 
     # --- fetching -----------------------------------------------------------------------------
-    def _get(self, url: str) -> httpx.Response | _Body:
-        """One GET: a redirect response (unread) or the body, read up to max_bytes."""
+    def _check(self, url: str) -> None:
+        """Resolve the hop's host, refuse it unless allowed, pin the address its socket will use."""
+        try:
+            self.retry.call(lambda: self._resolve(url), is_transient=_is_transient)
+        except BlockedAddress as err:
+            raise Rejected(f"refused {url}: {err}") from err
+
+    def _resolve(self, url: str) -> str:
+        try:
+            return self.guard.check(url)
+        except (socket.gaierror, UnicodeError) as err:  # DNS may recover: retried like a refused connection
+            raise _Transient(f"cannot resolve the host of {url}: {err}") from err
+
+    @contextmanager
+    def _stream(self, url: str) -> Iterator[httpx.Response]:
+        """GET `url` (checked already) within the request deadline; a deadline hit becomes Rejected.
+
+        The request goes to the transport itself: the client would parse a redirect's Location before
+        handing back the response, and a broken one must be this page's rejection, not a protocol error.
+        """
         self._wait_turn(urlsplit(url).netloc)
-        with self.client.stream("GET", url) as response:
+        request = self.client.build_request("GET", url)
+        with self.backend.deadline(self.cfg.request_deadline_s) as deadline:
+            try:
+                response = self.transport.handle_request(request)
+                response.request = request
+                try:
+                    yield response
+                finally:
+                    response.close()
+            except httpx.TimeoutException as err:
+                if deadline.hit:
+                    raise Rejected(
+                        f"{url} did not arrive within request_deadline_s={self.cfg.request_deadline_s:g} s; "
+                        "stopped reading"
+                    ) from err
+                raise
+
+    def _get(self, url: str, *, robots: bool = False) -> str | _Body | tuple[int, list[str]]:
+        """One GET: a redirect's Location (unread), or the body (a page) or (status, lines) (robots.txt)."""
+        with self._stream(url) as response:
             status = response.status_code
             if status == 429 or status >= 500:
-                raise _Transient(f"HTTP {status}", _retry_after_seconds(response.headers.get("Retry-After")))
+                raise _Transient(f"HTTP {status}", retry_after_seconds(response.headers.get("Retry-After")))
             if 300 <= status < 400 and "location" in response.headers:
-                return response
-            if status != 200:
-                raise Rejected(f"HTTP {status}")
-            media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-            if media_type not in self.cfg.content_types:
-                raise Rejected(f"content type {media_type or 'missing'!r} is not HTML or plain text")
-            declared = response.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > self.cfg.max_bytes:
-                raise Rejected(f"response of {declared} bytes is over max_bytes={self.cfg.max_bytes}")
-            chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > self.cfg.max_bytes:
-                    raise Rejected(f"response is over max_bytes={self.cfg.max_bytes}; stopped reading")
-                chunks.append(chunk)
-            return _Body(str(response.url), media_type, response.charset_encoding, b"".join(chunks))
+                return response.headers["location"]
+            if robots:
+                return status, self._robots_lines(response) if status < 400 else []
+            return self._page(response)
+
+    def _robots_lines(self, response: httpx.Response) -> list[str]:
+        data, more = self._read(response, self.cfg.robots_max_bytes)
+        text = data.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+        lines = text.split("\n")  # RFC 9309's line ends only: splitlines() also breaks at U+2028, U+0085...
+        return lines[:-1] if more else lines  # the last line read may be cut off mid-rule
+
+    def _page(self, response: httpx.Response) -> _Body:
+        if response.status_code != 200:
+            raise Rejected(f"HTTP {response.status_code}")
+        media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type not in self.cfg.content_types:
+            raise Rejected(f"content type {media_type or 'missing'!r} is not HTML or plain text")
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.cfg.max_bytes:
+            raise Rejected(f"response of {declared} bytes is over max_bytes={self.cfg.max_bytes}")
+        data, more = self._read(response, self.cfg.max_bytes)
+        if more:
+            raise Rejected(f"response is over max_bytes={self.cfg.max_bytes}; stopped reading")
+        return _Body(str(response.url), media_type, response.charset_encoding, data)
+
+    @staticmethod
+    def _read(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+        try:
+            return read_limited(response.iter_raw(), response.headers.get("content-encoding", ""), limit)
+        except BodyError as err:
+            raise Rejected(str(err)) from err
 
     def fetch(self, url: str) -> Document:
         """The page at `url` as a document; raises Rejected (with the reason) or the last transient error."""
         start = url
         visited: set[str] = set()
         for _hop in range(self.cfg.max_redirects + 1):
-            if urlsplit(url).scheme not in ("http", "https"):
-                raise Rejected(f"unsupported URL scheme in {url!r} (http and https only)")
+            url = str(_valid_url(url))
             if url in visited:
                 raise Rejected(f"redirect loop at {url}")
             visited.add(url)
+            self._check(url)
             if not self.allowed(url):
-                raise Rejected(f"disallowed by robots.txt: {url}")
+                reason = self._robots_error.get(_origin(url))
+                raise Rejected(
+                    f"disallowed by robots.txt: {url}" + (f" (unreadable: {reason})" if reason else "")
+                )
             result = self.retry.call(
-                lambda u=url: self._get(u),
-                is_transient=lambda e: isinstance(e, (_Transient, httpx.TransportError)),
-                retry_after=lambda e: getattr(e, "retry_after", None),
+                lambda u=url: self._get(u), is_transient=_is_transient, retry_after=_retry_after
             )
             if isinstance(result, _Body):
                 return self._document(start, result)
-            url = urljoin(url, result.headers["location"])
+            url = _redirect_target(url, result)
         raise Rejected(f"more than {self.cfg.max_redirects} redirects (max_redirects)")
 
     def _document(self, start: str, body: _Body) -> Document:
-        text = body.data.decode(body.charset or "utf-8", errors="replace")
+        try:
+            text = body.data.decode(body.charset or "utf-8", errors="replace")
+        except LookupError as err:
+            raise Rejected(
+                f"unknown charset {body.charset!r} in the Content-Type; cannot decode the page"
+            ) from err
         if body.content_type in HTML_TYPES:
             try:
                 title, text = html_to_text(text, max_depth=self.cfg.max_html_depth)
@@ -242,6 +356,18 @@ class WebFetcher:
             url=body.url,
             topic=self.cfg.topic,
         )
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _redirect_target(url: str, location: str) -> str:
+    try:
+        return str(httpx.URL(url).join(location))
+    except (httpx.InvalidURL, ValueError, TypeError) as err:
+        raise Rejected(f"invalid URL in the redirect from {url} to {location!r}: {err}") from err
 
 
 class WebSource:
@@ -269,16 +395,16 @@ class WebSource:
         docs: list[Document] = []
         failures: list[Failure] = []
         resumed = 0
-        for url in dict.fromkeys(self.cfg.urls):
+        urls = list(dict.fromkeys(self.cfg.urls))
+        for n, url in enumerate(urls, 1):
             doc_id = make_doc_id(SOURCE, url)
             if doc_id in done:
                 docs.append(done[doc_id])
                 resumed += 1
-                continue
-            doc = _fetch(fetcher, url, failures, ctx.log)
-            if doc is not None:
+            elif (doc := _fetch(fetcher, url, failures, ctx.log)) is not None:
                 ctx.progress.append("web", doc.to_record())
                 docs.append(doc)
+            ctx.pages(SOURCE, n, len(urls))
         summary = WebSummary(
             urls=len(self.cfg.urls),
             fetched=len(docs) - resumed,
@@ -293,7 +419,11 @@ class WebSource:
 def _fetch(
     fetcher: WebFetcher, url: str, failures: list[Failure], log: Callable[[str], None]
 ) -> Document | None:
-    """The page as a document, or None with the reason added to `failures`."""
+    """The page as a document, or None with the reason added to `failures`.
+
+    Whatever goes wrong with one page (a refusal, a server that gave up, a bug its bytes provoke) is
+    that page's failure; the other pages are still collected.
+    """
     try:
         doc = fetcher.fetch(url)
     except Rejected as err:
@@ -303,6 +433,10 @@ def _fetch(
     except (_Transient, httpx.HTTPError) as err:
         failures.append(Failure(url, f"gave up after retries: {type(err).__name__}: {err}"))
         log(f"web: failed {url}: {err}")
+        return None
+    except Exception as err:  # one page's error, whatever it is, must not end the phase
+        failures.append(Failure(url, f"unexpected error: {type(err).__name__}: {err}"))
+        log(f"web: error on {url}: {type(err).__name__}: {err}")
         return None
     if not doc.text.strip():
         failures.append(Failure(url, "no text in page"))

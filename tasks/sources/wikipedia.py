@@ -223,7 +223,7 @@ class WikipediaSource:
                 f"wikipedia: {len(plan.order)} articles, {len(plan.to_fetch)} to fetch, "
                 f"{len(plan.docs)} unchanged"
             )
-            self._fetch(client, plan, topic_of, previous, ctx.progress, summary)
+            self._fetch(client, plan, topic_of, previous, ctx, summary)
             summary.retries = client.retry.retried
         finally:
             client.close()
@@ -286,11 +286,13 @@ class WikipediaSource:
         plan: _Plan,
         topic_of: dict[str, str],
         previous: dict[str, Document],
-        progress: ProgressLog,
+        ctx: SourceContext,
         summary: WikipediaSummary,
     ) -> None:
         """Step 4: fetch what the plan lists; a failure keeps the previous version when there is one."""
-        for state, outcome in _fetch_all(self.cfg, client, plan.to_fetch):
+        planned = len(plan.to_fetch)
+        ctx.pages(SOURCE, 0, planned)
+        for done, (state, outcome) in enumerate(_fetch_all(self.cfg, client, plan.to_fetch), 1):
             doc_id = make_doc_id(SOURCE, state.title)
             if isinstance(outcome, BaseException):
                 kept = previous.get(doc_id)
@@ -302,9 +304,10 @@ class WikipediaSource:
                 plan.order.remove(doc_id)
             else:
                 doc = _article(doc_id, state, outcome, topic_of[state.requested])
-                progress.append("pages", doc.to_record())
+                ctx.progress.append("pages", doc.to_record())
                 plan.docs[doc_id] = doc
                 summary.fetched += 1
+            ctx.pages(SOURCE, done, planned)
 
     def _check_losses(self, summary: WikipediaSummary, wanted: int) -> None:
         """Fail (to be retried) when more than `max_failure_fraction` of the articles were lost."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 from tests.factories import make_model_dir, train_tiny_tokenizer
 
 TINYLLAMA = [sys.executable, "-m", "flows.cli"]
+MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 def _run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
@@ -93,3 +96,160 @@ def test_run_prints_the_resolved_config_and_rejects_typos() -> None:
     bad = _run("run", "--preset", "demo", "--set", "train.max_minute=1")
     assert bad.returncode == 2
     assert "max_minutes" in bad.stderr
+
+
+# -- bad input: a clear message naming the input and the fix, exit code 2, never a traceback -----------------
+
+
+def _refused(out: subprocess.CompletedProcess, *needles: str) -> None:
+    assert out.returncode == 2, f"exit {out.returncode}:\n{out.stderr[-3000:]}"
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    for needle in needles:
+        assert needle in out.stderr, f"{needle!r} not in:\n{out.stderr[-3000:]}"
+
+
+def _copy_with_config(model_dir: Path, directory: Path, config: str) -> Path:
+    shutil.copytree(model_dir, directory)
+    (directory / "config.json").write_text(config)
+    return directory
+
+
+def test_a_config_json_that_is_not_an_object_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    bad = _copy_with_config(model_dir, tmp_path / "model", "[]")  # null and others: test_checkpoint.py
+    _refused(_run("generate", "-m", str(bad), "--prompt", "x", "-n", "2"), str(bad / "config.json"), "object")
+
+
+def test_a_config_json_that_would_allocate_terabytes_is_refused_before_allocating(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    # 1.3 TB of embeddings; RoPE tables of 4 TB (a max_seq_len of 10**12) are tested in test_checkpoint.py
+    config = {**json.loads((model_dir / "config.json").read_text()), "vocab_size": 10**10}
+    bad = _copy_with_config(model_dir, tmp_path / "model", json.dumps(config))
+    out = _run("generate", "-m", str(bad), "--prompt", "x", "-n", "2")
+    _refused(out, str(bad), "config.json", "vocab_size=10000000000")
+
+
+def test_export_hf_of_a_bad_config_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    config = {**json.loads((model_dir / "config.json").read_text()), "dim": "wide"}
+    bad = _copy_with_config(model_dir, tmp_path / "model", json.dumps(config))
+    _refused(_run("export-hf", "-m", str(bad), "--out", str(tmp_path / "hf")), "dim='wide'")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_tokenizer_of_another_vocabulary_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    tokenizer = model_dir / "tokenizer.model"  # 512 pieces: more than one model has, fewer than the other
+    smaller = make_model_dir(tmp_path / "400", tokenizer, vocab_size=400)
+    out = _run("generate", "-m", str(smaller), "--prompt", "The for statement", "-n", "30", "--seed", "1")
+    _refused(out, str(smaller / "tokenizer.model"), "512 pieces", "vocab_size=400")
+    larger = make_model_dir(tmp_path / "600", tokenizer, vocab_size=600)
+    data = tmp_path / "held_out.jsonl"
+    data.write_text(json.dumps({"content": "The for statement iterates over a sequence."}) + "\n")
+    _refused(_run("eval", "-m", str(larger), "--data", str(data)), "512 pieces", "vocab_size=600")
+
+
+def test_a_prompt_that_is_not_utf8_is_refused(model_dir: Path) -> None:
+    out = subprocess.run(
+        [*TINYLLAMA, "generate", "-m", str(model_dir), "--prompt", b"caf\xe9", "-n", "2"],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=300,
+    )
+    _refused(out, "--prompt", "UTF-8")
+
+
+def test_chat_skips_a_line_that_is_not_utf8(model_dir: Path) -> None:
+    out = subprocess.run(
+        [*TINYLLAMA, "chat", "-m", str(model_dir), "-n", "3", "--seed", "1"],
+        input=b"caf\xe9\nclass\n/quit\n",
+        capture_output=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr.decode()[-3000:]
+    assert b"Traceback" not in out.stderr and b"UTF-8" in out.stderr
+    assert out.stdout.count(b"> ") == 3  # asked again after the bad line, answered `class`, then /quit
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ("[1, 2]", "an array, not a JSON object"),
+        ('{"content": 5}', "a number, not a string"),
+    ],  # the other ways a file is not text: tests/tasks/test_evaluate_read_texts.py
+)
+def test_eval_rows_that_are_not_objects_of_text_are_refused(
+    model_dir: Path, tmp_path: Path, line: str, needle: str
+) -> None:
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"content": "A good first row."}) + "\n" + line + "\n")
+    _refused(_run("eval", "-m", str(model_dir), "--data", str(data)), f"{data}:2", needle)
+
+
+def test_set_below_a_plain_value_is_refused() -> None:
+    _refused(
+        _run("run", "--preset", "demo", "--set", "model.dim.x=1", "--print-config"), "model.dim", "--set"
+    )
+
+
+# -- models from the MLflow registry: clear errors, and no download left behind in TMPDIR ------------------
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> str:
+    """A SQLite MLflow store in a temp folder where model_dir is version 1 of `cli-model`, alias champion."""
+    import mlflow
+
+    from tasks.mlflow_store import ensure_experiment, resolve_store
+    from tasks.model_versions import log_and_register
+
+    tmp = tmp_path_factory.mktemp("registry")
+    store = resolve_store(f"sqlite:///{tmp / 'mlflow.db'}", tmp)
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    variables = {name: os.environ.get(name) for name in MLFLOW_VARIABLES}  # set_*_uri export them
+    store.activate()
+    try:
+        experiment_id = ensure_experiment(store.client(), "cli", store.artifact_location)
+        with mlflow.start_run(experiment_id=experiment_id):
+            version = log_and_register(
+                model_dir, "cli-model", {}, serving_defaults={}, example_prompt="The", bundle_code=False
+            )
+        store.client().set_registered_model_alias("cli-model", "champion", version.version)
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+        for name, value in variables.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return store.tracking_uri
+
+
+def _run_in(tmpdir: Path, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:
+    tmpdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_VARIABLES}
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, TMPDIR=str(tmpdir))
+    return subprocess.run([*TINYLLAMA, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_registered_model_runs_and_leaves_no_download_behind(registry: str, tmp_path: Path) -> None:
+    args = ("-m", "models:/cli-model@champion")
+    out = _run_in(
+        tmp_path / "tmp", registry, "generate", *args, "--prompt", "The for", "-n", "3", "--seed", "1"
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("The for")
+    data = tmp_path / "held_out.jsonl"
+    data.write_text(json.dumps({"content": "The for statement iterates over a sequence."}) + "\n")
+    evaluated = _run_in(tmp_path / "tmp2", registry, "eval", *args, "--data", str(data))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "tmp")) == sorted(os.listdir(tmp_path / "tmp2")) == []
+
+
+@pytest.mark.slow
+def test_an_unknown_registered_model_is_refused_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = _run_in(tmp_path / "tmp", tracking_uri, "generate", "-m", "models:/nope@champion", "--prompt", "x")
+    _refused(out, "models:/nope@champion", "not found")
+    assert os.listdir(tmp_path / "tmp") == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tracemalloc
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -101,3 +103,70 @@ def test_the_shared_dev_corpus_reads_with_its_content_field(shared_corpus):
     documents, summary = read_local(LocalConfig(paths=[str(shared_corpus)], text_field="content"))
     assert len(documents) == 333 and not summary.failures
     assert documents[0].title == "Artificial general intelligence"
+
+
+# --- hostile input (issue 11) ----------------------------------------------------------------------
+
+
+def test_jsonl_lines_split_on_newline_only(tmp_path):
+    """U+2028, U+2029, U+0085 and a lone CR inside strings are text, not line breaks."""
+    texts = ["one\u2028still one", "two\x85still two", "three\u2029and\rthree"]
+    rows = [json.dumps({"text": t}, ensure_ascii=False) for t in texts] + ["{broken"]
+    path = tmp_path / "odd.jsonl"
+    path.write_bytes(("\n".join(rows) + "\r\n").encode())
+    documents, summary = read_local(LocalConfig(paths=[str(path)]))
+    assert [d.text for d in documents] == texts
+    assert [d.url.rsplit("#", 1)[1] for d in documents] == ["L1", "L2", "L3"]
+    assert [f.title for f in summary.failures] == [f"{path}:4"]
+
+
+def test_parquet_is_limited_by_its_decoded_size(tmp_path):
+    """20 MB of text in a file of ~1 KB: refused from its metadata, or while reading when the
+    dictionary hides the size, without ever holding the decoded text."""
+    big = "a" * 1_000_000
+    pq.write_table(pa.table({"text": [big + str(i) for i in range(20)]}), plain := tmp_path / "plain.parquet",
+                   compression="zstd", use_dictionary=False)  # fmt: skip
+    pq.write_table(
+        pa.table({"text": [big] * 20}), dictionary := tmp_path / "dict.parquet", compression="zstd"
+    )
+    pq.write_table(pa.table({"text": ["small"] * 3}), tmp_path / "small.parquet")
+    assert plain.stat().st_size < 5_000 and dictionary.stat().st_size < 5_000
+
+    tracemalloc.start()  # Python's heap, where the decoded rows would land as strings
+    try:
+        documents, summary = read_local(LocalConfig(paths=[str(tmp_path)], max_decoded_bytes=5_000_000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [d.text for d in documents] == ["small"] * 3
+    errors = {f.title.rsplit("/", 1)[1]: f.error for f in summary.failures}
+    assert set(errors) == {"plain.parquet", "dict.parquet"}
+    assert all("max_decoded_bytes=5000000" in e for e in errors.values())
+    assert peak < 8_000_000  # the old code held all 20 MB as Python strings
+
+
+def test_globs_do_not_follow_symlink_loops(tmp_path, monkeypatch):
+    """Two links back up the tree make 2^40 paths for a glob that follows them; each folder is read once."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "one.txt").write_text("one")
+    (tmp_path / "a" / "b" / "two.txt").write_text("two")
+    (tmp_path / "a" / "b" / "up").symlink_to("..")
+    (tmp_path / "a" / "b" / "top").symlink_to(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "three.txt").write_text("three")
+    (tmp_path / "a" / "linked").symlink_to(tmp_path / "elsewhere")  # a link that is no loop is followed
+
+    scans = {"n": 0}
+    real_scandir = os.scandir
+
+    def counting_scandir(*args):
+        scans["n"] += 1
+        if scans["n"] > 1000:
+            raise AssertionError("more than 1000 folder reads for a tree of 4 folders: following a loop")
+        return real_scandir(*args)
+
+    monkeypatch.setattr(os, "scandir", counting_scandir)
+    documents, _ = read_local(LocalConfig(paths=[str(tmp_path / "a" / "**" / "*.txt")]))
+    assert sorted(d.text for d in documents) == ["one", "three", "two"]
+    documents, _ = read_local(LocalConfig(paths=[str(tmp_path / "a")]))
+    assert sorted(d.text for d in documents) == ["one", "three", "two"]

@@ -131,6 +131,19 @@ def test_faults_are_retried_and_no_document_is_lost(wiki):
     assert all(f.times == 0 for f in wiki.faults)
 
 
+def test_retry_after_is_honoured_on_503_and_maxlag_waits_for_the_lag(wiki):
+    """503 + Retry-After waits as asked; maxlag waits the replica lag (or Retry-After, if longer)."""
+    populate(wiki, n_ai=3, n_ml=0)
+    wiki.fail("search", "503", retry_after="4")
+    wiki.fail("info", "maxlag", lag=7.5, retry_after="1")
+    wiki.fail("extracts", "maxlag", title="AI page 0", lag=0.6, retry_after="5")
+    wiki.fail("extracts", "503", title="AI page 1", retry_after="Wed, 21 Oct 2015 07:28:00 GMT")  # past
+
+    documents, summary, sleeps = collect(wiki, wiki_cfg(wiki, topics=["artificial intelligence"]))
+    assert len(documents) == 3 and summary.retries == wiki.injected == 4
+    assert sleeps == [4.0, 7.5, 5.0, 0.0]
+
+
 def test_page_failing_past_retries_is_recorded_then_fails_the_phase(wiki):
     populate(wiki, n_ai=4, n_ml=0)
     wiki.fail("extracts", "503", title="AI page 2", times=100)

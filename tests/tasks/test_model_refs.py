@@ -1,17 +1,25 @@
 """Model references: local folders to model directories, and an import light enough for the CLI.
 
-Resolving `models:/` and `runs:/` URIs against a real registry is tested in test_register.py.
+Resolving `models:/` and `runs:/` URIs against a real registry is tested in test_register.py, and through
+the CLI (which must leave no download behind) in tests/flows/test_cli.py.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from tasks.model_refs import MODEL_FILES, ModelDirError, find_model_dir, resolve_model_dir
+from tasks.model_refs import (
+    MODEL_FILES,
+    ModelDirError,
+    downloaded_model_dir,
+    find_model_dir,
+    resolve_model_dir,
+)
 from tests.factories import make_model_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,3 +51,29 @@ def test_an_incomplete_or_missing_model_dir_says_what_is_expected(tmp_path: Path
         find_model_dir(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="MLflow URI"):
         resolve_model_dir(tmp_path / "nowhere")
+
+
+def test_a_local_model_dir_is_used_in_place(tmp_path: Path) -> None:
+    model = make_model_dir(tmp_path / "model", tokenizer_file=None)
+    (model / "tokenizer.model").write_bytes(b"x")
+    with downloaded_model_dir(str(model)) as directory:
+        assert directory == model
+    assert model.is_dir()  # only downloads are deleted
+
+
+def test_a_failed_download_leaves_no_temporary_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(
+        ValueError, match=r"cannot resolve models:/nope@champion .*not found.*MLFLOW_TRACKING_URI"
+    ):
+        resolve_model_dir("models:/nope@champion", tracking_uri=store)
+    with (
+        pytest.raises(ValueError, match="cannot resolve"),
+        downloaded_model_dir("models:/nope/1", tracking_uri=store),
+    ):
+        pass
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -25,10 +25,12 @@ from mlflow import MlflowClient
 
 from tasks.artifacts import Artifact, publish, sha256_file
 from tasks.champion import promote_if_better
-from tasks.mlflow_run import finish_pipeline_run, log_metrics_batched, start_pipeline_run
+from tasks.live_metrics import MetricsStream
+from tasks.mlflow_run import RunRef, finish_pipeline_run, log_metrics_batched, start_pipeline_run
 from tasks.mlflow_store import resolve_store
 from tasks.model_refs import MODEL_FILES, ModelDirError, resolve_model_dir
 from tasks.register import RegisterConfig, run_register
+from tasks.run_reports import read_jsonl
 from tests.factories import make_model_dir, train_tiny_tokenizer
 from tests.processes import answers, free_port, stop_group, wait_until
 
@@ -89,12 +91,22 @@ def champion(root: Path, tokenizer_file: Path) -> dict:
     evaluation = eval_artifact(root, "a", bpb=2.0)
 
     def preprocess_report(out: Path) -> dict:
-        (out / "report.json").write_text('{"kept": 10}')
+        by_source = {"builtin": {"in": 8, "rejected": 1, "rows_out": 7}, "web": {"in": 4, "rejected": 1}}
+        (out / "report.json").write_text(json.dumps({"kept": 10, "by_source": by_source}))
         (out / "documents.parquet").write_bytes(b"PAR1")  # data tables are never logged as reports
-        return {"kept": 10}
+        return {"kept": 10, "documents_kept": 10}
+
+    def encode_report(out: Path) -> dict:
+        (out / "train.parquet").write_bytes(b"PAR1")
+        return {"train_tokens": 9000, "train_docs": 9, "val_tokens": 1000, "val_docs": 1, "vocab_size": 512}
 
     report = publish(root, "preprocess", "pp", preprocess_report)
-    result = run_register(cfg, model, evaluation, {"data": report, "tokenizer": tokenizer_file}, run_id, root)
+    reports = {
+        "data": report,
+        "tokenizer": tokenizer_file,
+        "tokens": publish(root, "encode", "enc", encode_report),
+    }
+    result = run_register(cfg, model, evaluation, reports, run_id, root)
     return {"cfg": cfg, "run_id": run_id, "model": model, "evaluation": evaluation, "result": result}
 
 
@@ -184,6 +196,42 @@ def test_register_logs_metrics_curve_samples_and_reports(champion: dict) -> None
     assert (
         not {"reports/tokenizer/tokenizer.model", "reports/data/documents.parquet"} & names
     )  # small text only
+
+
+def test_register_logs_only_the_steps_the_live_stream_did_not_send(root: Path, tokenizer_file: Path) -> None:
+    cfg = RegisterConfig(experiment_name="live", model_name="live-model")
+    run_id = start_pipeline_run(cfg, root, {})
+    model = train_artifact(root, tokenizer_file, seed=5, final_bpb=2.3)
+    stream = MetricsStream(RunRef(tracking_uri=resolve_store(None, root).tracking_uri, run_id=run_id))
+    for row in read_jsonl(model.file("metrics.jsonl"))[:30]:  # the stream stopped partway
+        stream(row)
+    stream.close()
+    run_register(cfg, model, eval_artifact(root, "live", 2.3), {}, run_id, root)
+    client = MlflowClient()
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/train_loss")) == list(range(1, 41))
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train/val_bpb")) == [10, 20, 30, 40]
+
+
+def test_the_version_carries_its_model_card(champion: dict, root: Path, tmp_path: Path) -> None:
+    client = MlflowClient()
+    mv = client.get_model_version("tinyllama", "1")
+    card = mv.description
+    assert card.startswith("# tinyllama: model card\n")
+    facts = (
+        "data fingerprint: `pp`",  # the preprocess artifact
+        "| builtin | 8 | 7 |",  # documents per source: collected, kept
+        "- tokens: 9,000 for training (9 documents), 1,000 held out for validation (1 documents)",
+        "- model config: dim 32, n_layers 2, n_heads 2",
+        "validation bits per byte (lower is better; compares across tokenizers): 2.0000",
+        "The future of AI is learned.",  # the sample generation
+        "## Limits",
+    )
+    assert [fact for fact in facts if fact not in card] == []
+    assert mv.tags["card.data_fingerprint"] == "pp" and mv.tags["card.train_tokens"] == "9000"
+    assert mv.tags["card.data_sources"] == "builtin=7,web=3" and mv.tags["card.val_bpb"] == "2.0"
+    directory = resolve_model_dir("models:/tinyllama/1", root=root, dst=tmp_path)
+    assert (directory / "README.md").read_text() == card  # beside config.json and the weights
+    assert "model_card.md" in {a.path for a in client.list_artifacts(champion["run_id"])}
 
 
 def test_first_version_becomes_champion_and_carries_its_metrics(champion: dict) -> None:

@@ -93,6 +93,29 @@ def test_weights_that_do_not_fit_the_config(tmp_path):
         TinyLlama.from_pretrained(tmp_path / "m")
 
 
+@pytest.mark.parametrize(("text", "kind"), [("[]", "array"), ("null", "null"), ('"dim"', "string")])
+def test_a_config_json_that_is_not_an_object(tmp_path, text, kind):
+    make().save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=rf"config\.json holds a JSON {kind}, not an object"):
+        TinyLlama.from_pretrained(tmp_path / "m")
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"vocab_size": 10**10}, r"do not match its config\.json \(.*vocab_size=10000000000"),  # 1.3 TB
+        ({"max_seq_len": 10**12}, r"max_seq_len=1000000000000.*needs [\d,.]+ GiB to load"),  # RoPE: 4 TB
+    ],
+)
+def test_a_config_json_of_terabytes_is_refused_before_anything_is_allocated(tmp_path, change, reason):
+    make().save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg | change))
+    with pytest.raises(CheckpointError, match=reason):  # before: RuntimeError from the allocator (or OOM)
+        TinyLlama.from_pretrained(tmp_path / "m")
+
+
 def test_bad_model_dirs(tmp_path):
     with pytest.raises(CheckpointError, match=r"config\.json is missing"):
         TinyLlama.from_pretrained(tmp_path)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tasks.train import run_torchrun
+from tests.tinyllama_model.test_levers import LEVERS
 from tests.tinyllama_model.test_resume import final_state
 from tests.tinyllama_model.test_trainer import EQUIVALENT, TINY, synthetic_docs, tiny_train_config
 from tinyllama_model.data import write_packed
@@ -14,25 +15,33 @@ from tinyllama_model.launch import trainer_from_run_dir, write_run_spec
 from tinyllama_model.run_state import BEST_DIR
 
 
-def _write_run(run_dir, cfg) -> None:
+def _write_run(run_dir, cfg, model_cfg=TINY) -> None:
     run_dir.mkdir(parents=True)
     write_packed(synthetic_docs(100, 0), run_dir / "train.bin", np.uint16)
     write_packed(synthetic_docs(8, 1), run_dir / "val.bin", np.uint16)
-    write_run_spec(run_dir, TINY, cfg, token_dtype="uint16", val_bytes_per_token=2.0, tokenizer_file=None)
+    spec = dict(token_dtype="uint16", val_bytes_per_token=2.0, tokenizer_file=None)
+    write_run_spec(run_dir, model_cfg, cfg, **spec)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path, optimizer):
+@pytest.mark.parametrize(
+    ("optimizer", "levers"),
+    [("adamw", {}), ("muon", {}), ("muon", LEVERS)],
+    ids=["adamw", "muon", "muon-levers"],
+)
+def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path, optimizer, levers):
     steps = 12
     # global batch 8 windows per step in both runs: 1 x (4 x 2 micro-batches) vs 2 ranks x (2 x 2)
     common = dict(
         grad_accum=2, max_steps=steps, eval_every=6, checkpoint_every=6, optimizer=optimizer, dtype="float64"
     )
+    if levers:
+        common["head_lr"] = 4e-3
+    model_cfg = TINY.__class__(**{**TINY.to_dict(), **levers})
     single_cfg = tiny_train_config(batch_size=4, **common)
     ddp_cfg = tiny_train_config(batch_size=2, nproc_per_node=2, **common)
-    _write_run(tmp_path / "single", single_cfg)
-    _write_run(tmp_path / "ddp", ddp_cfg)
+    _write_run(tmp_path / "single", single_cfg, model_cfg)
+    _write_run(tmp_path / "ddp", ddp_cfg, model_cfg)
 
     single = trainer_from_run_dir(tmp_path / "single", progress=False).fit()
     rows: list[dict] = []

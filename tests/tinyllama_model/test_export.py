@@ -9,6 +9,7 @@ import torch
 
 from tests.factories import TINY_VOCAB, train_tiny_tokenizer, training_texts
 from tests.tinyllama_model.test_tokenizer import SAMPLES
+from tinyllama_model.errors import ConfigError
 from tinyllama_model.export import export_hf, hf_config, hf_state_dict
 from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
@@ -112,3 +113,40 @@ def test_export_without_tokenizer_and_with_a_foreign_one(tmp_path, sp_model):
     with pytest.raises(ValueError, match="does not belong to this model"):
         export_hf(tmp_path / "small", tmp_path / "hf_small")
     assert not (tmp_path / "hf_small").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("mlp", "relu2"), ("qk_norm", True), ("logit_softcap", 15.0), ("value_embeds", True)],
+)
+def test_a_model_llama_cannot_express_is_refused_naming_the_flag(tmp_path, sp_model, flag, value):
+    model = make(**{flag: value})
+    with pytest.raises(ConfigError, match=rf"trained with {flag}=.*model\.{flag}="):
+        export(tmp_path, model, sp_model)
+    assert not (tmp_path / "hf").exists()  # nothing half-written, nothing wrong written
+    with pytest.raises(ConfigError, match=flag):
+        hf_config(model.config)
+
+
+def test_levers_that_only_change_training_still_export_and_match(tmp_path, sp_model):
+    ours = make(zero_init_proj=True)
+    with torch.no_grad():  # trained weights are not zero; give the projections some
+        for layer in ours.layers:
+            layer.attention.wo.weight.normal_(0, 0.05)
+            layer.feed_forward.w2.weight.normal_(0, 0.05)
+    theirs = transformers.LlamaForCausalLM.from_pretrained(export(tmp_path, ours, sp_model)).eval()
+    idx = torch.randint(0, TINY_VOCAB, (1, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (ours(idx)[0] - theirs(idx).logits).abs().max().item() < 1e-4
+
+
+def test_the_export_command_names_the_flag_instead_of_a_traceback(tmp_path, sp_model):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    make(value_embeds=True).save_pretrained(tmp_path / "model", tokenizer_file=sp_model)
+    args = ["export-hf", "-m", str(tmp_path / "model"), "--out", str(tmp_path / "hf")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "value_embeds=True" in result.output
+    assert not (tmp_path / "hf").exists()

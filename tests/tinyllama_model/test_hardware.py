@@ -6,7 +6,20 @@ from contextlib import nullcontext
 
 import torch
 
-from tinyllama_model.hardware import autocast_for, measure_matmul_flops, measured_peak, resolve_device
+from tinyllama_model.hardware import (
+    autocast_for,
+    cpu_flags,
+    cpu_matmul_rates,
+    cpu_report,
+    measure_matmul_flops,
+    measured_peak,
+    pick_cpu_dtype,
+    resolve_device,
+)
+
+# what the issue measured on an AVX512-BF16 part (2 threads), and what an AVX2 part that emulates bf16 does
+BF16_NATIVE = {"float32": 170e9, "bfloat16": 410e9}
+BF16_EMULATED = {"float32": 60e9, "bfloat16": 6e9}
 
 
 def test_measuring_matmul_flops_leaves_the_global_rng_alone():
@@ -20,13 +33,42 @@ def test_a_named_device_is_taken_as_given():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def test_autocast_only_where_bf16_is_asked_or_native():
+def test_autocast_only_where_bf16_is_asked_or_measured_faster():
     cpu = torch.device("cpu")
-    ctx, dtype = autocast_for(cpu, "auto")
+    ctx, dtype = autocast_for(cpu, "auto", BF16_EMULATED)
     assert isinstance(ctx, nullcontext) and dtype == "float32"
-    assert autocast_for(cpu, "float64")[1] == "float64"
-    ctx, dtype = autocast_for(cpu, "bfloat16")
+    ctx, dtype = autocast_for(cpu, "auto", BF16_NATIVE)
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16 and dtype == "bfloat16"
+    assert autocast_for(cpu, "float64", BF16_NATIVE)[1] == "float64"
+    assert autocast_for(cpu, "float32", BF16_NATIVE)[1] == "float32"  # asked for: no probe decides
+    ctx, dtype = autocast_for(cpu, "bfloat16", BF16_EMULATED)
     assert isinstance(ctx, torch.autocast) and dtype == "bfloat16"
+
+
+def test_the_cpu_picks_bf16_only_at_the_configured_speedup():
+    assert pick_cpu_dtype(BF16_NATIVE) == "bfloat16"  # 2.4x
+    assert pick_cpu_dtype(BF16_EMULATED) == "float32"  # 0.1x
+    at_threshold = {"float32": 100.0, "bfloat16": 150.0}
+    assert pick_cpu_dtype(at_threshold, 1.5) == "bfloat16" and pick_cpu_dtype(at_threshold, 1.6) == "float32"
+
+
+def test_the_probe_measures_both_dtypes_once_and_leaves_the_rng_alone():
+    state = torch.get_rng_state()
+    rates = cpu_matmul_rates()
+    assert rates["float32"] > 1e6 and rates["bfloat16"] > 1e6
+    assert cpu_matmul_rates() is rates  # measured once per process: every trainer decides alike
+    assert torch.equal(torch.get_rng_state(), state)
+    # whichever this CPU is, "auto" follows its own measurement
+    assert autocast_for(torch.device("cpu"), "auto")[1] == pick_cpu_dtype(rates)
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16 amx_tile\n")
+    assert cpu_flags(info) == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"]
+    assert cpu_flags(tmp_path / "missing") == []
+    report = cpu_report()
+    assert report["fp32_gflops"] > 0 and report["auto_dtype"] in ("float32", "bfloat16")
 
 
 def test_the_measured_peak_uses_the_compute_dtype():

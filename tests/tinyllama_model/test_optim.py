@@ -110,3 +110,22 @@ def test_chain_state_round_trips_and_refuses_another_optimizers_state():
     assert len(fresh.optimizers["muon"].state) == len(opt.optimizers["muon"].state) > 0
     with pytest.raises(ValueError, match=r"optimizer state holds \['adamw'\], expected \['adamw', 'muon'\]"):
         fresh.load_state_dict(optimizer(make(), "adamw").state_dict())
+
+
+def test_an_untied_head_gets_its_own_rate_under_the_same_schedule():
+    m = make()
+    chain = optimizer(m, "muon", lr=1e-2, head_lr=4e-3)
+    head_groups = [g for g in chain.optimizers["adamw"].param_groups if id(m.output.weight) in ids(g)]
+    assert len(head_groups) == 1 and ids(head_groups[0]) == {id(m.output.weight)}
+    assert head_groups[0]["lr_scale"] == pytest.approx(0.4) and head_groups[0]["weight_decay"] == 0.1
+    # without head_lr the groups are the ones existing checkpoints hold
+    assert len(optimizer(m, "muon").optimizers["adamw"].param_groups) == 2
+
+
+def test_value_embeddings_and_their_gates_stay_on_adamw_without_decay():
+    m = make(n_layers=2, value_embeds=True)
+    chain = optimizer(m, "muon")
+    (muon_group,) = chain.optimizers["muon"].param_groups
+    no_decay = next(g for g in chain.optimizers["adamw"].param_groups if g["weight_decay"] == 0.0)
+    extra = {id(p) for n, p in m.named_parameters() if "value_embeds" in n or "ve_gate" in n}
+    assert extra and extra <= ids(no_decay) and not extra & ids(muon_group)

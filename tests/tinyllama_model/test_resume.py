@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tinyllama_model.test_levers import LEVERS
 from tests.tinyllama_model.test_trainer import (
     TINY,
     make_trainer,
@@ -89,6 +90,49 @@ def test_resume_after_a_crash_is_bit_exact(tmp_path, optimizer):
     assert_same_state(final_state(tmp_path / "straight"), final_state(tmp_path / "crashed"))
     # metrics.jsonl: rows logged after the checkpoint by the crashed run were dropped and logged again
     assert metrics_without_timing(tmp_path / "crashed") == metrics_without_timing(tmp_path / "straight")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "extra"),
+    [("float32", {"head_lr": 4e-3}), ("bfloat16", {}), ("auto", {"cpu_bf16_min_speedup": 1e-9})],
+    ids=["levers-fp32", "levers-bf16", "levers-auto-bf16"],
+)
+def test_resume_with_every_lever_is_bit_exact(tmp_path, dtype, extra):
+    """fp32 anywhere; bf16 autocast on the same machine (asked for, or picked by the probe under auto)."""
+    model_cfg = TINY.__class__(**{**TINY.to_dict(), **LEVERS})
+    cfg = tiny_train_config(
+        max_steps=12, checkpoint_every=4, eval_every=4, optimizer="muon", dtype=dtype, **extra
+    )
+    straight = make_trainer(tmp_path / "straight", cfg, model_cfg=model_cfg)
+    assert straight.compute_dtype == ("float32" if dtype == "float32" else "bfloat16")
+    straight.fit()
+
+    def crash_at_step_6(row: dict) -> None:
+        if row.get("step") == 6 and "train_loss" in row:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        make_trainer(tmp_path / "crashed", cfg, model_cfg=model_cfg, on_metrics=crash_at_step_6).fit()
+    resumed = make_trainer(tmp_path / "crashed", cfg, model_cfg=model_cfg)
+    assert resumed.step == 4 and resumed.fit()["dtype"] == straight.compute_dtype
+    assert_same_state(final_state(tmp_path / "straight"), final_state(tmp_path / "crashed"))
+
+
+def test_a_resumed_auto_run_keeps_the_dtype_it_began_in(tmp_path):
+    """A probe near the threshold may decide otherwise after a restart; the run must not switch."""
+    began_bf16 = tiny_train_config(max_steps=4, checkpoint_every=2, eval_every=2, cpu_bf16_min_speedup=1e-9)
+    make_trainer(tmp_path, began_bf16).fit()
+    # the same run (cpu_bf16_min_speedup is part of its identity, so flip the machine instead): a checkpoint
+    # written in bf16, read back by a trainer whose probe picked fp32
+    ckpt = list_checkpoints(tmp_path / CHECKPOINT_DIR)[-1]
+    state = load_torch_file(ckpt)
+    assert state["compute_dtype"] == "bfloat16"
+    state["identity"]["train"]["cpu_bf16_min_speedup"] = 1e9
+    torch.save(state, ckpt)
+    fp32_machine = tiny_train_config(max_steps=4, checkpoint_every=2, eval_every=2, cpu_bf16_min_speedup=1e9)
+    assert make_trainer(tmp_path / "fresh", fp32_machine).compute_dtype == "float32"  # what it picks anew
+    resumed = make_trainer(tmp_path, fp32_machine)
+    assert resumed.step == 4 and resumed.compute_dtype == "bfloat16"
 
 
 def _write_run(run_dir: Path, cfg) -> None:

@@ -83,3 +83,29 @@ def test_the_rule_reproduces_the_ten_minute_preset_on_the_dev_corpus():
         model.n_layers,
         model.n_heads,
     )
+
+
+def test_a_measured_budget_uses_the_rate_of_the_dtype_training_will_use():
+    from tinyllama_model.hardware import cpu_matmul_rates, pick_cpu_dtype
+
+    rates = cpu_matmul_rates()
+    in_use = rates[pick_cpu_dtype(rates)]
+    assert budget_flops(1, mfu=1.0) == pytest.approx(60 * in_use)
+    # a bf16 CPU (here: a threshold every CPU passes) buys the bf16 rate, and so the size bf16 affords
+    assert budget_flops(1, mfu=1.0, min_bf16_speedup=1e-9) == pytest.approx(60 * rates["bfloat16"])
+    assert budget_flops(1, mfu=1.0, min_bf16_speedup=1e9) == pytest.approx(60 * rates["float32"])
+
+
+def test_the_ten_minute_shape_follows_the_dtype_this_cpu_trains_in():
+    avx2 = cpu_10min({"float32": 60e9, "bfloat16": 6e9})[0]  # bf16 emulated: the tuned fp32 shape
+    assert (avx2.dim, avx2.n_layers, avx2.n_heads, avx2.max_seq_len, avx2.multiple_of) == (128, 4, 4, 64, 32)
+    bf16 = cpu_10min({"float32": 170e9, "bfloat16": 410e9})[0]  # AVX512-BF16: 2.4x the FLOPs
+    assert bf16.num_params() > avx2.num_params() and bf16.max_seq_len == 64
+    assert cpu_10min({"float32": 170e9, "bfloat16": 410e9})[0] == bf16  # the ratio, not the load, decides
+    assert cpu_10min()[0].dim >= avx2.dim  # this machine's own probe never shrinks the tuned shape
+
+
+def test_the_ten_minute_recipe_keeps_only_the_lever_that_won_on_both_splits():
+    model = cpu_10min({"float32": 60e9, "bfloat16": 6e9})[0]
+    assert model.qk_norm and model.mlp == "swiglu" and not model.value_embeds
+    assert model.logit_softcap is None and not model.zero_init_proj

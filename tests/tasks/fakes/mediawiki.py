@@ -2,8 +2,9 @@
 
 It speaks `formatversion=2` for `list=search` (with `sroffset` continuation), `prop=info|pageprops`
 for up to 50 titles (redirects, missing and disambiguation pages) and `prop=extracts` with
-`explaintext`. Faults are queued per request kind and title: HTTP 429 with Retry-After, 503, a
-response slower than the client's timeout, truncated JSON and a maxlag error envelope. Every request
+`explaintext`. Faults are queued per request kind and title: HTTP 429 with Retry-After, 503 (with
+Retry-After when asked), a response slower than the client's timeout, truncated JSON and a maxlag
+error envelope carrying its lag, as MediaWiki sends it. Every request
 is logged so tests can count what the client asked for.
 """
 
@@ -39,7 +40,8 @@ class Fault:
     fault: str  # "429" | "503" | "slow" | "truncated" | "garbage" | "maxlag" | "404"
     title: str | None = None  # only requests naming this title
     times: int = 1
-    retry_after: str = "0"
+    retry_after: str | None = None  # the Retry-After header (429 and maxlag send "0" when unset)
+    lag: float = 7.0  # maxlag: seconds the replicas lag, as the error reports them
 
 
 @dataclass
@@ -72,9 +74,16 @@ class FakeMediaWiki:
         return page.revid
 
     def fail(
-        self, kind: str, fault: str, *, title: str | None = None, times: int = 1, retry_after: str = "0"
+        self,
+        kind: str,
+        fault: str,
+        *,
+        title: str | None = None,
+        times: int = 1,
+        retry_after: str | None = None,
+        lag: float = 7.0,
     ):
-        self.faults.append(Fault(kind, fault, title, times, retry_after))
+        self.faults.append(Fault(kind, fault, title, times, retry_after, lag))
 
     def count(self, kind: str, title: str | None = None) -> int:
         return sum(
@@ -113,9 +122,10 @@ class FakeMediaWiki:
 
     def _fault_response(self, fault: Fault) -> Response | None:
         if fault.fault == "429":
-            return Response("slow down", 429, headers={"Retry-After": fault.retry_after})
+            return Response("slow down", 429, headers={"Retry-After": fault.retry_after or "0"})
         if fault.fault in ("503", "404"):
-            return Response("unavailable", int(fault.fault))
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+            return Response("unavailable", int(fault.fault), headers=headers)
         if fault.fault == "truncated":
             return Response(
                 '{"batchcomplete": true, "query": {"pages": [{"ti', 200, content_type="application/json"
@@ -123,10 +133,10 @@ class FakeMediaWiki:
         if fault.fault == "garbage":
             return Response("<html>not json</html>", 200, content_type="text/html")
         if fault.fault == "maxlag":
-            body = {"error": {"code": "maxlag", "info": "Waiting for a replica: 7 seconds lagged"}}
-            return Response(
-                json.dumps(body), 200, content_type="application/json", headers={"Retry-After": "0"}
-            )
+            info = f"Waiting for a replica: {fault.lag} seconds lagged"
+            body = {"error": {"code": "maxlag", "info": info, "host": "db1", "lag": fault.lag, "type": "db"}}
+            headers = {"Retry-After": fault.retry_after or "0", "X-Database-Lag": str(fault.lag)}
+            return Response(json.dumps(body), 200, content_type="application/json", headers=headers)
         if fault.fault == "slow":
             time.sleep(self.slow_s)
             return None  # then answer normally, too late for the client

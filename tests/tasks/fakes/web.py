@@ -1,9 +1,13 @@
 """A loopback web site with the pages a polite crawler must handle: robots.txt rules, redirects and
-redirect loops, oversized and wrongly typed responses, an HTML bomb, flaky and rate-limited pages."""
+redirect loops, oversized and wrongly typed responses, an HTML bomb, flaky and rate-limited pages, and
+hostile ones: a redirect anywhere (`/redirect?to=...`), an unknown charset, a broken Location, a body
+dripped byte by byte and a gzip-bomb robots.txt."""
 
 from __future__ import annotations
 
 import threading
+import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +31,19 @@ ARTICLE = """<!doctype html><html><head><title>Tiny  Models</title><style>body{c
 ROBOTS = "User-agent: *\nDisallow: /private\n"
 
 
+class _RawLocation(Response):
+    """A redirect whose Location is sent as given (werkzeug would otherwise rewrite or refuse it)."""
+
+    def __init__(self, *args, location: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.raw_location = location
+
+    def get_wsgi_headers(self, environ):
+        headers = super().get_wsgi_headers(environ)
+        headers["Location"] = self.raw_location
+        return headers
+
+
 @dataclass
 class FakeSite:
     url: str = ""
@@ -35,6 +52,11 @@ class FakeSite:
     flaky_left: int = 1
     limited_left: int = 1
     robots_status: int = 200
+    robots_gzip_bytes: int = 0  # > 0: robots.txt is a gzip bomb decoding to this many bytes
+    hosts: list[str] = field(default_factory=list)  # the Host header of every request
+    drip_bytes: int = 40  # /drip.html sends this many bytes...
+    drip_interval_s: float = 0.2  # ...one per interval
+    drip_sent: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self, path: str) -> int:
@@ -44,8 +66,24 @@ class FakeSite:
         path = request.path
         with self._lock:
             self.hits.append(path)
+            self.hosts.append(request.headers.get("Host", ""))
         if path == "/robots.txt":
+            if self.robots_gzip_bytes:
+                return Response(
+                    _gzip_robots(self.robots_gzip_bytes),
+                    200,
+                    content_type="text/plain",
+                    headers={"Content-Encoding": "gzip"},
+                )
             return Response(ROBOTS, self.robots_status, content_type="text/plain")
+        if path == "/redirect":
+            return Response("", 302, headers={"Location": request.args["to"]})
+        if path == "/to-broken":
+            return _RawLocation("", 302, location="http://[::1")
+        if path == "/bogus-charset.html":
+            return Response(ARTICLE.encode(), 200, content_type="text/html; charset=x-bogus")
+        if path == "/drip.html":
+            return Response(self._drip(), 200, content_type="text/plain")
         if path in ("/article.html", "/private/secret.html"):
             return Response(ARTICLE, 200, content_type="text/html; charset=utf-8")
         if path == "/plain.txt":
@@ -93,11 +131,28 @@ class FakeSite:
             return Response(ARTICLE, 200, content_type="text/html")
         return Response("not found", 404)
 
+    def _drip(self) -> Iterator[bytes]:
+        for _ in range(self.drip_bytes):
+            time.sleep(self.drip_interval_s)
+            self.drip_sent += 1
+            yield b"x"
+
     def _big(self) -> Iterator[bytes]:
         chunk = b"<p>" + b"filler " * 9000 + b"</p>\n"  # ~63 KB
         for _ in range(800):  # ~50 MB if nobody stops reading
             self.big_bytes_sent += len(chunk)
             yield chunk
+
+
+def _gzip_robots(decoded_bytes: int) -> Iterator[bytes]:
+    """A robots.txt of comment lines, gzip-compressed about 1000:1, whose one rule comes last."""
+    gz = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    yield gz.compress(b"User-agent: *\n")
+    line = b"# " + b"filler " * 140 + b"\n"  # ~1 KB
+    block = line * 1000
+    for _ in range(decoded_bytes // len(block)):
+        yield gz.compress(block)
+    yield gz.compress(b"Disallow: /article.html\n") + gz.flush()
 
 
 @contextmanager

@@ -1,0 +1,75 @@
+"""The model card's text without a store: what it says, what it leaves out, and what fits the registry.
+
+The card on a real registered version (description, tags, README.md beside the weights) is tested in
+test_register.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tasks.artifacts import publish
+from tasks.model_card import MAX_DESCRIPTION_CHARS, ModelCard, build_card
+
+
+def card(**facts) -> ModelCard:
+    base = dict(
+        model_name="tinyllama",
+        data_fingerprint="abc",
+        sources={"wikipedia": {"in": 300, "kept": 280}},
+        documents=280,
+        tokens={"train_tokens": 1_000_000, "val_tokens": 50_000, "train_docs": 270, "val_docs": 10},
+        tokenizer={"vocab_size": 2048, "bytes_per_token": 3.9},
+        model_config={"dim": 128, "n_layers": 4, "max_seq_len": 256},
+        training={"num_params": 1_300_000, "steps": 500, "tokens": 4_000_000, "wall_time_s": 600.0},
+        evaluation={"val_bpb": 1.61, "val_loss": 3.1},
+        samples=[("The future of AI is", " bright.")],
+    )
+    return ModelCard(**{**base, **facts})
+
+
+def test_the_card_states_data_model_quality_samples_and_limits() -> None:
+    text = card().markdown()
+    for fact in (
+        "1.30M-parameter LLaMA-style language model",
+        "| wikipedia | 300 | 280 |",
+        "- tokens: 1,000,000 for training",
+        "vocabulary 2,048, 3.90 bytes per token",
+        "- model config: dim 128, n_layers 4, max_seq_len 256",
+        "- training: 500 steps, 4,000,000 tokens, 10.0 minutes",
+        "validation bits per byte (lower is better; compares across tokenizers): 1.6100",
+        "The future of AI is bright.",
+        "It has seen 1,000,000 tokens from wikipedia",
+        "It sees at most 256 tokens of context",
+    ):
+        assert fact in text, fact
+
+
+def test_the_registry_gets_a_description_within_its_column() -> None:
+    long = card(samples=[("Prompt", " word" * 400)] * 5)
+    assert len(long.markdown()) > MAX_DESCRIPTION_CHARS
+    description = long.description()
+    assert len(description) <= MAX_DESCRIPTION_CHARS
+    assert "## Limits" in description and "Sample generations" not in description  # samples go first
+
+
+def test_tags_hold_only_known_facts() -> None:
+    assert card().tags()["card.data_sources"] == "wikipedia=280"
+    assert card().tags()["card.model"] == "dim=128, n_layers=4, max_seq_len=256"
+    bare = ModelCard(model_name="m", evaluation={"val_bpb": 2.0})
+    assert bare.tags() == {"card.val_bpb": "2.0"}
+    assert "- data fingerprint: `unknown`" in bare.markdown() and "not evaluated" not in bare.markdown()
+
+
+def test_a_card_from_artifacts_leaves_out_what_it_was_not_given(tmp_path: Path) -> None:
+    def train(out: Path) -> dict:
+        (out / "model").mkdir()
+        (out / "model" / "config.json").write_text(json.dumps({"dim": 8, "n_layers": 1}))
+        return {"steps": 3, "num_params": 99, "best_val_bpb": None}
+
+    model = publish(tmp_path, "train", "t", train)
+    built = build_card("m", model, model.file("model"), {"val_bpb": 3.0, "eval_tokens": 10.0}, None, {})
+    assert built.sources == {} and built.tokens == {} and built.data_fingerprint is None
+    assert built.training == {"num_params": 99, "steps": 3}
+    assert "measured on 10 held-out tokens" in built.markdown()
