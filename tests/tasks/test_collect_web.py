@@ -24,7 +24,7 @@ from tasks.sources.htmltext import HTMLBombError, estimate_depth, html_to_text
 from tasks.sources.progress import ProgressLog
 from tasks.sources.retry import RetryConfig
 from tasks.sources.web import Rejected, WebConfig, WebFetcher, WebSource
-from tests.tasks.fakes.server import loopback
+from tests.tasks.fakes.server import loopback, raw_socket_server
 from tests.tasks.fakes.web import ARTICLE, FakeSite, serve_site
 
 AGENT = "tinyllama-tests/0.1 (tests@example.org)"
@@ -318,27 +318,14 @@ def tls_server(tmp_path):
     context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     names: list[str | None] = []
     context.sni_callback = lambda _sock, server_name, _ctx: names.append(server_name)
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(30)
-                with contextlib.suppress(ssl.SSLError, OSError):  # the client refuses the certificate
-                    context.wrap_socket(conn, server_side=True).close()
+    def answer(conn: socket.socket, _stop: threading.Event) -> None:
+        conn.settimeout(30)
+        with contextlib.suppress(ssl.SSLError, OSError):  # the client refuses the certificate
+            context.wrap_socket(conn, server_side=True).close()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1], names
-    stop.set()
-    thread.join()
-    listener.close()
+    with raw_socket_server(answer) as port:
+        yield port, names
 
 
 def test_tls_keeps_the_host_name_while_connecting_to_the_pinned_address(site, tls_server):
@@ -357,31 +344,19 @@ DRIPPED_HEADER = b"HTTP/1.1 200 OK\r\nX-Drip: " + b"x" * 40  # 6.5 s at one byte
 @pytest.fixture
 def header_drip():
     """A loopback server that answers every request with its status line, one byte every 0.1 s."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    stop = threading.Event()
     sent = {"bytes": 0}
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with conn, contextlib.suppress(OSError):
-                conn.recv(65536)
-                for byte in DRIPPED_HEADER:
-                    if stop.wait(0.1):
-                        break
-                    conn.sendall(bytes([byte]))
-                    sent["bytes"] += 1
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            conn.recv(65536)
+            for byte in DRIPPED_HEADER:
+                if stop.wait(0.1):
+                    break
+                conn.sendall(bytes([byte]))
+                sent["bytes"] += 1
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1], sent
-    stop.set()
-    thread.join()
-    listener.close()
+    with raw_socket_server(answer) as port:
+        yield port, sent
 
 
 def test_dripped_headers_hit_the_deadline_too(site, header_drip):

@@ -6,8 +6,6 @@ the CLI (which must leave no download behind) in tests/flows/test_cli.py.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -21,18 +19,11 @@ from tasks.model_refs import (
     resolve_model_dir,
 )
 from tests.factories import make_model_dir
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.test_layering import modules_loaded_by
 
 
 def test_the_cli_resolves_models_without_prefect_or_the_register_task() -> None:
-    code = (
-        "import sys, tasks.model_refs, flows.cli;"
-        "heavy = sorted(m for m in ('prefect', 'tasks.register') if m in sys.modules);"
-        "print(','.join(heavy))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
-    assert out.stdout.strip() == ""
+    assert modules_loaded_by("tasks.model_refs, flows.cli", ("prefect", "tasks.register")) == []
 
 
 def test_a_train_artifact_or_a_model_dir_resolves_to_the_model_dir(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -37,3 +39,30 @@ def loopback() -> Iterator[Loopback]:
     finally:
         if lb.server.is_running():
             lb.server.stop()
+
+
+@contextmanager
+def raw_socket_server(answer: Callable[[socket.socket, threading.Event], None]) -> Iterator[int]:
+    """A loopback TCP server below HTTP: `answer(conn, stop)` writes whatever bytes a test needs (a TLS
+    handshake, a status line dripped byte by byte); yields the port and stops the thread afterwards."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                answer(conn, stop)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
