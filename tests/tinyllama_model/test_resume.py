@@ -69,6 +69,16 @@ def final_state(run_dir: Path) -> dict:
     return load_torch_file(list_checkpoints(run_dir / CHECKPOINT_DIR)[-1])
 
 
+def crash_at(step: int):
+    """A metrics callback that interrupts training when the row of `step` arrives."""
+
+    def callback(row: dict) -> None:
+        if row.get("step") == step and "train_loss" in row:
+            raise Interrupted
+
+    return callback
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_resume_after_a_crash_is_bit_exact(tmp_path, optimizer):
     # dropout on: the resumed run must also restore the torch RNG that drives it
@@ -76,12 +86,8 @@ def test_resume_after_a_crash_is_bit_exact(tmp_path, optimizer):
     cfg = tiny_train_config(max_steps=24, checkpoint_every=8, eval_every=8, optimizer=optimizer)
     make_trainer(tmp_path / "straight", cfg, model_cfg=model_cfg).fit()
 
-    def crash_at_step_13(row: dict) -> None:
-        if row.get("step") == 13 and "train_loss" in row:
-            raise Interrupted
-
     with pytest.raises(Interrupted):
-        make_trainer(tmp_path / "crashed", cfg, model_cfg=model_cfg, on_metrics=crash_at_step_13).fit()
+        make_trainer(tmp_path / "crashed", cfg, model_cfg=model_cfg, on_metrics=crash_at(13)).fit()
     resumed = make_trainer(tmp_path / "crashed", cfg, model_cfg=model_cfg)
     assert resumed.step == 8
     result = resumed.fit()
@@ -107,12 +113,8 @@ def test_resume_with_every_lever_is_bit_exact(tmp_path, dtype, extra):
     assert straight.compute_dtype == ("float32" if dtype == "float32" else "bfloat16")
     straight.fit()
 
-    def crash_at_step_6(row: dict) -> None:
-        if row.get("step") == 6 and "train_loss" in row:
-            raise Interrupted
-
     with pytest.raises(Interrupted):
-        make_trainer(tmp_path / "crashed", cfg, model_cfg=model_cfg, on_metrics=crash_at_step_6).fit()
+        make_trainer(tmp_path / "crashed", cfg, model_cfg=model_cfg, on_metrics=crash_at(6)).fit()
     resumed = make_trainer(tmp_path / "crashed", cfg, model_cfg=model_cfg)
     assert resumed.step == 4 and resumed.fit()["dtype"] == straight.compute_dtype
     assert_same_state(final_state(tmp_path / "straight"), final_state(tmp_path / "crashed"))
