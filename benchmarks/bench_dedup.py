@@ -34,6 +34,7 @@ from datasketch import MinHash, MinHashLSH
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks.cleaning.dedup import NearDedup
+from tinyllama_model.hardware import machine_line
 
 THRESHOLD, NUM_PERM, SHINGLE = 0.7, 128, 3
 
@@ -188,6 +189,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    print(f"{machine_line()}\n")
     print(COLUMNS)
     print("-" * len(COLUMNS))
     measured: tuple[int, float] | None = None

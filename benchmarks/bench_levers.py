@@ -86,7 +86,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     parser.add_argument("--lever", dest="levers", action="append", metavar="NAME=SECTION.FIELD=VALUE")
     args = parser.parse_args()
-    cpu = hardware.cpu_report()
+    machine = hardware.machine_line()
     load_before = os.getloadavg()
     specs = configs(args.preset, args.levers or list(DEFAULT_LEVERS), args.threads)
     vocab = specs[0][1].vocab_size
@@ -103,11 +103,7 @@ def main() -> int:
                 rates[name].append(time_steps(trainer, args.steps))
     load_after = os.getloadavg()
     dtype = trainers["baseline"].compute_dtype
-    print(
-        f"\n{os.cpu_count()} cores, flags {' '.join(cpu['cpu_flags'])}; matmul fp32 "
-        f"{cpu['fp32_gflops']:.1f} / bf16 {cpu['bf16_gflops']:.1f} GFLOP/s; trained in {dtype}; "
-        f"load {load_before[0]:.2f} -> {load_after[0]:.2f}\n"
-    )
+    print(f"\n{machine}; trained in {dtype}; load {load_before[0]:.2f} -> {load_after[0]:.2f}\n")
     print("| lever | params | median tokens/s | tokens/s vs baseline (median of paired ratios) |")
     print("|---|---|---|---|")
     base = rates["baseline"]

@@ -18,12 +18,13 @@ the rows of one run, and look at the load average printed in the header.
 Generation rows: greedy, 200 new tokens after a short prompt, batch 1: the KV cache against recomputing
 the window every token, and against `transformers`' LlamaForCausalLM.generate on the same weights
 exported with `export_hf` (skipped when transformers is missing). All three must produce the same tokens.
+"decode floor" applies every weight matrix to one vector per token and does nothing else: batch-1
+decoding is bound by streaming the weights from memory, so this row is what any fp32 decoder can reach.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from tinyllama_model.generate import generate_ids
+from tinyllama_model.hardware import machine_line
 from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.optim import build_optimizer
 from tinyllama_model.train_config import TrainConfig
@@ -148,6 +150,8 @@ def bench_generation(
 
         cases["generate: transformers"] = hf_generate
         cases["generate: transformers, 1 thread"] = _one_thread(hf_generate)
+    cases["decode floor: weights only"] = _weights_once_per_token(model, new_tokens)
+    notes["decode floor: weights only"] = "every weight matrix applied to one vector per token, nothing else"
     if threads == 1:
         cases = {k: v for k, v in cases.items() if "1 thread" not in k}
     times: dict[str, list[float]] = {name: [] for name in cases}
@@ -166,12 +170,32 @@ def bench_generation(
     rows = []
     for name in cases:
         t = min(times[name])
-        same = "" if name == "generate: KV cache" else f"same tokens: {outputs[name] == reference}"
+        same = (
+            ""
+            if name in ("generate: KV cache", "decode floor: weights only")
+            else (f"same tokens: {outputs[name] == reference}")
+        )
         note = "; ".join(x for x in (notes.get(name, ""), same) if x)
         rows.append((name, f"{t:.2f} s", f"{new_tokens / t:,.1f} tok/s", f"{base / t:.2f}x", note))
     if hf and theirs is None:
         rows.append(("generate: transformers", "skipped", "not installed", "", ""))
     return rows
+
+
+def _weights_once_per_token(model: TinyLlama, new_tokens: int):
+    """The bound of batch-1 decoding: each token must stream every weight matrix through the cores once
+    (for 512/8/8, ~134 MB in fp32), so no fp32 decoder on this machine beats this row."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(1, 1, m.in_features) for m in linears]
+
+    @torch.inference_mode()
+    def run() -> list[int]:
+        for _ in range(new_tokens):
+            for linear, x in zip(linears, inputs, strict=True):
+                linear(x)
+        return []
+
+    return run
 
 
 def _one_thread(fn):
@@ -231,11 +255,7 @@ def main() -> None:
         vocab_size=args.vocab_size,
         max_seq_len=args.seq,
     )
-    print(
-        f"# {cfg.num_params() / 1e6:.1f}M params, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, "
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    )
+    print(f"# {cfg.num_params() / 1e6:.1f}M params; {machine_line()}")
     rows: list[tuple] = []
     if not args.skip_train:
         rows += bench_training(cfg, args.batch, args.seq, args.steps, args.compile, args.one_thread)

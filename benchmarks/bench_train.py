@@ -75,7 +75,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = [bench_preset(p, args.steps, args.warmup, args.threads) for p in args.presets.split(",")]
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(f"\n{hardware.machine_line()}\n")
     print("| preset | params | tokens/step | tokens/s | achieved GFLOP/s | fp32 matmul GFLOP/s | MFU |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

@@ -85,7 +85,7 @@ def main() -> int:
 
     rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
     ids = [doc_id(r, args.split_seed) for r in rows]
-    cpu = hardware.cpu_report()
+    machine = hardware.machine_line()
     load_before = os.getloadavg()
     clean_dir = root / "clean"
     clean_dir.mkdir(parents=True, exist_ok=True)
@@ -124,12 +124,7 @@ def main() -> int:
             f"{args.data.name}: {len(rows)} articles, split seed {args.split_seed}: {len(held_out)} held out "
             f"({result['bytes']:,} bytes)",
         ),
-        (
-            "machine",
-            f"{os.cpu_count()} cores, flags {' '.join(cpu['cpu_flags']) or '?'}; matmul fp32 "
-            f"{cpu['fp32_gflops']:.1f} / bf16 {cpu['bf16_gflops']:.1f} GFLOP/s on {cpu['threads']} threads; "
-            f"trained in {s['dtype']}",
-        ),
+        ("machine", f"{machine}; trained in {s['dtype']}"),
         ("load average before / after (1 min)", f"{load_before[0]:.2f} / {load_after[0]:.2f}"),
         (
             "model",

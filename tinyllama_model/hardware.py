@@ -141,3 +141,14 @@ def cpu_report() -> dict[str, object]:
         "bf16_gflops": rates["bfloat16"] / 1e9,
         "auto_dtype": pick_cpu_dtype(rates),
     }
+
+
+def machine_line() -> str:
+    """One line every benchmark prints beside its table: a figure means little without the machine."""
+    cpu = cpu_report()
+    load = os.getloadavg()[0]
+    return (
+        f"{os.cpu_count()} cores, flags {' '.join(cpu['cpu_flags']) or '?'}; matmul fp32 "
+        f"{cpu['fp32_gflops']:.1f} / bf16 {cpu['bf16_gflops']:.1f} GFLOP/s on {cpu['threads']} threads "
+        f"(autocast picks {cpu['auto_dtype']}); torch {torch.__version__}; load average {load:.2f}"
+    )

@@ -11,6 +11,7 @@ from tinyllama_model.hardware import (
     cpu_flags,
     cpu_matmul_rates,
     cpu_report,
+    machine_line,
     measure_matmul_flops,
     measured_peak,
     pick_cpu_dtype,
@@ -69,6 +70,13 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert cpu_flags(tmp_path / "missing") == []
     report = cpu_report()
     assert report["fp32_gflops"] > 0 and report["auto_dtype"] in ("float32", "bfloat16")
+
+
+def test_the_benchmarks_machine_line_names_flags_rates_and_dtype():
+    report, line = cpu_report(), machine_line()  # the rates are measured once per process: same numbers
+    assert f"fp32 {report['fp32_gflops']:.1f} / bf16 {report['bf16_gflops']:.1f} GFLOP/s" in line
+    assert f"flags {' '.join(report['cpu_flags']) or '?'};" in line
+    assert f"autocast picks {report['auto_dtype']}" in line
 
 
 def test_the_measured_peak_uses_the_compute_dtype():
