@@ -170,11 +170,8 @@ def bench_generation(
     rows = []
     for name in cases:
         t = min(times[name])
-        same = (
-            ""
-            if name in ("generate: KV cache", "decode floor: weights only")
-            else (f"same tokens: {outputs[name] == reference}")
-        )
+        compared = name not in ("generate: KV cache", "decode floor: weights only")
+        same = f"same tokens: {outputs[name] == reference}" if compared else ""
         note = "; ".join(x for x in (notes.get(name, ""), same) if x)
         rows.append((name, f"{t:.2f} s", f"{new_tokens / t:,.1f} tok/s", f"{base / t:.2f}x", note))
     if hf and theirs is None:

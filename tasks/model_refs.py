@@ -78,6 +78,7 @@ def resolve_model_dir(
         return find_model_dir(path)
     if tracking_uri or root is not None:
         resolve_store(tracking_uri, root).activate()
+    _require_existing_store()
     if dst is not None:
         return _download(str(ref), Path(dst))
     folder = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX))
@@ -102,6 +103,20 @@ def downloaded_model_dir(
         return
     with tempfile.TemporaryDirectory(prefix=DOWNLOAD_PREFIX) as folder:
         yield resolve_model_dir(ref, tracking_uri=tracking_uri, root=root, dst=folder)
+
+
+def _require_existing_store() -> None:
+    """Looking a model up never creates a store: MLflow would leave an empty SQLite file behind (by
+    default `mlflow.db` in the working directory) and then report the model as not found in it."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///").partition("?")[0])
+    if not path.is_file():
+        raise ValueError(
+            f"there is no MLflow store at {uri} ({path} does not exist): set MLFLOW_TRACKING_URI to the "
+            "store that holds the model, e.g. sqlite:///.tinyllama/demo/mlflow/mlflow.db after `make demo`"
+        )
 
 
 def _download(uri: str, dst: Path) -> Path:

@@ -184,12 +184,16 @@ def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, Train
       decay per step, wants to be high: 2e-3 1.79, 4e-3 1.78, 8e-3 1.76, 1.6e-2 1.73, 3.2e-2 1.78 (3 min).
     - tied embeddings, dropout 0.1, a floor of 0, DDP over the 2 cores: no better (within ~0.01) or worse.
     - the speedrun levers (benchmarks/quality_10min.py at 400k tokens, 1 thread, held-out bpb on split
-      seeds 0 / 1; baseline 2.037 / 2.188): QK-norm 1.981 / 2.127, the one clear win, on both splits;
-      value embeddings 2.037 / 2.180, soft-cap 15 2.035, zero-init projections 2.035: within noise;
-      ReLU^2 2.062 and a head at lr 4e-3 2.052: worse. None changes tokens/s beyond the noise of a
-      loaded machine (benchmarks/bench_levers.py). QK-norm also won a paired 3-minute wall-clock run
-      (2.078 vs 2.094) but not the paired 10-minute one (1.688 vs 1.687, 1.7M tokens at 1 thread each),
-      so it stays off.
+      seeds 0 / 1; baseline 2.037 / 2.188): QK-norm 1.981 / 2.127; value embeddings 2.037 / 2.180, soft-cap 15
+      2.035, zero-init projections 2.035: within noise; ReLU^2 2.062 and a head at lr 4e-3 2.052: worse.
+    - the same at equal minutes on a quiet machine, in pairs, one 1-thread run per core: at 3 minutes QK-norm
+      (1.785 vs 1.828 on split 0, 1.993 vs 2.044 on split 1) and value embeddings (1.788) win, torch.compile
+      less (1.811: +6% tokens, compile time included), QK-norm at muon_lr 0.03 ties (1.826), weight decay
+      0.3 loses (1.846). At 10
+      minutes the wins shrink to run-to-run noise (two baseline runs on split 1: 1.786 and 1.788): baseline
+      1.638 / 1.786, QK-norm 1.635 on split 0, value embeddings 1.625 / 1.790, both together 1.634 / 1.781.
+      They speed up early training, not where ten minutes end, so none is in the recipe (and the recipe
+      stays exportable to transformers, which can express none of them).
     """
     vocab, context = 2048, 64
     rates = rates or cpu_matmul_rates()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from tests.factories import make_model_dir, train_tiny_tokenizer
@@ -249,7 +250,12 @@ def test_a_registered_model_runs_and_leaves_no_download_behind(registry: str, tm
 
 @pytest.mark.slow
 def test_an_unknown_registered_model_is_refused_and_leaves_nothing_behind(tmp_path: Path) -> None:
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = _run_in(tmp_path / "tmp", tracking_uri, "generate", "-m", "models:/nope@champion", "--prompt", "x")
+    db = tmp_path / "mlflow.db"
+    ask = ("generate", "-m", "models:/nope@champion", "--prompt", "x")
+    out = _run_in(tmp_path / "tmp0", f"sqlite:///{db}", *ask)
+    _refused(out, "no MLflow store", "set MLFLOW_TRACKING_URI")
+    assert not db.exists()  # a lookup creates no store
+    mlflow.MlflowClient(f"sqlite:///{db}").search_registered_models()  # a store without that model
+    out = _run_in(tmp_path / "tmp", f"sqlite:///{db}", *ask)
     _refused(out, "models:/nope@champion", "not found")
-    assert os.listdir(tmp_path / "tmp") == []
+    assert os.listdir(tmp_path / "tmp0") == os.listdir(tmp_path / "tmp") == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from tasks.model_refs import (
@@ -58,6 +59,7 @@ def test_a_failed_download_leaves_no_temporary_folder(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(store).search_registered_models()  # an existing store without that model
     with pytest.raises(
         ValueError, match=r"cannot resolve models:/nope@champion .*not found.*MLFLOW_TRACKING_URI"
     ):
@@ -68,3 +70,23 @@ def test_a_failed_download_leaves_no_temporary_folder(
     ):
         pass
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_lookup_in_a_store_that_does_not_exist_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without MLFLOW_TRACKING_URI, MLflow's default store is `mlflow.db` in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(None)
+    with pytest.raises(
+        ValueError, match=r"no MLflow store at sqlite:///\S*/mlflow\.db .*set MLFLOW_TRACKING_URI"
+    ):
+        resolve_model_dir("models:/tinyllama@champion")
+    missing = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    with (
+        pytest.raises(ValueError, match="no MLflow store"),
+        downloaded_model_dir("models:/m/1", tracking_uri=missing),
+    ):
+        pass
+    assert list(tmp_path.iterdir()) == []
