@@ -6,6 +6,7 @@ other work), and a process group that ignores SIGTERM past its grace is killed r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -48,14 +49,24 @@ def answers(url: str) -> bool:
 
 def stop_group(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM the process group started with `start_new_session=True`; SIGKILL it if it lingers."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_groups([proc], grace_s)
+
+
+def stop_groups(procs: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
+    """`stop_group` for several at once: they share one grace period (a lingering Prefect worker can take
+    all of it), so stopping a whole stack never waits longer than stopping one process."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):  # it may have exited since poll()
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 # -- processes by family and by environment (Linux /proc) --------------------------------------------------

@@ -34,7 +34,7 @@ from tests.processes import (
     children,
     free_port,
     kill_by_environment,
-    stop_group,
+    stop_groups,
     wait_until,
 )
 
@@ -151,8 +151,8 @@ def services(tmp_path: Path) -> Iterator[Services]:
         api, tracking = stack.prefect_api_url(ports["prefect"]), stack.mlflow_tracking_uri(ports["mlflow"])
         yield Services(s3_endpoint, api, tracking)
     finally:
-        for machine, proc, _ in started:
-            stop_group(proc)
+        stop_groups([proc for _, proc, _ in started])
+        for machine, _, _ in started:
             machine.power_off()
 
 
@@ -283,8 +283,8 @@ class Site:
         return time.monotonic()
 
     def stop(self) -> None:
+        stop_groups([worker.proc for worker in self.workers])
         for worker in self.workers:
-            stop_group(worker.proc)
             worker.machine.power_off()
 
 
