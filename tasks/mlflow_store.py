@@ -77,6 +77,13 @@ def default_tracking_uri(root: str | Path) -> str:
     return f"sqlite:///{db}"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` store URI (query parameters dropped); None for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").partition("?")[0])
+
+
 def resolve_store(
     tracking_uri: str | None, root: str | Path | None, artifact_location: str | None = None
 ) -> Store:
@@ -91,15 +98,14 @@ def resolve_store(
         uri = default_tracking_uri(root)
     if artifact_location is None:
         artifact_location = _local_artifact_location(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if (db := sqlite_path(uri)) is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
     return Store(tracking_uri=uri, artifact_location=artifact_location)
 
 
 def _local_artifact_location(uri: str) -> str | None:
     """For a SQLite store the artifacts go beside the database file; a server picks its own."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
+    if (db := sqlite_path(uri)) is not None:
         return (db.parent / ARTIFACTS_DIR).resolve().as_uri()
     return None  # a file store keeps artifacts in its own folder; a server has its artifact root
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from tasks.mlflow_store import resolve_store
+from tasks.mlflow_store import resolve_store, sqlite_path
 from tasks.redact import redact_url
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.model")
@@ -109,10 +109,8 @@ def _require_existing_store() -> None:
     """Looking a model up never creates a store: MLflow would leave an empty SQLite file behind (by
     default `mlflow.db` in the working directory) and then report the model as not found in it."""
     uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:///"):
-        return
-    path = Path(uri.removeprefix("sqlite:///").partition("?")[0])
-    if not path.is_file():
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
         raise ValueError(
             f"there is no MLflow store at {uri} ({path} does not exist): set MLFLOW_TRACKING_URI to the "
             "store that holds the model, e.g. sqlite:///.tinyllama/demo/mlflow/mlflow.db after `make demo`"
