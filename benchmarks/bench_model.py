@@ -18,8 +18,10 @@ the rows of one run, and look at the load average printed in the header.
 Generation rows: greedy, 200 new tokens after a short prompt, batch 1: the KV cache against recomputing
 the window every token, and against `transformers`' LlamaForCausalLM.generate on the same weights
 exported with `export_hf` (skipped when transformers is missing). All three must produce the same tokens.
-"decode floor" applies every weight matrix to one vector per token and does nothing else: batch-1
-decoding is bound by streaming the weights from memory, so this row is what any fp32 decoder can reach.
+The "decode floor" rows apply every weight matrix to one vector per token and do nothing else: batch-1
+decoding is bound by streaming the weights from memory. "nn.Linear layout" is that floor for a decoder
+that applies the (out, in) weights as stored (transformers, and this model before `decode_weights.py`);
+"packed layout" for the transposed, concatenated copy the KV-cache path decodes with.
 """
 
 from __future__ import annotations
@@ -150,8 +152,10 @@ def bench_generation(
 
         cases["generate: transformers"] = hf_generate
         cases["generate: transformers, 1 thread"] = _one_thread(hf_generate)
-    cases["decode floor: weights only"] = _weights_once_per_token(model, new_tokens)
-    notes["decode floor: weights only"] = "every weight matrix applied to one vector per token, nothing else"
+    for layout in FLOOR_LAYOUTS:
+        name = f"decode floor: {layout}"
+        cases[name] = _weights_once_per_token(model, new_tokens, packed=layout == "packed layout")
+        notes[name] = "every weight matrix applied to one vector per token, nothing else"
     if threads == 1:
         cases = {k: v for k, v in cases.items() if "1 thread" not in k}
     times: dict[str, list[float]] = {name: [] for name in cases}
@@ -170,7 +174,7 @@ def bench_generation(
     rows = []
     for name in cases:
         t = min(times[name])
-        compared = name not in ("generate: KV cache", "decode floor: weights only")
+        compared = name != "generate: KV cache" and not name.startswith("decode floor")
         same = f"same tokens: {outputs[name] == reference}" if compared else ""
         note = "; ".join(x for x in (notes.get(name, ""), same) if x)
         rows.append((name, f"{t:.2f} s", f"{new_tokens / t:,.1f} tok/s", f"{base / t:.2f}x", note))
@@ -179,17 +183,26 @@ def bench_generation(
     return rows
 
 
-def _weights_once_per_token(model: TinyLlama, new_tokens: int):
+FLOOR_LAYOUTS = ("nn.Linear layout", "packed layout")
+
+
+def _weights_once_per_token(model: TinyLlama, new_tokens: int, packed: bool):
     """The bound of batch-1 decoding: each token must stream every weight matrix through the cores once
-    (for 512/8/8, ~134 MB in fp32), so no fp32 decoder on this machine beats this row."""
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    inputs = [torch.randn(1, 1, m.in_features) for m in linears]
+    (for 512/8/8, ~134 MB in fp32), so no fp32 decoder with that layout beats this row."""
+    if packed:
+        w = model.decode_weights()
+        matrices = [m for layer in w.layers for m in (layer.qkv, layer.wo, layer.w13, layer.w2)] + [w.output]
+        apply = [(lambda x, m=m: x @ m) for m in matrices]
+        inputs = [torch.randn(1, 1, m.size(0)) for m in matrices]
+    else:
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        apply, inputs = linears, [torch.randn(1, 1, m.in_features) for m in linears]
 
     @torch.inference_mode()
     def run() -> list[int]:
         for _ in range(new_tokens):
-            for linear, x in zip(linears, inputs, strict=True):
-                linear(x)
+            for fn, x in zip(apply, inputs, strict=True):
+                fn(x)
         return []
 
     return run

@@ -36,6 +36,26 @@ def prepare_device(device: torch.device, num_threads: int | None, world: int) ->
         torch.set_num_threads(num_threads or max(1, (os.cpu_count() or 1) // local_world))
 
 
+def compile_blocker(device: torch.device) -> str | None:
+    """Why `torch.compile` cannot build kernels for `device` here, or None when it can.
+
+    Inductor compiles CPU kernels with a C++ compiler found at run time (g++ unless `CXX` or
+    `torch._inductor.config.cpp.cxx` says otherwise). A machine without one would crash at the first
+    forward; asked first, the trainer runs eager instead and says why.
+    """
+    if device.type != "cpu":
+        return None
+    from torch._inductor import config, cpp_builder, exc
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        names = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
+        wanted = ", ".join(name for name in names if name)
+        return f"no C++ compiler for Inductor's CPU kernels (looked for {wanted}); install g++ or set CXX"
+    return None
+
+
 # bf16 autocast also converts activations and casts back, so a bf16 matmul only pays on a CPU when it is
 # clearly faster than fp32: 2.4x on AVX512-BF16 parts, 0.1-0.5x on AVX2 parts that emulate it
 BF16_MIN_SPEEDUP = 1.5

@@ -6,7 +6,7 @@ It knows sizes and positions only (the model config's `n_layers`, `kv_heads`, `m
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -40,6 +40,7 @@ class KVCache:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         pad: torch.Tensor | None = None,
+        decode_weights: Any = None,
     ):
         shape = (cfg.n_layers, batch_size, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
@@ -47,6 +48,9 @@ class KVCache:
         self.max_len = cfg.max_seq_len
         self.pos = 0  # slots filled
         self.pad = None if pad is None or not bool(pad.any()) else pad.to(device=device, dtype=torch.long)
+        # the model's matrices packed for one-token steps (decode_weights.py), looked up once per cache
+        # rather than once per token: weights do not change while a cache is in use
+        self.decode_weights = decode_weights
 
     def reset(self, pad: torch.Tensor | None = None) -> None:
         """Empty the cache (the tensors are reused) with a new left padding."""

@@ -34,6 +34,7 @@ from tinyllama_model.checkpoint import (
     read_model_weights,
     save_model_dir,
 )
+from tinyllama_model.decode_weights import DecodeWeights, LayerWeights, matrices, pack, weights_key
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.generate import generate_tensor
 from tinyllama_model.kv_cache import KVCache
@@ -259,11 +260,25 @@ class Attention(nn.Module):
         # value embeddings: v += 2 * sigmoid(gate(x[..., :C])) * ve per kv head; zero init = a gate of 1
         self.ve_gate = nn.Linear(cfg.ve_gate_channels, cfg.kv_heads, bias=False) if has_ve else None
 
-    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ve: torch.Tensor | None):
+    def _project(self, x: torch.Tensor, packed: LayerWeights | None):
+        if packed is None:
+            return self.wq(x), self.wk(x), self.wv(x)
+        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        return (x @ packed.qkv).split((q_dim, kv_dim, kv_dim), dim=-1)
+
+    def _qkv(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        ve: torch.Tensor | None,
+        packed: LayerWeights | None = None,
+    ):
         b, t, _ = x.shape
-        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        q, k, v = self._project(x, packed)
+        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         if self.qk_norm_eps is not None:
             q = F.rms_norm(q, (self.head_dim,), eps=self.qk_norm_eps)
             k = F.rms_norm(k, (self.head_dim,), eps=self.qk_norm_eps)
@@ -293,17 +308,22 @@ class Attention(nn.Module):
         pos: int,
         mask: torch.Tensor | None,
         ve: torch.Tensor | None = None,
+        packed: LayerWeights | None = None,
     ) -> torch.Tensor:
-        """Attend from T new positions at cache slot `pos` to everything cached so far (inference only)."""
+        """Attend from T new positions at cache slot `pos` to everything cached so far (inference only).
+
+        `packed`: this layer's matrices laid out for one-token decoding (`decode_weights.py`).
+        """
         b, t, _ = x.shape
-        q, k, v = self._qkv(x, cos, sin, ve)
+        q, k, v = self._qkv(x, cos, sin, ve, packed)
         k_cache[:, :, pos : pos + t] = k  # caches are (B, nkv, max_seq_len, hd)
         v_cache[:, :, pos : pos + t] = v
         k = repeat_kv(k_cache[:, :, : pos + t], self.n_rep)  # (B, nh, pos+T, hd)
         v = repeat_kv(v_cache[:, :, : pos + t], self.n_rep)
         # mask None: one new token sees every cached one (t == 1), or a fresh unpadded prefill (is_causal)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1)
-        return self.wo(y.transpose(1, 2).reshape(b, t, -1))
+        y = y.transpose(1, 2).reshape(b, t, -1)
+        return self.wo(y) if packed is None else y @ packed.wo
 
 
 class FeedForward(nn.Module):
@@ -319,6 +339,14 @@ class FeedForward(nn.Module):
         if self.w3 is None:
             return self.w2(F.relu(self.w1(x)).square())
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+    def forward_packed(self, x: torch.Tensor, packed: LayerWeights) -> torch.Tensor:
+        """The same with the matrices laid out for decoding: w1 | w3 in one matmul."""
+        up = x @ packed.w13
+        if self.w3 is None:
+            return F.relu(up).square() @ packed.w2
+        gate, linear = up.chunk(2, dim=-1)
+        return (F.silu(gate) * linear) @ packed.w2
 
 
 class Block(nn.Module):
@@ -336,10 +364,13 @@ class Block(nn.Module):
         h = x + self.resid_dropout(self.attention(self.attention_norm(x), cos, sin, ve))
         return h + self.resid_dropout(self.feed_forward(self.ffn_norm(h)))
 
-    def forward_cached(self, x, cos, sin, k_cache, v_cache, pos, mask, ve=None) -> torch.Tensor:
+    def forward_cached(self, x, cos, sin, k_cache, v_cache, pos, mask, ve=None, packed=None) -> torch.Tensor:
         x_norm = self.attention_norm(x)
-        h = x + self.attention.forward_cached(x_norm, cos, sin, k_cache, v_cache, pos, mask, ve)
-        return h + self.feed_forward(self.ffn_norm(h))
+        h = x + self.attention.forward_cached(x_norm, cos, sin, k_cache, v_cache, pos, mask, ve, packed)
+        h_norm = self.ffn_norm(h)
+        return h + (
+            self.feed_forward(h_norm) if packed is None else self.feed_forward.forward_packed(h_norm, packed)
+        )
 
 
 class TinyLlama(nn.Module):
@@ -356,6 +387,7 @@ class TinyLlama(nn.Module):
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self._decode_weights: DecodeWeights | None = None  # packed by the first new_cache()
         # RoPE tables computed once; not saved (persistent=False) because they follow from the config
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq_len, 2, hd/2)
@@ -407,6 +439,8 @@ class TinyLlama(nn.Module):
         """Run T new tokens (B, T) through the model, appending to `cache`; returns float32 logits.
 
         (B, 1, V) with last_only (decoding), else (B, T, V). The caller keeps pos + T <= max_seq_len.
+        One token (T = 1, the decode loop) runs on the matrices the cache holds packed for it
+        (`decode_weights.py`; `new_cache` packs them).
         """
         _, t = idx.shape
         if cache.pos + t > cache.max_len:
@@ -414,29 +448,45 @@ class TinyLlama(nn.Module):
         positions, mask = cache.positions_and_mask(t)  # (B or 1, T)
         cos = self.rope_cos[positions][:, None]  # (B or 1, 1, T, 2, hd/2)
         sin = self.rope_sin[positions][:, None]
+        packed = cache.decode_weights if t == 1 else None
         h = self.tok_embeddings(idx)
         for i, layer in enumerate(self.layers):
             ve = self._value_embed(i, idx)
-            h = layer.forward_cached(h, cos, sin, cache.k[i], cache.v[i], cache.pos, mask, ve)
+            weights = None if packed is None else packed.layers[i]
+            h = layer.forward_cached(h, cos, sin, cache.k[i], cache.v[i], cache.pos, mask, ve, weights)
         cache.pos += t
         h = self.norm(h[:, -1:] if last_only else h)
-        return self._logits(h)
+        return self._logits(h, None if packed is None else packed.output)
+
+    def decode_weights(self) -> DecodeWeights:
+        """The matrices packed for one-token decoding, packed again whenever a weight has changed."""
+        weights = matrices(self.layers, self.output.weight)
+        if self._decode_weights is None or self._decode_weights.key != weights_key(weights):
+            self._decode_weights = None  # free the stale copy before packing the new one
+            self._decode_weights = pack(weights, swiglu=self.config.mlp == "swiglu")
+        return self._decode_weights
 
     def _value_embed(self, layer: int, idx: torch.Tensor) -> torch.Tensor | None:
         """Layer `layer`'s value embedding of the tokens idx (B, T) -> (B, T, kv_dim), or None."""
         key = str(layer)
         return self.value_embeds[key](idx) if key in self.value_embeds else None
 
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        """float32 logits, also under bf16 autocast; a float64 model (equivalence tests) keeps float64."""
-        logits = self.output(h).to(torch.promote_types(h.dtype, torch.float32))
+    def _logits(self, h: torch.Tensor, output_t: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 logits, also under bf16 autocast; a float64 model (equivalence tests) keeps float64.
+
+        output_t: the head's weight transposed (decode_weights), instead of `self.output`.
+        """
+        logits = (self.output(h) if output_t is None else h @ output_t).to(
+            torch.promote_types(h.dtype, torch.float32)
+        )
         cap = self.config.logit_softcap
         return logits if cap is None else cap * torch.tanh(logits / cap)
 
     def new_cache(self, batch_size: int, pad: torch.Tensor | None = None) -> KVCache:
         p = self.rope_cos
         dtype = next(self.parameters()).dtype
-        return KVCache(self.config, batch_size, device=p.device, dtype=dtype, pad=pad)
+        weights = self.decode_weights()
+        return KVCache(self.config, batch_size, device=p.device, dtype=dtype, pad=pad, decode_weights=weights)
 
     @torch.inference_mode()
     def generate(

@@ -52,27 +52,31 @@ class OptimizerChain:
 def orthogonalize(g: torch.Tensor, steps: int) -> torch.Tensor:
     """Newton-Schulz iteration towards the nearest semi-orthogonal matrix (Keller Jordan's quintic).
 
+    g is one matrix (m, n) or a stack of them (k, m, n), each orthogonalised on its own: Muon stacks the
+    matrices of one shape, so a step makes a few batched matmuls instead of 15 small ones per matrix.
     bf16 on CUDA as in the reference; fp32 elsewhere, because CPUs without bf16 units run a bf16 matmul
     several times slower than fp32 (why torch.optim.Muon, which always casts to bf16, is not used here:
     it trained 3.7x slower than AdamW on the 10-minute CPU preset). A float64 gradient stays float64.
     """
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g.to(torch.bfloat16 if g.is_cuda else torch.promote_types(g.dtype, torch.float32))
-    tall = x.size(0) > x.size(1)
+    tall = x.size(-2) > x.size(-1)
     if tall:
-        x = x.T
-    x = x / (x.norm() + 1e-7)
+        x = x.mT
+    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + 1e-7)
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if tall else x).to(g.dtype)
+    return (x.mT if tall else x).to(g.dtype)
 
 
 class Muon(torch.optim.Optimizer):
     """MomentUm Orthogonalized by Newton-schulz, for 2-D hidden weight matrices only.
 
     Nesterov momentum, then the update replaced by its orthogonalisation and scaled by
-    sqrt(max(1, rows / cols)) (Keller Jordan's "original" rule); decoupled weight decay.
+    sqrt(max(1, rows / cols)) (Keller Jordan's "original" rule); decoupled weight decay. Matrices of one
+    shape are updated as a stack: at the 10-minute preset's size the optimizer step was 17% of a training
+    step as 28 separate matrices (420 small matmuls), most of it call overhead.
     """
 
     def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int = 5):
@@ -84,17 +88,22 @@ class Muon(torch.optim.Optimizer):
     def step(self) -> None:
         for group in self.param_groups:
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                buf = state["momentum_buffer"]
-                buf.mul_(mu).add_(p.grad)
-                update = orthogonalize(p.grad.add(buf, alpha=mu), group["ns_steps"])
-                p.mul_(1 - lr * wd)
-                p.add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+            by_shape: dict[tuple[torch.Size, torch.dtype, torch.device], list[torch.Tensor]] = {}
+            for p in params:
+                by_shape.setdefault((p.shape, p.dtype, p.device), []).append(p)
+            for (shape, _, _), same in by_shape.items():
+                grads = [p.grad for p in same]
+                bufs = [self.state[p]["momentum_buffer"] for p in same]
+                torch._foreach_mul_(bufs, mu)
+                torch._foreach_add_(bufs, grads)
+                nesterov = torch.stack(torch._foreach_add(grads, bufs, alpha=mu))  # (k, rows, cols)
+                updates = orthogonalize(nesterov, group["ns_steps"]).unbind(0)
+                torch._foreach_mul_(same, 1 - lr * wd)
+                torch._foreach_add_(same, updates, alpha=-lr * max(1.0, shape[0] / shape[1]) ** 0.5)
 
 
 def _adamw(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float], device_type: str):

@@ -203,6 +203,7 @@ def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, Train
     train = TrainConfig(
         batch_size=32,
         optimizer="muon",
+        compile=True,  # +6% tokens in the ten minutes, compile time included (eager where no C++ compiler)
         muon_lr=0.02,
         lr=1.6e-2,
         min_lr_ratio=0.05,

@@ -21,6 +21,7 @@ checkpoints, metrics and logs.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from tinyllama_model.data import PackedTokens, WindowSampler, check_fits, eval_s
 from tinyllama_model.evaluation import LN2, windows_nll
 from tinyllama_model.hardware import (
     autocast_for,
+    compile_blocker,
     cpu_matmul_rates,
     measured_peak,
     pick_cpu_dtype,
@@ -62,6 +64,7 @@ from tinyllama_model.run_state import (
 from tinyllama_model.train_config import OPERATIONAL, TrainConfig, budget_progress, lr_at
 
 MetricsCallback = Callable[[dict[str, Any]], None]
+log = logging.getLogger(__name__)
 
 
 class Trainer:
@@ -136,8 +139,12 @@ class Trainer:
     def _wrap_for_training(self) -> torch.nn.Module:
         """The module the training forward runs through: compiled and/or DDP-wrapped when asked."""
         forward_model: torch.nn.Module = self.model
-        if self.cfg.compile:
-            forward_model = torch.compile(self.model)
+        self.compiled = False
+        blocker = compile_blocker(self.device) if self.cfg.compile else None
+        if blocker:
+            log.warning("train.compile is set but this run trains eager: %s", blocker)
+        elif self.cfg.compile:
+            forward_model, self.compiled = torch.compile(self.model), True
         if self.ddp:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -340,6 +347,7 @@ class Trainer:
             "world_size": self.world,
             "device": str(self.device),
             "dtype": self.compute_dtype,
+            "compiled": self.compiled,
             "resumed_from_step": None if self.resumed_from is None else step_of(self.resumed_from),
         }
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from contextlib import nullcontext
 
+import pytest
 import torch
 
 from tinyllama_model.hardware import (
     autocast_for,
+    compile_blocker,
     cpu_flags,
     cpu_matmul_rates,
     cpu_report,
@@ -83,3 +86,17 @@ def test_the_measured_peak_uses_the_compute_dtype():
     state = torch.get_rng_state()
     assert measured_peak(torch.device("cpu"), "float32") > 1e6
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_compile_is_blocked_on_a_cpu_without_a_cpp_compiler_and_the_reason_names_the_fix():
+    from torch._inductor import config
+
+    with config.patch({"cpp.cxx": ("no-such-cxx-for-tinyllama",)}):
+        reason = compile_blocker(torch.device("cpu"))
+    assert reason is not None and "no-such-cxx-for-tinyllama" in reason and "install g++" in reason
+    assert compile_blocker(torch.device("cuda")) is None  # CUDA kernels come from Triton, not a C++ compiler
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++, Inductor's default CPU compiler")
+def test_compile_is_not_blocked_where_gxx_is_installed():
+    assert compile_blocker(torch.device("cpu")) is None

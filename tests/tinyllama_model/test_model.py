@@ -265,6 +265,30 @@ def test_cached_forward_equals_full_forward(n_kv_heads):
         m.forward_cached(idx[:, :5], cache)
 
 
+def test_decoding_packs_the_weights_once_and_again_after_any_change():
+    """One-token steps use the packed copy (decode_weights); a changed weight must never decode stale."""
+    m = make().double()
+    idx = torch.randint(4, 97, (1, 8))
+
+    def next_token_logits() -> torch.Tensor:
+        cache = m.new_cache(1)
+        m.forward_cached(idx[:, :7], cache)
+        return m.forward_cached(idx[:, 7:], cache)[0, -1]
+
+    before = next_token_logits()
+    packed = m.decode_weights()
+    assert (
+        m.decode_weights() is packed and m.new_cache(1).decode_weights is packed
+    )  # reused while no weight moves
+    torch.testing.assert_close(packed.layers[0].w2, m.layers[0].feed_forward.w2.weight.T, **EXACT)
+    with torch.no_grad():
+        m.layers[1].feed_forward.w2.weight.mul_(3.0)  # what an optimizer step does: in place
+    after = next_token_logits()
+    assert m.decode_weights() is not packed
+    torch.testing.assert_close(after, m(idx)[0][0, -1], **EXACT)
+    assert not torch.allclose(after, before)
+
+
 def test_left_padded_cache_rows_equal_unpadded():
     m = make().double()
     a, b = torch.randint(4, 97, (1, 12)), torch.randint(4, 97, (1, 7))

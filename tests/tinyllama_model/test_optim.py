@@ -82,6 +82,40 @@ def test_muon_step_is_decay_then_scaled_orthogonal_nesterov_update():
     torch.testing.assert_close(opt.state[w]["momentum_buffer"], g)
 
 
+def test_a_stack_is_orthogonalized_matrix_by_matrix():
+    """A stack (k, m, n) gives each matrix what it gets alone: no scale or spectrum shared across it."""
+    gen = torch.Generator().manual_seed(0)
+    stack = torch.randn(3, 40, 24, generator=gen) * torch.tensor([0.01, 1.0, 50.0])[:, None, None]
+    together = orthogonalize(stack, 5)
+    for g, out in zip(stack, together, strict=True):
+        torch.testing.assert_close(out, orthogonalize(g, 5), rtol=1e-5, atol=1e-6)
+
+
+def test_muon_steps_matrices_of_one_shape_together_as_it_would_one_by_one():
+    """Two steps over mixed shapes (stacked per shape) equal a separate Muon per matrix."""
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(48, 16), (16, 48), (48, 16), (16, 16), (48, 16)]
+    weights = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(2)]
+    together = [torch.nn.Parameter(w.clone()) for w in weights]
+    alone = [torch.nn.Parameter(w.clone()) for w in weights]
+    opt = Muon(together, lr=0.05, momentum=0.9, weight_decay=0.2)
+    singles = [Muon([p], lr=0.05, momentum=0.9, weight_decay=0.2) for p in alone]
+    for step_grads in grads:
+        for p, q, g in zip(together, alone, step_grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        for single in singles:
+            single.step()
+    for p, q in zip(together, alone, strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(opt.state[p]["momentum_buffer"], opt_state(singles, q))
+
+
+def opt_state(singles: list[Muon], p: torch.Tensor) -> torch.Tensor:
+    return next(s.state[p]["momentum_buffer"] for s in singles if p in s.state)
+
+
 @pytest.mark.parametrize(("name", "lr"), [("adamw", 3e-3), ("muon", 3e-3)])
 def test_a_few_steps_overfit_one_batch(name, lr):
     torch.manual_seed(0)

@@ -23,6 +23,7 @@ from tests.tinyllama_model.test_trainer import (
 )
 from tinyllama_model.checkpoint import load_torch_file
 from tinyllama_model.data import write_packed
+from tinyllama_model.hardware import compile_blocker
 from tinyllama_model.launch import trainer_from_run_dir, write_run_spec
 from tinyllama_model.run_state import CHECKPOINT_DIR, list_checkpoints
 
@@ -117,6 +118,20 @@ def test_resume_with_every_lever_is_bit_exact(tmp_path, dtype, extra):
         make_trainer(tmp_path / "crashed", cfg, model_cfg=model_cfg, on_metrics=crash_at(6)).fit()
     resumed = make_trainer(tmp_path / "crashed", cfg, model_cfg=model_cfg)
     assert resumed.step == 4 and resumed.fit()["dtype"] == straight.compute_dtype
+    assert_same_state(final_state(tmp_path / "straight"), final_state(tmp_path / "crashed"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(compile_blocker(torch.device("cpu")) is not None, reason="torch.compile needs g++ here")
+def test_a_compiled_run_resumes_bit_exact(tmp_path):
+    """train.compile (in the cpu_10min preset) keeps exact resume: the compiled graph is rebuilt alike."""
+    cfg = tiny_train_config(max_steps=8, checkpoint_every=4, eval_every=4, optimizer="muon", compile=True)
+    straight = make_trainer(tmp_path / "straight", cfg)
+    assert straight.fit()["compiled"]
+    with pytest.raises(Interrupted):
+        make_trainer(tmp_path / "crashed", cfg, on_metrics=crash_at(6)).fit()
+    resumed = make_trainer(tmp_path / "crashed", cfg)
+    assert resumed.step == 4 and resumed.fit()["compiled"]
     assert_same_state(final_state(tmp_path / "straight"), final_state(tmp_path / "crashed"))
 
 

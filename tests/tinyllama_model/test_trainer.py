@@ -134,6 +134,17 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path, optimizer):
         torch.testing.assert_close(p, q, **EQUIVALENT, msg=name)
 
 
+def test_compile_on_a_cpu_without_a_cpp_compiler_trains_eager_and_says_why(tmp_path, caplog):
+    from torch._inductor import config
+
+    with config.patch({"cpp.cxx": ("no-such-cxx-for-tinyllama",)}):
+        trainer = make_trainer(tmp_path, tiny_train_config(max_steps=3, compile=True))
+        result = trainer.fit()
+    assert trainer.forward_model is trainer.model and result["compiled"] is False and result["steps"] == 3
+    assert "train.compile is set but this run trains eager" in caplog.text
+    assert "no-such-cxx-for-tinyllama" in caplog.text
+
+
 def test_token_budget(tmp_path):
     result = make_trainer(tmp_path, tiny_train_config(max_steps=None, max_tokens=1000)).fit()
     assert result["steps"] == math.ceil(1000 / (4 * 32)) and result["tokens"] >= 1000
