@@ -197,9 +197,10 @@ def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, Train
     - throughput at 10 minutes, same pairing (baseline 1.638 on 2.98M tokens): torch.compile 1.631 (3.16M),
       compile with Muon's matrices orthogonalised as one stack per shape 1.633 (3.35M) and 1.782 on split 1
       (baseline 1.786 / 1.788): a small win on both splits, so the recipe compiles. No better: with both,
-      batch 64 (half the steps) 1.638 and dim 160 x 4 layers 1.650 (2.09M tokens); without, a cosine to 0
-      instead of 5% 1.642. Ten minutes sit on a plateau where 12% more tokens buy ~0.006: the third
-      epoch of ~1M training tokens, not FLOPs, bounds this shape.
+      batch 64 (half the steps) 1.638, dim 160 x 4 layers 1.650 (2.09M tokens), weight decay 0.3 1.653 /
+      1.802 and 0 1.631 / 1.790 (split 0 / 1); without, a cosine to 0 instead of 5% 1.642. Ten minutes
+      sit on a plateau where 12% more tokens buy ~0.006 (on 2 threads, 18% more bought nothing: 1.613 ->
+      1.615): the ~1M training tokens, not FLOPs, bound this shape.
     """
     vocab, context = 2048, 64
     rates = rates or cpu_matmul_rates()

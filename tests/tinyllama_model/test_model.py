@@ -318,3 +318,7 @@ def test_autocast_and_bf16_weights():
     out = low.forward_cached(idx[:1], cache)
     assert out.dtype == torch.float32 and out.shape == (1, 1, 97)
     torch.testing.assert_close(out, low(idx[:1], last_only=True)[0], atol=0.05, rtol=0.05)
+    step = low.forward_cached(idx[:1, :1], cache)  # one token: the packed bf16 matrices
+    longer = torch.cat([idx[:1], idx[:1, :1]], dim=1)
+    assert cache.decode_weights.layers[0].qkv.dtype == torch.bfloat16
+    torch.testing.assert_close(step, low(longer, last_only=True)[0], atol=0.05, rtol=0.05)
