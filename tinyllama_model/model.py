@@ -1,5 +1,5 @@
-"""A LLaMA-style decoder in plain PyTorch, read top-down: config -> RMSNorm -> RoPE -> Attention ->
-FeedForward -> Block -> TinyLlama.
+"""A LLaMA-style decoder in plain PyTorch, read top-down: RMSNorm -> RoPE -> Attention -> FeedForward ->
+Block -> TinyLlama. Its shape and switches are a `ModelConfig` (model_config.py).
 
 Names follow meta-llama (`tok_embeddings`, `attention.wq`, `feed_forward.w1`, ...) so checkpoints map
 one-to-one onto other implementations. Rotary embeddings use the Hugging Face Llama convention (the head
@@ -17,12 +17,8 @@ value embeddings) are `ModelConfig` flags, all off by default: off, the model is
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,161 +31,9 @@ from tinyllama_model.checkpoint import (
     save_model_dir,
 )
 from tinyllama_model.decode_weights import DecodeWeights, LayerWeights, matrices, pack, weights_key
-from tinyllama_model.errors import ConfigError
 from tinyllama_model.generate import generate_tensor
 from tinyllama_model.kv_cache import KVCache
-
-
-@dataclass
-class ModelConfig:
-    dim: int = 512  # width of the residual stream
-    n_layers: int = 8  # transformer blocks
-    n_heads: int = 8  # query heads; head_dim = dim // n_heads must be even for RoPE
-    n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None = n_heads (plain MHA)
-    vocab_size: int = 12_000  # must match the tokenizer; ids 0-3 are PAD EOS UNK BOS
-    max_seq_len: int = 512  # context window: the longest sequence trained on, size of the RoPE tables
-    ffn_hidden_dim: int | None = None  # SwiGLU width; None = LLaMA's rule (2/3 * 4 * dim up to multiple_of)
-    multiple_of: int = 256  # the LLaMA rule rounds the FFN width up to this (matmul-friendly shapes)
-    rope_theta: float = 10_000.0  # RoPE base; larger stretches the wavelengths for longer contexts
-    norm_eps: float = 1e-5  # RMSNorm epsilon
-    dropout: float = 0.0  # attention and residual dropout while training; 0 for pretraining from scratch
-    tie_embeddings: bool = False  # share tok_embeddings and output weights (fewer parameters)
-    # levers from the small-budget records (modded-nanogpt, nanochat); the defaults are plain LLaMA, and
-    # `export.py` refuses a model that uses one Llama cannot express
-    mlp: str = "swiglu"  # "relu2": w2(relu(w1 x)^2), two matrices of 4*dim instead of SwiGLU's three
-    qk_norm: bool = False  # RMS-normalise each head's queries and keys (no gain): bounded attention logits
-    zero_init_proj: bool = False  # attention.wo and feed_forward.w2 start at 0: each block starts as identity
-    logit_softcap: float | None = None  # logits = c * tanh(logits / c): no runaway logits early in training
-    value_embeds: bool = False  # a token table per alternate layer added to v through a learned gate
-
-    def __post_init__(self) -> None:
-        for name in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len", "multiple_of"):
-            _require_positive_int(name, getattr(self, name))
-        for name in ("n_kv_heads", "ffn_hidden_dim"):
-            if getattr(self, name) is not None:
-                _require_positive_int(name, getattr(self, name))
-        if self.dim % self.n_heads:
-            raise ConfigError(
-                f"dim={self.dim} is not divisible by n_heads={self.n_heads}; make dim a multiple of n_heads"
-            )
-        if self.n_heads % self.kv_heads:
-            raise ConfigError(
-                f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; "
-                "grouped-query attention shares each key/value head among n_heads // n_kv_heads query heads"
-            )
-        if self.head_dim % 2:
-            raise ConfigError(
-                f"head_dim = dim // n_heads = {self.head_dim} is odd; rotary embeddings rotate pairs of "
-                "dimensions, so choose dim and n_heads with an even quotient"
-            )
-        if self.vocab_size < 4:
-            raise ConfigError(
-                f"vocab_size={self.vocab_size} is smaller than the 4 special ids (PAD EOS UNK BOS); "
-                "set it to the tokenizer's vocabulary size"
-            )
-        if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0):
-            raise ConfigError(f"rope_theta={self.rope_theta!r} must be a positive number (10000 is LLaMA's)")
-        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
-            raise ConfigError(f"norm_eps={self.norm_eps!r} must be a small positive number such as 1e-5")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ConfigError(f"dropout={self.dropout!r} must be in [0, 1)")
-        for name in ("tie_embeddings", "qk_norm", "zero_init_proj", "value_embeds"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
-        if self.mlp not in MLPS:
-            raise ConfigError(f"mlp={self.mlp!r} must be one of {', '.join(MLPS)}")
-        cap = self.logit_softcap
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
-            raise ConfigError(f"logit_softcap={cap!r} must be a positive number (15 in nanochat) or None")
-
-    # -- derived sizes ------------------------------------------------------------------------------
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
-
-    @property
-    def hidden_dim(self) -> int:
-        """FFN width: 4*dim for ReLU^2; for SwiGLU 2/3 of that, so its 3 matrices cost what 2 would."""
-        if self.ffn_hidden_dim is not None:
-            return self.ffn_hidden_dim
-        hidden = 4 * self.dim if self.mlp == "relu2" else int(2 * (4 * self.dim) / 3)
-        return self.multiple_of * math.ceil(hidden / self.multiple_of)
-
-    @property
-    def ve_layers(self) -> tuple[int, ...]:
-        """Layers with a value embedding: every other one, ending at the last (nanochat's placement)."""
-        if not self.value_embeds:
-            return ()
-        return tuple(i for i in range(self.n_layers) if (self.n_layers - 1 - i) % 2 == 0)
-
-    @property
-    def ve_gate_channels(self) -> int:
-        return min(VE_GATE_CHANNELS, self.dim)
-
-    def value_embed_params(self) -> int:
-        """Parameters of the value-embedding tables: lookups, so they cost memory but no matmul FLOPs."""
-        return len(self.ve_layers) * self.vocab_size * self.kv_heads * self.head_dim
-
-    def num_params(self) -> int:
-        """Closed-form parameter count (a shared embedding counted once); `TinyLlama.num_params` agrees."""
-        d, hd = self.dim, self.head_dim
-        attention = d * (self.n_heads * hd) * 2 + d * (self.kv_heads * hd) * 2  # wq, wo; wk, wv
-        feed_forward = (3 if self.mlp == "swiglu" else 2) * d * self.hidden_dim  # w1, w2 (, w3)
-        norms = 2 * d  # attention_norm, ffn_norm
-        embeddings = self.vocab_size * d * (1 if self.tie_embeddings else 2)  # tok_embeddings (+ output)
-        gates = len(self.ve_layers) * self.ve_gate_channels * self.kv_heads  # attention.ve_gate
-        blocks = self.n_layers * (attention + feed_forward + norms)
-        return blocks + d + embeddings + gates + self.value_embed_params()
-
-    def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token (forward + backward), nanoGPT's `estimate_mfu` formula.
-
-        6*N for the matmuls (2 forward, 4 backward per weight) plus 12*L*H*Q*T for attention scores and
-        the weighted sum (Q = head_dim, T = seq_len, default max_seq_len; the causal half is not discounted,
-        as in nanoGPT and PaLM). N counts only weights that take part in a matmul: the embedding table is
-        a lookup, so it is excluded unless it is tied to the output projection.
-        """
-        t = self.max_seq_len if seq_len is None else seq_len
-        lookups = (0 if self.tie_embeddings else self.vocab_size * self.dim) + self.value_embed_params()
-        n = self.num_params() - lookups
-        return 6 * n + 12 * self.n_layers * self.n_heads * self.head_dim * t
-
-    # -- serialisation ------------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown model config key(s) {unknown}; valid keys are {sorted(known)} "
-                "(was this config.json written by another program or version?)"
-            )
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelConfig:
-        return cls.from_dict(json.loads(text))
-
-
-MLPS = ("swiglu", "relu2")
-VE_GATE_CHANNELS = 32  # the value-embedding gate reads this many leading channels of the block input
-
-
-def _require_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name}={value!r} must be a positive integer")
+from tinyllama_model.model_config import ModelConfig  # also imported from here by most callers
 
 
 class RMSNorm(nn.Module):

@@ -194,13 +194,10 @@ def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, Train
       1.638 / 1.786, QK-norm 1.635 on split 0, value embeddings 1.625 / 1.790, both together 1.634 / 1.781.
       They speed up early training, not where ten minutes end, so none is in the recipe (and the recipe
       stays exportable to transformers, which can express none of them).
-    - throughput at 10 minutes, same pairing (baseline 1.638 on 2.98M tokens): torch.compile 1.631 (3.16M),
-      compile with Muon's matrices orthogonalised as one stack per shape 1.633 (3.35M) and 1.782 on split 1
-      (baseline 1.786 / 1.788): a small win on both splits, so the recipe compiles. No better: with both,
-      batch 64 (half the steps) 1.638, dim 160 x 4 layers 1.650 (2.09M tokens), weight decay 0.3 1.653 /
-      1.802 and 0 1.631 / 1.790 (split 0 / 1); without, a cosine to 0 instead of 5% 1.642. Ten minutes
-      sit on a plateau where 12% more tokens buy ~0.006 (on 2 threads, 18% more bought nothing: 1.613 ->
-      1.615): the ~1M training tokens, not FLOPs, bound this shape.
+    - at 10 minutes (baseline 1.638, 2.98M tokens): compile 1.631 (3.16M); compile + Muon stacked per shape
+      1.633 (3.35M), 1.782 on split 1 (baseline 1.786): kept. Not: batch 64 1.638, dim 160 1.650, weight decay
+      0.3 1.653 / 1.802 or 0 1.631 / 1.790, a cosine to 0 1.642. On 2 threads 18% more tokens bought nothing
+      (1.613 -> 1.615): the ~1M training tokens, not FLOPs, bound this shape.
     """
     vocab, context = 2048, 64
     rates = rates or cpu_matmul_rates()
