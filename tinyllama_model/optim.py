@@ -75,8 +75,8 @@ class Muon(torch.optim.Optimizer):
 
     Nesterov momentum, then the update replaced by its orthogonalisation and scaled by
     sqrt(max(1, rows / cols)) (Keller Jordan's "original" rule); decoupled weight decay. Matrices of one
-    shape are updated as a stack: at the 10-minute preset's size the optimizer step was 17% of a training
-    step as 28 separate matrices (420 small matmuls), most of it call overhead.
+    shape are updated as a stack: at the 10-minute preset's size, 28 separate matrices made 420 small
+    matmuls per step (18% of a training step in the profiler); two stacks take 43 ms instead of 53.
     """
 
     def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int = 5):
