@@ -152,9 +152,9 @@ def bench_generation(
 
         cases["generate: transformers"] = hf_generate
         cases["generate: transformers, 1 thread"] = _one_thread(hf_generate)
-    for layout in FLOOR_LAYOUTS:
+    for layout, packed in FLOOR_LAYOUTS.items():
         name = f"decode floor: {layout}"
-        cases[name] = _weights_once_per_token(model, new_tokens, packed=layout == "packed layout")
+        cases[name] = _weights_once_per_token(model, new_tokens, packed)
         notes[name] = "every weight matrix applied to one vector per token, nothing else"
     if threads == 1:
         cases = {k: v for k, v in cases.items() if "1 thread" not in k}
@@ -183,7 +183,7 @@ def bench_generation(
     return rows
 
 
-FLOOR_LAYOUTS = ("nn.Linear layout", "packed layout")
+FLOOR_LAYOUTS = {"nn.Linear layout": False, "packed layout": True}  # name -> read the packed copy
 
 
 def _weights_once_per_token(model: TinyLlama, new_tokens: int, packed: bool):

@@ -18,6 +18,7 @@ Nothing here imports model.py (it imports this).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -40,39 +41,28 @@ class DecodeWeights:
     output: torch.Tensor  # (dim, vocab_size)
 
 
-def matrices(layers: Iterable[Any], output_weight: torch.Tensor) -> list[torch.Tensor]:
-    """The weights `pack` reads, in its order: per layer wq wk wv wo w1 (w3) w2, then the head.
+def matrix_groups(layers: Iterable[Any], output_weight: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """The nn.Linear weights `pack` joins into each packed matrix, in `LayerWeights` order, then the head.
 
     Read by attribute, not through `parameters()`, which walks the module tree (~50x slower).
     """
-    found = []
+    groups: list[tuple[torch.Tensor, ...]] = []
     for layer in layers:
         att, ff = layer.attention, layer.feed_forward
-        found += [att.wq.weight, att.wk.weight, att.wv.weight, att.wo.weight, ff.w1.weight]
-        found += [ff.w2.weight] if ff.w3 is None else [ff.w3.weight, ff.w2.weight]
-    return [*found, output_weight]
+        gate_up = (ff.w1.weight,) if ff.w3 is None else (ff.w1.weight, ff.w3.weight)
+        groups += [(att.wq.weight, att.wk.weight, att.wv.weight), (att.wo.weight,), gate_up, (ff.w2.weight,)]
+    return [*groups, (output_weight,)]
 
 
-def weights_key(weights: Iterable[torch.Tensor]) -> tuple[tuple[int, int], ...]:
+def weights_key(groups: Iterable[tuple[torch.Tensor, ...]]) -> tuple[tuple[int, int], ...]:
     """What changes when any weight does: its storage (replaced by `.to()`) or its in-place version."""
-    return tuple((w.data_ptr(), w._version) for w in weights)
+    return tuple((w.data_ptr(), w._version) for group in groups for w in group)
 
 
 @torch.no_grad()
-def pack(weights: list[torch.Tensor], swiglu: bool) -> DecodeWeights:
-    """Pack the `matrices` of a model: (out, in) nn.Linear weights -> contiguous (in, out) matrices."""
-    per_layer = 7 if swiglu else 6
-    n_layers = (len(weights) - 1) // per_layer
-    layers = []
-    for i in range(n_layers):
-        wq, wk, wv, wo, *ffn = weights[i * per_layer : (i + 1) * per_layer]
-        *gate_up, w2 = ffn
-        layers.append(
-            LayerWeights(_transposed(wq, wk, wv), _transposed(wo), _transposed(*gate_up), _transposed(w2))
-        )
-    return DecodeWeights(weights_key(weights), tuple(layers), _transposed(weights[-1]))
-
-
-def _transposed(*weights: torch.Tensor) -> torch.Tensor:
-    """(out_i, in) nn.Linear weights -> one contiguous (in, sum out_i) matrix."""
-    return torch.cat(weights).t().contiguous()
+def pack(groups: list[tuple[torch.Tensor, ...]]) -> DecodeWeights:
+    """Join and transpose each of `matrix_groups`: (out_i, in) weights -> one contiguous (in, sum out_i)."""
+    packed = [torch.cat(group).t().contiguous() for group in groups]
+    per_layer = len(dataclasses.fields(LayerWeights))
+    layers = tuple(LayerWeights(*packed[i : i + per_layer]) for i in range(0, len(packed) - 1, per_layer))
+    return DecodeWeights(weights_key(groups), layers, packed[-1])

@@ -30,7 +30,7 @@ from tinyllama_model.checkpoint import (
     read_model_weights,
     save_model_dir,
 )
-from tinyllama_model.decode_weights import DecodeWeights, LayerWeights, matrices, pack, weights_key
+from tinyllama_model.decode_weights import DecodeWeights, LayerWeights, matrix_groups, pack, weights_key
 from tinyllama_model.generate import generate_tensor
 from tinyllama_model.kv_cache import KVCache
 from tinyllama_model.model_config import ModelConfig  # also imported from here by most callers
@@ -304,10 +304,10 @@ class TinyLlama(nn.Module):
 
     def decode_weights(self) -> DecodeWeights:
         """The matrices packed for one-token decoding, packed again whenever a weight has changed."""
-        weights = matrices(self.layers, self.output.weight)
-        if self._decode_weights is None or self._decode_weights.key != weights_key(weights):
+        groups = matrix_groups(self.layers, self.output.weight)
+        if self._decode_weights is None or self._decode_weights.key != weights_key(groups):
             self._decode_weights = None  # free the stale copy before packing the new one
-            self._decode_weights = pack(weights, swiglu=self.config.mlp == "swiglu")
+            self._decode_weights = pack(groups)
         return self._decode_weights
 
     def _value_embed(self, layer: int, idx: torch.Tensor) -> torch.Tensor | None:

@@ -88,12 +88,12 @@ class Muon(torch.optim.Optimizer):
     def step(self) -> None:
         for group in self.param_groups:
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-            params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
+            by_shape: dict[tuple[torch.Size, torch.dtype, torch.device], list[torch.Tensor]] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
                 if not self.state[p]:
                     self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-            by_shape: dict[tuple[torch.Size, torch.dtype, torch.device], list[torch.Tensor]] = {}
-            for p in params:
                 by_shape.setdefault((p.shape, p.dtype, p.device), []).append(p)
             for (shape, _, _), same in by_shape.items():
                 grads = [p.grad for p in same]

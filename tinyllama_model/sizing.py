@@ -189,9 +189,9 @@ def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, Train
     - the same at equal minutes on a quiet machine, in pairs, one 1-thread run per core: at 3 minutes QK-norm
       (1.785 vs 1.828 on split 0, 1.993 vs 2.044 on split 1) and value embeddings (1.788) win, torch.compile
       less (1.811: +6% tokens, compile time included), QK-norm at muon_lr 0.03 ties (1.826), weight decay
-      0.3 loses (1.846). At 10
-      minutes the wins shrink to run-to-run noise (two baseline runs on split 1: 1.786 and 1.788): baseline
-      1.638 / 1.786, QK-norm 1.635 on split 0, value embeddings 1.625 / 1.790, both together 1.634 / 1.781.
+      0.3 loses (1.846). At 10 minutes the wins shrink to run-to-run noise (two baseline runs on split 1:
+      1.786 and 1.788): baseline 1.638 / 1.786, QK-norm 1.635 on split 0, value embeddings 1.625 / 1.790,
+      both together 1.634 / 1.781.
       They speed up early training, not where ten minutes end, so none is in the recipe (and the recipe
       stays exportable to transformers, which can express none of them).
     - at 10 minutes (baseline 1.638, 2.98M tokens): compile 1.631 (3.16M); compile + Muon stacked per shape
