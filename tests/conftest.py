@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import STARTUP_DEADLINE_S
+
 SHARED_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ai_wiki_dev.jsonl"
 
 
@@ -27,7 +29,7 @@ def prefect_harness():
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_test_harness(server_startup_timeout=int(STARTUP_DEADLINE_S)):
         yield
 
 

@@ -17,6 +17,7 @@ import pytest
 from tasks.evaluate import EvaluateConfig, evaluate_file, run_evaluate, score_documents
 from tasks.tokenizer import read_split, run_encode, run_tokenizer
 from tasks.train import run_train
+from tests.processes import STARTUP_DEADLINE_S
 from tests.tasks.test_tokenizer_task import SMALL, doc_texts, write_clean
 from tests.tasks.test_train_task import MODEL, train_config
 from tinyllama_model import TinyLlama
@@ -127,9 +128,11 @@ def test_bad_files_get_clear_errors(tmp_path, model_dir):
 
 @pytest.fixture(scope="module")
 def prefect_harness() -> Iterator[None]:
+    """A server of this module's own, so the UI artifacts it finds can only be this flow's. Prefect's
+    default 30 s to start timed out once in a full run on 2 cores with 10% steal."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=int(STARTUP_DEADLINE_S)):
         yield
 
 
