@@ -10,14 +10,13 @@ from training to registration (closed FAILED if a phase fails), and training log
 
 from __future__ import annotations
 
-import os
-from collections.abc import MutableMapping
 from typing import Any
 
 from prefect import flow
 from prefect.deployments import run_deployment
 
 from flows.config import PipelineConfig, load_config
+from flows.embedded_server import quiet_server_telemetry
 from tasks.artifacts import Artifact, load_artifact
 from tasks.collect import collect
 from tasks.data_root import DataRoot
@@ -27,25 +26,6 @@ from tasks.preprocess import preprocess
 from tasks.register import register
 from tasks.tokenizer import build_tokenizer, encode
 from tasks.train import train, train_fingerprint
-
-ANALYTICS_SETTING = "PREFECT_SERVER_ANALYTICS_ENABLED"
-
-
-def quiet_server_telemetry(environ: MutableMapping[str, str] = os.environ) -> bool:
-    """Turn off the embedded Prefect server's call home, unless the user chose (environment or profile).
-
-    With no PREFECT_API_URL a flow starts Prefect's own server in a subprocess, whose telemetry service
-    posts to prefect.io every 10 minutes; offline that logs `ERROR | ... Failed to send telemetry`, which
-    reads like a fault of the build. The subprocess takes this process' environment, so a default set
-    here, before any flow runs, is what it sees. Returns whether the default was set.
-    """
-    from prefect.settings import get_current_settings
-
-    if ANALYTICS_SETTING in environ or "analytics_enabled" in get_current_settings().server.model_fields_set:
-        return False
-    environ[ANALYTICS_SETTING] = "false"
-    return True
-
 
 quiet_server_telemetry()
 

@@ -158,8 +158,10 @@ def run(
         typer.echo(config.model_dump_json(indent=2))
         return
     from flows.build import build
+    from flows.embedded_server import patient_embedded_server
 
-    summary = build(config=config)
+    with patient_embedded_server():
+        summary = build(config=config)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.build import ANALYTICS_SETTING
+from flows.embedded_server import ANALYTICS_SETTING
 from tests.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +39,8 @@ def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 @pytest.mark.slow  # a fresh interpreter: in this one, Prefect's settings already hold whatever was exported
 def test_off_by_default_and_a_users_choice_stands(tmp_path: Path) -> None:
     code = (
-        "import os; from flows.build import ANALYTICS_SETTING as A, quiet_server_telemetry;"
+        "import os, flows.build;"
+        "from flows.embedded_server import ANALYTICS_SETTING as A, quiet_server_telemetry;"
         "chosen = {A: 'true'};"
         "print(os.environ.get(A), quiet_server_telemetry(chosen), chosen[A])"
     )
