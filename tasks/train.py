@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -107,31 +108,45 @@ class TrainingCrashed(RuntimeError):
     """A training process died (killed, out of memory, lost peer): worth a retry, which resumes."""
 
 
+class MetricsTail:
+    """Hands each complete row appended to the trainer's metrics.jsonl to `on_row`, like `tail -F`.
+
+    A resumed rank 0 replaces the file (`run_state.truncate_metrics`: the rows up to its checkpoint,
+    then its own), so the file is followed by identity, not by name: a new file is read from its top.
+    Comparing sizes alone missed a replacement that had already grown past the old offset by the next
+    poll; reading on from there started mid-row, and the JSONDecodeError failed a retried training.
+    """
+
+    def __init__(self, path: Path, on_row: Callable[[dict], None]):
+        self.path, self.on_row = path, on_row
+        self.identity: tuple[int, int] | None = None  # (device, inode) of the file being read
+        self.offset = 0
+
+    def poll(self) -> None:
+        if not self.path.is_file():  # not written yet (a replacement never leaves the name absent)
+            return
+        with open(self.path) as f:
+            st = os.fstat(f.fileno())
+            if (st.st_dev, st.st_ino) != self.identity or st.st_size < self.offset:
+                self.identity, self.offset = (st.st_dev, st.st_ino), 0
+            f.seek(self.offset)
+            while (line := f.readline()).endswith("\n"):
+                self.on_row(json.loads(line))
+                self.offset = f.tell()
+
+
 def run_torchrun(work: Path, nproc: int, on_metrics: Callable[[dict], None] | None) -> None:
     """Train under torchrun (DDP) in a child process, forwarding metrics rows as they are written."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "tinyllama_model.launch", str(work),
     ]  # fmt: skip
-    metrics, offset = work / METRICS_FILE, 0
-
-    def forward() -> None:
-        nonlocal offset
-        if on_metrics is None or not metrics.is_file():
-            return
-        if metrics.stat().st_size < offset:  # a resumed rank 0 rewrote the file
-            offset = 0
-        with open(metrics) as f:
-            f.seek(offset)
-            while (line := f.readline()).endswith("\n"):
-                on_metrics(json.loads(line))
-                offset = f.tell()
-
+    tail = MetricsTail(work / METRICS_FILE, on_metrics or (lambda row: None))
     proc = subprocess.Popen(cmd)
     while proc.poll() is None:
         time.sleep(1.0)
-        forward()
-    forward()
+        tail.poll()
+    tail.poll()
     if proc.returncode != 0:
         raise TrainingCrashed(f"torchrun training exited with code {proc.returncode} (see its output above)")
 

@@ -10,10 +10,11 @@ from safetensors.torch import load_file
 
 from tasks.artifacts import verify
 from tasks.tokenizer import run_encode, run_tokenizer
-from tasks.train import run_train
+from tasks.train import MetricsTail, run_train
 from tests.tasks.test_tokenizer_task import SMALL, doc_texts, write_clean
 from tinyllama_model import ModelConfig, TinyLlama
 from tinyllama_model.data import CorpusTooSmallError
+from tinyllama_model.run_state import METRICS_FILE, truncate_metrics
 from tinyllama_model.tokenizer import Tokenizer
 from tinyllama_model.train_config import TrainConfig
 
@@ -98,3 +99,32 @@ def test_a_corpus_smaller_than_one_window_is_refused_and_nothing_is_published(tm
     with pytest.raises(CorpusTooSmallError, match=r"lower train\.seq_len to \d+ or less"):
         run_train(big_window, train_config(), enc, tok, tmp_path)
     assert not [p for p in (tmp_path / "train").iterdir() if not p.name.startswith(".")]
+
+
+def test_the_metrics_tail_reads_a_replaced_file_from_its_top(tmp_path):
+    """A resumed rank 0 replaces metrics.jsonl; by the next poll the new file can be past the old offset."""
+    path = tmp_path / METRICS_FILE
+    rows: list[dict] = []
+    tail = MetricsTail(path, rows.append)
+
+    def log(steps: range, attempt: str) -> None:
+        with open(path, "a") as f:
+            for s in steps:
+                f.write(json.dumps({"step": s, "train_loss": 1.0 / s, "attempt": attempt}) + "\n")
+
+    tail.poll()  # no file yet: nothing, no error
+    log(range(1, 7), "killed")
+    tail.poll()
+    truncate_metrics(path, 3)  # what the resumed rank 0 does, then it logs on
+    log(range(4, 13), "resumed")
+    assert path.stat().st_size > tail.offset  # the case that comparing sizes missed
+    with open(path, "a") as f:
+        f.write('{"step": 13, "train_lo')  # a row still being written waits for its newline
+    tail.poll()
+
+    assert [r["step"] for r in rows] == [*range(1, 7), *range(1, 13)]
+    assert [r["attempt"] for r in rows[6:]] == ["killed"] * 3 + ["resumed"] * 9
+    with open(path, "a") as f:
+        f.write('ss": 0.5, "attempt": "resumed"}\n')
+    tail.poll()
+    assert rows[-1] == {"step": 13, "train_loss": 0.5, "attempt": "resumed"}
