@@ -7,6 +7,8 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
     FlowRunFilter,
     FlowRunFilterParentFlowRunId,
     TaskRunFilter,
@@ -34,3 +36,12 @@ def task_states(flow_run_id: UUID) -> dict[str, str]:
             task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids))
         )
     return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs if run.state is not None}
+
+
+def ui_artifact_keys(flow_run_id: UUID) -> set[str]:
+    """Keys of the UI artifacts the tasks of one flow run published (not its subflows')."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key for a in found if a.key}

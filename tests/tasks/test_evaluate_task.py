@@ -17,7 +17,7 @@ import pytest
 from tasks.evaluate import EvaluateConfig, evaluate_file, run_evaluate, score_documents
 from tasks.tokenizer import read_split, run_encode, run_tokenizer
 from tasks.train import run_train
-from tests.processes import STARTUP_DEADLINE_S
+from tests.flows.helpers import ui_artifact_keys
 from tests.tasks.test_tokenizer_task import SMALL, doc_texts, write_clean
 from tests.tasks.test_train_task import MODEL, train_config
 from tinyllama_model import TinyLlama
@@ -126,20 +126,9 @@ def test_bad_files_get_clear_errors(tmp_path, model_dir):
 # -- the Prefect tasks ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def prefect_harness() -> Iterator[None]:
-    """A server of this module's own, so the UI artifacts it finds can only be this flow's. Prefect's
-    default 30 s to start timed out once in a full run on 2 cores with 10% steal."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=int(STARTUP_DEADLINE_S)):
-        yield
-
-
 @pytest.mark.slow
 def test_the_tasks_run_in_a_flow_and_publish_ui_artifacts(prefect_harness, tmp_path):
     from prefect import flow
-    from prefect.artifacts import Artifact as UiArtifact
 
     from tasks.evaluate import evaluate
     from tasks.tokenizer import build_tokenizer, encode
@@ -154,8 +143,10 @@ def test_the_tasks_run_in_a_flow_and_publish_ui_artifacts(prefect_harness, tmp_p
         model = train(MODEL, train_config(max_steps=10), enc, tok, root)
         return evaluate(FAST, model, enc, root)
 
-    result = build(tmp_path)
+    state = build(tmp_path, return_state=True)
+    result = state.result()
     assert result.phase == "evaluate" and result.stats["val_bpb"] > 0
-    for key in ("tokenizer-report", "encode-splits", "train-summary", "evaluation"):
-        assert UiArtifact.get(key) is not None, key
+    # this run's own: the session's server also holds the artifacts of every other build
+    published = ui_artifact_keys(state.state_details.flow_run_id)
+    assert {"tokenizer-report", "encode-splits", "train-summary", "evaluation"} <= published, published
     assert build(tmp_path) == result  # cached on the inputs' fingerprints
