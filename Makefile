@@ -13,7 +13,7 @@ $(BIN)/tinyllama: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev]" "$(TORCH_SPEC)"  # restated, or pip 26 swaps in the newest (CUDA) torch
 	touch $@
 
 demo: $(BIN)/tinyllama
