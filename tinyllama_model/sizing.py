@@ -171,7 +171,6 @@ def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, Train
 
     Held-out bits per byte of the tuning runs (dim 128 x 4 layers, vocabulary 2048 unless said):
     - vocabulary 2048 ~ 4096 (2.10 vs 2.12 at 8e12 FLOPs) > 1024 (2.15); 2048 runs ~30% more tokens/s;
-      at 10 minutes still a tie: 4096 1.632 / 1.786 against 2048's 1.633 / 1.785 (splits 0 / 1, 1 thread);
     - more passes beat more parameters on this budget (up to ~5 epochs): at 2.5e13 FLOPs dim 128 on 3.1M
       tokens 1.73 beats dim 192 on 1.6M tokens 1.83; in 3 minutes dim 192 1.93 and 6 layers 1.85 lose
       to dim 128 x 4 layers 1.79;
