@@ -18,6 +18,8 @@ the rows of one run, and look at the load average printed in the header.
 Generation rows: greedy, 200 new tokens after a short prompt, batch 1: the KV cache against recomputing
 the window every token, and against `transformers`' LlamaForCausalLM.generate on the same weights
 exported with `export_hf` (skipped when transformers is missing). All three must produce the same tokens.
+"KV cache vs transformers, per round" is the speed-up measured within each round, then the median: on
+a shared machine it moves less from run to run than the ratio of two best rounds.
 The "decode floor" rows apply every weight matrix to one vector per token and do nothing else: batch-1
 decoding is bound by streaming the weights from memory. "nn.Linear layout" is that floor for a decoder
 that applies the (out, in) weights as stored (transformers, and this model before `decode_weights.py`);
@@ -27,6 +29,7 @@ that applies the (out, in) weights as stored (transformers, and this model befor
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -180,7 +183,17 @@ def bench_generation(
         rows.append((name, f"{t:.2f} s", f"{new_tokens / t:,.1f} tok/s", f"{base / t:.2f}x", note))
     if hf and theirs is None:
         rows.append(("generate: transformers", "skipped", "not installed", "", ""))
+    elif theirs is not None:
+        rows.append(_paired_ratio(times["generate: transformers"], times["generate: KV cache"]))
     return rows
+
+
+def _paired_ratio(theirs: list[float], ours: list[float]) -> tuple:
+    """transformers' time over ours, round by round: both ran seconds apart, so a noisy neighbour slows
+    both of a round alike, where best-of-rounds can pair one case's quiet round with the other's busy one."""
+    ratios = [t / o for t, o in zip(theirs, ours, strict=True)]
+    note = f"median of {len(ratios)} rounds; {min(ratios):.2f}x-{max(ratios):.2f}x"
+    return ("KV cache vs transformers, per round", "", "", f"{statistics.median(ratios):.2f}x", note)
 
 
 FLOOR_LAYOUTS = {"nn.Linear layout": False, "packed layout": True}  # name -> read the packed copy
@@ -248,7 +261,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2, help="measured training steps per variant")
     p.add_argument("--new-tokens", type=int, default=200)
     p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=2, help="interleaved generation rounds (best is kept)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved generation rounds (best is kept)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="add a torch.compile training row (slow to build)")
     p.add_argument("--one-thread", action="store_true", help="add a 1-thread training row (shared machines)")

@@ -78,7 +78,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     cos/sin: (T, 2, hd/2) in training, (B, 1, T, 2, hd/2) when decoding.
     """
     xr = x.unflatten(-1, (2, x.shape[-1] // 2))  # (..., T, 2, hd/2): [x1, x2]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under autocast q/k are bf16 while the tables are fp32
+    if cos.dtype != x.dtype:  # under autocast q/k are bf16 while the tables are fp32
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return (xr * cos + xr.flip(-2) * sin).flatten(-2)
 
 
@@ -104,22 +105,9 @@ class Attention(nn.Module):
         # value embeddings: v += 2 * sigmoid(gate(x[..., :C])) * ve per kv head; zero init = a gate of 1
         self.ve_gate = nn.Linear(cfg.ve_gate_channels, cfg.kv_heads, bias=False) if has_ve else None
 
-    def _project(self, x: torch.Tensor, packed: LayerWeights | None):
-        if packed is None:
-            return self.wq(x), self.wk(x), self.wv(x)
-        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        return (x @ packed.qkv).split((q_dim, kv_dim, kv_dim), dim=-1)
-
-    def _qkv(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        ve: torch.Tensor | None,
-        packed: LayerWeights | None = None,
-    ):
+    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ve: torch.Tensor | None):
         b, t, _ = x.shape
-        q, k, v = self._project(x, packed)
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)
         q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
@@ -152,22 +140,53 @@ class Attention(nn.Module):
         pos: int,
         mask: torch.Tensor | None,
         ve: torch.Tensor | None = None,
-        packed: LayerWeights | None = None,
     ) -> torch.Tensor:
-        """Attend from T new positions at cache slot `pos` to everything cached so far (inference only).
-
-        `packed`: this layer's matrices laid out for one-token decoding (`decode_weights.py`).
-        """
+        """Attend from T new positions at cache slot `pos` to everything cached so far (inference only)."""
         b, t, _ = x.shape
-        q, k, v = self._qkv(x, cos, sin, ve, packed)
+        q, k, v = self._qkv(x, cos, sin, ve)
         k_cache[:, :, pos : pos + t] = k  # caches are (B, nkv, max_seq_len, hd)
         v_cache[:, :, pos : pos + t] = v
         k = repeat_kv(k_cache[:, :, : pos + t], self.n_rep)  # (B, nh, pos+T, hd)
         v = repeat_kv(v_cache[:, :, : pos + t], self.n_rep)
-        # mask None: one new token sees every cached one (t == 1), or a fresh unpadded prefill (is_causal)
+        # mask None: a fresh unpadded prefill (is_causal)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1)
-        y = y.transpose(1, 2).reshape(b, t, -1)
-        return self.wo(y) if packed is None else y @ packed.wo
+        return self.wo(y.transpose(1, 2).reshape(b, t, -1))
+
+    def decode_one(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        pos: int,
+        mask: torch.Tensor | None,
+        ve: torch.Tensor | None,
+        packed: LayerWeights,
+    ) -> torch.Tensor:
+        """`forward_cached` for one new position per row, x (B, C), on the packed matrices.
+
+        The same maths in fewer ops, since on a CPU a decode step's time beyond streaming the weights is
+        per-op overhead: with one query position there is no time axis to transpose, and q and k are
+        normalised and rotated as one (B, nh + nkv, hd) tensor.
+        """
+        b = x.size(0)
+        nh, nkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = x @ packed.qkv  # (B, (nh + 2 nkv) hd): wq | wk | wv
+        qk = qkv[:, : (nh + nkv) * hd].view(b, nh + nkv, hd)
+        v = qkv[:, (nh + nkv) * hd :].view(b, nkv, hd)
+        if self.qk_norm_eps is not None:
+            qk = F.rms_norm(qk, (hd,), eps=self.qk_norm_eps)
+        if self.ve_gate is not None and ve is not None:
+            gate = 2 * torch.sigmoid(self.ve_gate(x[:, : self.ve_gate.in_features]))  # (B, nkv)
+            v = v + gate[..., None] * ve.view(b, nkv, hd)
+        qk = apply_rope(qk, cos, sin)
+        k_cache[:, :, pos] = qk[:, nh:]  # caches are (B, nkv, max_seq_len, hd)
+        v_cache[:, :, pos] = v
+        k = repeat_kv(k_cache[:, :, : pos + 1], self.n_rep)  # (B, nh, pos+1, hd)
+        v = repeat_kv(v_cache[:, :, : pos + 1], self.n_rep)
+        y = F.scaled_dot_product_attention(qk[:, :nh, None], k, v, attn_mask=mask)  # (B, nh, 1, hd)
+        return y.view(b, nh * hd) @ packed.wo
 
 
 class FeedForward(nn.Module):
@@ -208,13 +227,15 @@ class Block(nn.Module):
         h = x + self.resid_dropout(self.attention(self.attention_norm(x), cos, sin, ve))
         return h + self.resid_dropout(self.feed_forward(self.ffn_norm(h)))
 
-    def forward_cached(self, x, cos, sin, k_cache, v_cache, pos, mask, ve=None, packed=None) -> torch.Tensor:
+    def forward_cached(self, x, cos, sin, k_cache, v_cache, pos, mask, ve=None) -> torch.Tensor:
         x_norm = self.attention_norm(x)
-        h = x + self.attention.forward_cached(x_norm, cos, sin, k_cache, v_cache, pos, mask, ve, packed)
-        h_norm = self.ffn_norm(h)
-        return h + (
-            self.feed_forward(h_norm) if packed is None else self.feed_forward.forward_packed(h_norm, packed)
-        )
+        h = x + self.attention.forward_cached(x_norm, cos, sin, k_cache, v_cache, pos, mask, ve)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+    def decode_one(self, x, cos, sin, k_cache, v_cache, pos, mask, ve, packed: LayerWeights) -> torch.Tensor:
+        x_norm = self.attention_norm(x)
+        h = x + self.attention.decode_one(x_norm, cos, sin, k_cache, v_cache, pos, mask, ve, packed)
+        return h + self.feed_forward.forward_packed(self.ffn_norm(h), packed)
 
 
 class TinyLlama(nn.Module):
@@ -283,24 +304,42 @@ class TinyLlama(nn.Module):
         """Run T new tokens (B, T) through the model, appending to `cache`; returns float32 logits.
 
         (B, 1, V) with last_only (decoding), else (B, T, V). The caller keeps pos + T <= max_seq_len.
-        One token (T = 1, the decode loop) runs on the matrices the cache holds packed for it
-        (`decode_weights.py`; `new_cache` packs them).
+        One token (T = 1, the decode loop) takes `_decode_one`.
         """
         _, t = idx.shape
         if cache.pos + t > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} positions; {cache.pos} used, {t} more asked")
+        if t == 1 and cache.decode_weights is not None:
+            return self._decode_one(idx, cache)
         positions, mask = cache.positions_and_mask(t)  # (B or 1, T)
         cos = self.rope_cos[positions][:, None]  # (B or 1, 1, T, 2, hd/2)
         sin = self.rope_sin[positions][:, None]
-        packed = cache.decode_weights if t == 1 else None
         h = self.tok_embeddings(idx)
         for i, layer in enumerate(self.layers):
             ve = self._value_embed(i, idx)
-            weights = None if packed is None else packed.layers[i]
-            h = layer.forward_cached(h, cos, sin, cache.k[i], cache.v[i], cache.pos, mask, ve, weights)
+            h = layer.forward_cached(h, cos, sin, cache.k[i], cache.v[i], cache.pos, mask, ve)
         cache.pos += t
         h = self.norm(h[:, -1:] if last_only else h)
-        return self._logits(h, None if packed is None else packed.output)
+        return self._logits(h)
+
+    def _decode_one(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One token per row (B, 1) -> (B, 1, V), on the matrices the cache holds packed for it.
+
+        The hot loop of generation: rows stay (B, C), with no time axis (`Attention.decode_one`).
+        """
+        b, pos = idx.size(0), cache.pos
+        if cache.pad is None:  # every row at the same position, every cached slot visible
+            cos, sin, mask = self.rope_cos[pos], self.rope_sin[pos], None  # (2, hd/2)
+        else:
+            positions, mask = cache.positions_and_mask(1)  # (B, 1)
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B, 1, 2, hd/2): over heads
+        weights = cache.decode_weights
+        h = self.tok_embeddings(idx).view(b, -1)
+        for i, layer in enumerate(self.layers):
+            ve = self._value_embed(i, idx)
+            h = layer.decode_one(h, cos, sin, cache.k[i], cache.v[i], pos, mask, ve, weights.layers[i])
+        cache.pos += 1
+        return self._logits(self.norm(h), weights.output)[:, None]
 
     def decode_weights(self) -> DecodeWeights:
         """The matrices packed for one-token decoding, packed again whenever a weight has changed."""
