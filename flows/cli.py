@@ -158,8 +158,10 @@ def run(
         typer.echo(config.model_dump_json(indent=2))
         return
     from flows.build import build
-    from flows.embedded_server import patient_embedded_server
+    from flows.embedded_server import check_embedded_database, patient_embedded_server
 
+    with _bad_input_fails():
+        check_embedded_database()
     with patient_embedded_server():
         summary = build(config=config)
     typer.echo(json.dumps(summary, indent=2, default=str))

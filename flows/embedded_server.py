@@ -2,15 +2,19 @@
 
 Two of Prefect's defaults suit a long-lived server better than a build on a laptop or a CI box: the
 server's call home, and 20 seconds to start. Each is changed only where the user has not chosen
-(environment or Prefect profile). Only `prefect.settings` is imported here, so this loads in a moment.
+(environment or Prefect profile). And a database that this Prefect cannot open is refused before the
+server tries. Only `prefect.settings` is imported at the top, so this loads in a moment.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from pathlib import Path
 
+import prefect
 from prefect.settings import (
     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
     get_current_settings,
@@ -56,3 +60,54 @@ def patient_embedded_server() -> Iterator[int]:
         return
     with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EMBEDDED_SERVER_STARTUP_S}):
         yield EMBEDDED_SERVER_STARTUP_S
+
+
+def check_embedded_database() -> None:
+    """Refuse a SQLite database that a newer Prefect has migrated, naming the file and the two fixes.
+
+    One machine can run two Prefect versions against the same `~/.prefect/prefect.db` (two virtualenvs,
+    an upgrade rolled back). The older one's server dies at start on the unknown schema revision, and
+    the build only reports a connection timeout minutes later, after thousands of lines of alembic
+    tracebacks. Only the embedded server's own SQLite file is read, read-only; a server of the user's
+    (PREFECT_API_URL) is left alone, and so is any case this check cannot read.
+    """
+    from sqlalchemy.engine import make_url
+
+    settings = get_current_settings()
+    url = make_url(settings.server.database.connection_url.get_secret_value())
+    if settings.api.url or url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    path = Path(url.database).expanduser()
+    revision = _schema_revision(path) if path.is_file() else None
+    if revision is None or _known_to_this_prefect(revision):
+        return
+    raise ValueError(
+        f"the Prefect database {path} was migrated by a newer Prefect than the one installed here "
+        f"({prefect.__version__}): its schema revision {revision} is unknown to it, so Prefect's local "
+        "server cannot start. Upgrade Prefect in this environment (pip install -U prefect), or give this "
+        "build a database of its own: PREFECT_HOME=/path/to/new/folder tinyllama run ..."
+    )
+
+
+def _schema_revision(path: Path) -> str | None:
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:  # not a database, or never migrated: the server will say so itself
+        return None
+    return row[0] if row else None
+
+
+def _known_to_this_prefect(revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    migrations = Path(prefect.__file__).parent / "server" / "database" / "_migrations"
+    sqlite_versions = str(migrations / "versions" / "sqlite")
+    try:
+        ScriptDirectory(str(migrations), version_locations=[sqlite_versions]).get_revision(revision)
+    except CommandError:
+        return False
+    except Exception:  # Prefect laid its migrations out differently: do not guess, let the server start
+        return True
+    return True
