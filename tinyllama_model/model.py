@@ -152,18 +152,7 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
 
-    def decode_one(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        pos: int,
-        mask: torch.Tensor | None,
-        ve: torch.Tensor | None,
-        packed: LayerWeights,
-    ) -> torch.Tensor:
+    def decode_one(self, x, cos, sin, k_cache, v_cache, pos, mask, ve, packed: LayerWeights) -> torch.Tensor:
         """`forward_cached` for one new position per row, x (B, C), on the packed matrices.
 
         The same maths in fewer ops, since on a CPU a decode step's time beyond streaming the weights is
