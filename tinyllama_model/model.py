@@ -75,7 +75,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     Dimension i is paired with i + head_dim/2, not with its neighbour (interleaved, as in meta-llama's
     complex-number version). The halves are swapped with `flip` rather than sliced and concatenated:
     fewer passes over memory, and a backward with no zero-filled slice gradients.
-    cos/sin: (T, 2, hd/2) in training, (B, 1, T, 2, hd/2) when decoding.
+    cos/sin: (T, 2, hd/2) in training, (B, 1, T, 2, hd/2) for cached steps; for a one-token step x is
+    (B, heads, hd) and cos/sin (2, hd/2), or (B, 1, 2, hd/2) when rows sit at different positions.
     """
     xr = x.unflatten(-1, (2, x.shape[-1] // 2))  # (..., T, 2, hd/2): [x1, x2]
     if cos.dtype != x.dtype:  # under autocast q/k are bf16 while the tables are fp32
@@ -148,7 +149,7 @@ class Attention(nn.Module):
         v_cache[:, :, pos : pos + t] = v
         k = repeat_kv(k_cache[:, :, : pos + t], self.n_rep)  # (B, nh, pos+T, hd)
         v = repeat_kv(v_cache[:, :, : pos + t], self.n_rep)
-        # mask None: a fresh unpadded prefill (is_causal)
+        # mask None: a fresh unpadded prefill (is_causal), or one token that sees every cached slot
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
 
