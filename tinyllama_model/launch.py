@@ -8,6 +8,7 @@ This is the only module that creates a process group; the trainer finds one set 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -89,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         dist.init_process_group(backend=backend)  # rank, world and rendezvous from torchrun's env vars
     try:
         trainer_from_run_dir(args.run_dir, progress=not args.quiet).fit()
+        if world > 1:
+            # DDP holds the process group inside reference cycles. Left to interpreter exit, gloo's
+            # threads can abort the process ("terminate called without an active exception", seen once
+            # on rank 1 after its last step), so collect them now, and let every rank finish first
+            gc.collect()
+            dist.barrier()
     finally:
         if world > 1:
             dist.destroy_process_group()
