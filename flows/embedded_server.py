@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Iterator, MutableMapping
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import prefect
 from prefect.settings import (
@@ -20,6 +21,9 @@ from prefect.settings import (
     get_current_settings,
     temporary_settings,
 )
+
+if TYPE_CHECKING:
+    from alembic.script import ScriptDirectory
 
 ANALYTICS_SETTING = "PREFECT_SERVER_ANALYTICS_ENABLED"
 
@@ -98,14 +102,19 @@ def _schema_revision(path: Path) -> str | None:
     return row[0] if row else None
 
 
-def _known_to_this_prefect(revision: str) -> bool:
+def sqlite_migrations() -> ScriptDirectory:
+    """The installed Prefect's own SQLite migration scripts, as alembic reads them."""
     from alembic.script import ScriptDirectory
-    from alembic.util import CommandError
 
     migrations = Path(prefect.__file__).parent / "server" / "database" / "_migrations"
-    sqlite_versions = str(migrations / "versions" / "sqlite")
+    return ScriptDirectory(str(migrations), version_locations=[str(migrations / "versions" / "sqlite")])
+
+
+def _known_to_this_prefect(revision: str) -> bool:
+    from alembic.util import CommandError
+
     try:
-        ScriptDirectory(str(migrations), version_locations=[sqlite_versions]).get_revision(revision)
+        sqlite_migrations().get_revision(revision)
     except CommandError:
         return False
     except Exception:  # Prefect laid its migrations out differently: do not guess, let the server start

@@ -14,10 +14,14 @@ from pathlib import Path
 
 import prefect
 import pytest
-from alembic.script import ScriptDirectory
 from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
 
-from flows.embedded_server import EMBEDDED_SERVER_STARTUP_S, STARTUP_SETTING, check_embedded_database
+from flows.embedded_server import (
+    EMBEDDED_SERVER_STARTUP_S,
+    STARTUP_SETTING,
+    check_embedded_database,
+    sqlite_migrations,
+)
 from tests.flows.test_cli import TINYLLAMA
 from tests.flows.test_telemetry import offline_env, run_python
 
@@ -66,13 +70,6 @@ def prefect_database(path: Path, revision: str) -> Path:
     return path
 
 
-def installed_head() -> str:
-    """The newest schema revision of the installed Prefect, read through alembic itself."""
-    migrations = Path(prefect.__file__).parent / "server" / "database" / "_migrations"
-    scripts = ScriptDirectory(str(migrations), version_locations=[str(migrations / "versions" / "sqlite")])
-    return scripts.get_current_head()
-
-
 def embedded(database: Path):
     """Settings as a build without PREFECT_API_URL sees them, with its database at `database`."""
     url = {PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{database}"}
@@ -89,7 +86,7 @@ def test_a_database_from_a_newer_prefect_is_refused_with_the_file_and_the_fixes(
 
 
 def test_databases_this_prefect_can_open_pass(tmp_path: Path) -> None:
-    current = prefect_database(tmp_path / "current.db", installed_head())
+    current = prefect_database(tmp_path / "current.db", sqlite_migrations().get_current_head())
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database")
     never_migrated = tmp_path / "empty.db"
