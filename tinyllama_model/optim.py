@@ -49,17 +49,18 @@ class OptimizerChain:
             opt.load_state_dict(state[name])
 
 
-def orthogonalize(g: torch.Tensor, steps: int) -> torch.Tensor:
+def orthogonalize(g: torch.Tensor, steps: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Newton-Schulz iteration towards the nearest semi-orthogonal matrix (Keller Jordan's quintic).
 
     g is one matrix (m, n) or a stack of them (k, m, n), each orthogonalised on its own: Muon stacks the
     matrices of one shape, so a step makes a few batched matmuls instead of 15 small ones per matrix.
-    bf16 on CUDA as in the reference; fp32 elsewhere, because CPUs without bf16 units run a bf16 matmul
-    several times slower than fp32 (why torch.optim.Muon, which always casts to bf16, is not used here:
-    it trained 3.7x slower than AdamW on the 10-minute CPU preset). A float64 gradient stays float64.
+    The iteration runs in `dtype`: bf16 where the run trains in bf16 (CUDA as in the reference, or a CPU
+    whose probe picked bf16: on an AMX Xeon it cut a dim-256 step by a quarter), and by default fp32,
+    because CPUs without bf16 units run a bf16 matmul several times slower (why torch.optim.Muon, which
+    always casts to bf16, is not used: it trained 3.7x slower than AdamW on an AVX2 CPU). float64 stays.
     """
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.to(torch.bfloat16 if g.is_cuda else torch.promote_types(g.dtype, torch.float32))
+    x = g.to(dtype or torch.promote_types(g.dtype, torch.float32))
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT
@@ -79,10 +80,19 @@ class Muon(torch.optim.Optimizer):
     matmuls per step (18% of a training step in the profiler); two stacks take 43 ms instead of 53.
     """
 
-    def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int = 5):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float,
+        weight_decay: float,
+        ns_steps: int = 5,
+        ns_dtype: torch.dtype | None = None,
+    ):
         super().__init__(
             params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "ns_steps": ns_steps}
         )
+        self.ns_dtype = ns_dtype  # not a group field: checkpoints keep the layout they always had
 
     @torch.no_grad()
     def step(self) -> None:
@@ -101,7 +111,7 @@ class Muon(torch.optim.Optimizer):
                 torch._foreach_mul_(bufs, mu)
                 torch._foreach_add_(bufs, grads)
                 nesterov = torch.stack(torch._foreach_add(grads, bufs, alpha=mu))  # (k, rows, cols)
-                updates = orthogonalize(nesterov, group["ns_steps"]).unbind(0)
+                updates = orthogonalize(nesterov, group["ns_steps"], self.ns_dtype).unbind(0)
                 torch._foreach_mul_(same, 1 - lr * wd)
                 torch._foreach_add_(same, updates, alpha=-lr * max(1.0, shape[0] / shape[1]) ** 0.5)
 
@@ -134,10 +144,13 @@ def _param_roles(model: TinyLlama) -> tuple[list, list, list]:
     return hidden, decayed_head, undecayed
 
 
-def build_optimizer(model: TinyLlama, cfg: TrainConfig, device_type: str) -> OptimizerChain:
+def build_optimizer(
+    model: TinyLlama, cfg: TrainConfig, device_type: str, compute_dtype: str = "float32"
+) -> OptimizerChain:
     """AdamW decays hidden matrices and the untied output head, never norms or the embedding table.
 
-    An untied head runs at `head_lr` (its own group) when that is set, under the same schedule.
+    An untied head runs at `head_lr` (its own group) when that is set, under the same schedule. Muon's
+    Newton-Schulz runs in bf16 on CUDA and wherever training computes in bf16 (`compute_dtype`).
     """
     hidden, head, undecayed = _param_roles(model)
     use_muon = cfg.optimizer == "muon"
@@ -158,6 +171,7 @@ def build_optimizer(model: TinyLlama, cfg: TrainConfig, device_type: str) -> Opt
             momentum=cfg.muon_momentum,
             # the same shrink per step as AdamW's lr * weight_decay
             weight_decay=cfg.weight_decay * cfg.lr / cfg.muon_lr,
+            ns_dtype=torch.bfloat16 if device_type == "cuda" or compute_dtype == "bfloat16" else None,
         )
     # a tied head under Muon leaves AdamW no decayed matrix
     optimizers["adamw"] = _adamw([g for g in adam_groups if g["params"]], cfg.lr, cfg.betas, device_type)

@@ -130,7 +130,7 @@ class Trainer:
         seed_everything(cfg.seed)
         param_dtype = torch.float64 if self.compute_dtype == "float64" else torch.float32
         self.model = TinyLlama(self.model_cfg).to(self.device, dtype=param_dtype)
-        self.optimizer = build_optimizer(self.model, cfg, self.device.type)
+        self.optimizer = build_optimizer(self.model, cfg, self.device.type, self.compute_dtype)
         self.sampler = WindowSampler(len(self.train_data), self.seq_len, cfg.seed)
         n_eval = None if cfg.eval_tokens is None else math.ceil(cfg.eval_tokens / self.val_seq_len)
         self.val_starts = eval_starts(len(self.val_data), self.val_seq_len, n_eval)

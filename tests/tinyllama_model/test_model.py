@@ -15,6 +15,7 @@ from tinyllama_model.model import (
     RMSNorm,
     TinyLlama,
     apply_rope,
+    causal_attention,
     rope_tables,
 )
 
@@ -322,3 +323,19 @@ def test_autocast_and_bf16_weights():
     longer = torch.cat([idx[:1], idx[:1, :1]], dim=1)
     assert cache.decode_weights.layers[0].qkv.dtype == torch.bfloat16
     torch.testing.assert_close(step, low(longer, last_only=True)[0], atol=0.05, rtol=0.05)
+
+
+def test_attention_under_cpu_autocast_runs_in_fp32():
+    """bf16 q/k/v from autocast projections are attended in fp32 (CPU flash-attention backward is ~5x
+    slower in bf16), with gradients flowing back in bf16; without autocast the inputs' dtype stays."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8, generator=gen).bfloat16().requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = causal_attention(q, k, v, 0.0)
+    assert y.dtype == torch.float32
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    y.sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.bfloat16
+    plain = causal_attention(q.detach(), k.detach(), v.detach(), 0.0)
+    assert plain.dtype == torch.bfloat16

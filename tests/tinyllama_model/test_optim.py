@@ -163,3 +163,28 @@ def test_value_embeddings_and_their_gates_stay_on_adamw_without_decay():
     no_decay = next(g for g in chain.optimizers["adamw"].param_groups if g["weight_decay"] == 0.0)
     extra = {id(p) for n, p in m.named_parameters() if "value_embeds" in n or "ve_gate" in n}
     assert extra and extra <= ids(no_decay) and not extra & ids(muon_group)
+
+
+@pytest.mark.parametrize(("compute_dtype", "ns_dtype"), [("float32", None), ("bfloat16", torch.bfloat16)])
+def test_muon_orthogonalizes_in_the_dtype_training_computes_in(compute_dtype, ns_dtype):
+    """A CPU run that trains in bf16 runs Newton-Schulz in bf16 too (AMX-fast); an fp32 run stays fp32."""
+    m = make()
+    cfg = TrainConfig(max_steps=1, optimizer="muon", lr=1e-3, muon_lr=0.02)
+    opt = build_optimizer(m, cfg, device_type="cpu", compute_dtype=compute_dtype)
+    assert opt.optimizers["muon"].ns_dtype == ns_dtype
+    w = m.layers[0].attention.wq.weight
+    g = torch.randn(w.shape, generator=torch.Generator().manual_seed(0))
+    before = w.detach().clone()
+    w.grad = g.clone()
+    opt.optimizers["muon"].step()
+    update = orthogonalize(1.95 * g, 5, ns_dtype)  # first step: g + 0.95 g
+    assert update.dtype == torch.float32  # the update is cast back to the weight's dtype
+    expected = before * (1 - 0.02 * cfg.weight_decay * 1e-3 / 0.02) - 0.02 * update
+    torch.testing.assert_close(w.detach(), expected)
+
+
+def test_bf16_newton_schulz_lands_near_the_fp32_result():
+    g = torch.randn(3, 64, 48, generator=torch.Generator().manual_seed(2))
+    low, full = orthogonalize(g, 5, torch.bfloat16), orthogonalize(g, 5)
+    assert not torch.equal(low, full)  # it did compute in bf16
+    torch.testing.assert_close(low, full, rtol=0, atol=0.05)

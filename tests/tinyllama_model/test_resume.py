@@ -123,11 +123,15 @@ def test_resume_with_every_lever_is_bit_exact(tmp_path, dtype, extra):
 
 @pytest.mark.slow
 @pytest.mark.skipif(compile_blocker(torch.device("cpu")) is not None, reason="torch.compile needs g++ here")
-def test_a_compiled_run_resumes_bit_exact(tmp_path):
-    """train.compile (in the cpu_10min preset) keeps exact resume: the compiled graph is rebuilt alike."""
-    cfg = tiny_train_config(max_steps=8, checkpoint_every=4, eval_every=4, optimizer="muon", compile=True)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_compiled_run_resumes_bit_exact(tmp_path, dtype):
+    """train.compile (in the cpu_10min preset, which trains in bf16 where the CPU has it) keeps exact
+    resume: the compiled graph is rebuilt alike."""
+    cfg = tiny_train_config(
+        max_steps=8, checkpoint_every=4, eval_every=4, optimizer="muon", compile=True, dtype=dtype
+    )
     straight = make_trainer(tmp_path / "straight", cfg)
-    assert straight.fit()["compiled"]
+    assert straight.fit()["compiled"] and straight.compute_dtype == dtype
     with pytest.raises(Interrupted):
         make_trainer(tmp_path / "crashed", cfg, on_metrics=crash_at(6)).fit()
     resumed = make_trainer(tmp_path / "crashed", cfg)
