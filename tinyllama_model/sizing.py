@@ -23,6 +23,7 @@ Presets are small functions returning `(ModelConfig, TrainConfig, tokenizer voca
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tinyllama_model.hardware import BF16_MIN_SPEEDUP, cpu_matmul_rates, pick_cpu_dtype
@@ -165,9 +166,12 @@ def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, Train
     The shape follows this machine's matmul probe (`rates`, measured when not given): where bf16 runs
     faster and the trainer will use it, the ten minutes buy `speedup` times the FLOPs the recipe was tuned
     at, and `size_for_budget` picks the shape for that budget; on an fp32 CPU the speedup is exactly 1
-    and the shape is the tuned one. Only the speedup ratio is used, not the absolute rate, so load on the
-    machine does not move the shape (and the fingerprint) from one run to the next. The dtype itself is
-    `auto`: the trainer probes again, with the same rule, on the machine that trains.
+    and the shape is the tuned one. Only the speedup ratio is used, not the absolute rate, and it is
+    rounded down to a power of two, so load on the machine does not move the shape (and the fingerprint)
+    from one run to the next: on an AMX Xeon the ratio swung between 2.9 and 3.9 within an hour, across
+    the 3.7 where the rule steps from dim 192 to 256, and two runs of one preset would have trained two
+    shapes. The dtype itself is `auto`: the trainer probes again, with the same rule, on the machine
+    that trains.
 
     Held-out bits per byte of the tuning runs (dim 128 x 4 layers, vocabulary 2048 unless said):
     - vocabulary 2048 ~ 4096 (2.10 vs 2.12 at 8e12 FLOPs) > 1024 (2.15); 2048 runs ~30% more tokens/s;
@@ -201,7 +205,7 @@ def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, Train
     """
     vocab, context = 2048, 64
     rates = rates or cpu_matmul_rates()
-    speedup = rates[pick_cpu_dtype(rates)] / rates["float32"]
+    speedup = 2.0 ** math.floor(math.log2(rates[pick_cpu_dtype(rates)] / rates["float32"]))
     budget = CPU_10MIN_TUNED_FLOPS * speedup
     model = size_for_budget(budget, CPU_10MIN_TUNED_CORPUS_TOKENS, vocab_size=vocab, seq_len=context).model
     train = TrainConfig(
