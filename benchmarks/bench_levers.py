@@ -58,7 +58,10 @@ def configs(preset: str, levers: list[str], threads: int | None):
         name, _, assignment = lever.partition("=")
         key, _, raw = assignment.partition("=")
         section, _, field = key.partition(".")
-        value = json.loads(raw) if raw[:1] in "0123456789-[{tfn" else raw
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:  # a bare string: train.dtype=float32 (not JSON false + junk)
+            value = raw
         m, t = model_cfg, train_cfg
         if section == "model":
             m = dataclasses.replace(m, **{field: value})

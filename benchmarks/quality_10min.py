@@ -50,14 +50,17 @@ def doc_id(row: dict, split_seed: int = 0) -> str:
 
 
 def apply_overrides(model, train, tok: TokenizerConfig, overrides: list[str]):
-    """`section.field=value` items (values parsed as JSON when they look like it), applied per section."""
+    """`section.field=value` items (values parsed as JSON, else taken as strings), applied per section."""
     updates: dict[str, dict] = {"model": {}, "train": {}, "tokenizer": {}}
     for item in overrides:
         key, _, raw = item.partition("=")
         section, _, field = key.partition(".")
         if section not in updates:
             raise SystemExit(f"--set {item}: section must be model, train or tokenizer")
-        updates[section][field] = json.loads(raw) if raw[:1] in "0123456789-[{tfn" else raw
+        try:
+            updates[section][field] = json.loads(raw)
+        except json.JSONDecodeError:  # a bare string: train.dtype=float32 (not JSON false + junk)
+            updates[section][field] = raw
     return (
         dataclasses.replace(model, **updates["model"]),
         dataclasses.replace(train, **updates["train"]),
