@@ -160,6 +160,38 @@ CPU_10MIN_TUNED_FLOPS = 4.7e13
 CPU_10MIN_TUNED_CORPUS_TOKENS = 1_000_000
 
 
+# Held-out bits per byte of the tuning runs (dim 128 x 4 layers, vocabulary 2048 unless said):
+# - vocabulary 2048 ~ 4096 (2.10 vs 2.12 at 8e12 FLOPs) > 1024 (2.15); 2048 runs ~30% more tokens/s;
+# - more passes beat more parameters on this budget (up to ~5 epochs): at 2.5e13 FLOPs dim 128 on 3.1M
+#   tokens 1.73 beats dim 192 on 1.6M tokens 1.83; in 3 minutes dim 192 1.93 and 6 layers 1.85 lose
+#   to dim 128 x 4 layers 1.79;
+# - shorter windows, more of them, at 2,048 tokens per step and 1.5M tokens: context 256 x batch 8 1.89,
+#   128 x 16 1.87, 64 x 32 1.83, 32 x 64 1.80. The model is too small to use a long context (scoring
+#   the context-256 model with 224 tokens of context instead of 128 changed nothing), while many short
+#   windows give a less correlated batch and cheaper attention. At 10 minutes 32 is no better than
+#   64 (1.618 vs 1.613), and 64 keeps a usable generation window;
+# - Muon for the hidden matrices (tinyllama_model/optim.py): 1.83 against AdamW's 1.87 at context 128;
+#   muon_lr 0.01 ~ 0.02 > 0.05. The AdamW rate of the embeddings and head, which also sets Muon's
+#   decay per step, wants to be high: 2e-3 1.79, 4e-3 1.78, 8e-3 1.76, 1.6e-2 1.73, 3.2e-2 1.78 (3 min).
+# - tied embeddings, dropout 0.1, a floor of 0, DDP over the 2 cores: no better (within ~0.01) or worse.
+# - the speedrun levers (benchmarks/quality_10min.py at 400k tokens, 1 thread, held-out bpb on split
+#   seeds 0 / 1; baseline 2.037 / 2.188): QK-norm 1.981 / 2.127; value embeddings 2.037 / 2.180, soft-cap 15
+#   2.035, zero-init projections 2.035: within noise; ReLU^2 2.062 and a head at lr 4e-3 2.052: worse.
+# - the same at equal minutes on a quiet machine, in pairs, one 1-thread run per core: at 3 minutes QK-norm
+#   (1.785 vs 1.828 on split 0, 1.993 vs 2.044 on split 1) and value embeddings (1.788) win, torch.compile
+#   less (1.811: +6% tokens, compile time included), QK-norm at muon_lr 0.03 ties (1.826), weight decay
+#   0.3 loses (1.846). At 10 minutes the wins shrink to run-to-run noise (two baseline runs on split 1:
+#   1.786 and 1.788): baseline 1.638 / 1.786, QK-norm 1.635 on split 0, value embeddings 1.625 / 1.790,
+#   both together 1.634 / 1.781.
+#   They speed up early training, not where ten minutes end, so none is in the recipe (and the recipe
+#   stays exportable to transformers, which can express none of them).
+# - at 10 minutes (baseline 1.638, 2.98M tokens): compile 1.631 (3.16M); compile + Muon stacked per shape
+#   1.633 (3.35M), 1.782 on split 1 (baseline 1.786): kept. Not: batch 64 1.638, dim 160 1.650, weight decay
+#   0.3 1.653 / 1.802 or 0 1.631 / 1.790, a cosine to 0 1.642. On 2 threads 18% more tokens bought nothing
+#   (1.613 -> 1.615): the ~1M training tokens, not FLOPs, bound this shape.
+# - on a 2-core AMX Xeon (bf16 matmul ~3x fp32 on 2 threads; compiled training 2.0x at dim 192, 2.4x at
+#   256), 10 minutes, split 0: fp32 128 x 4 1.619 on 10.4M tokens (9.8 epochs: data-bound), bf16 192 x 5
+#   (this rule) 1.599 on 10.2M, 256 x 6 1.575 on 5.6M, 256 x 6 with dropout 0.1 1.603 (40% fewer tokens/s).
 def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, TrainConfig, int]:
     """Ten minutes on a 2-core CPU, tuned on the 3.6 MB AI-Wikipedia dev corpus (benchmarks/quality_10min.py).
 
@@ -171,37 +203,7 @@ def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, Train
     from one run to the next: on an AMX Xeon the ratio swung between 2.9 and 3.9 within an hour, across
     the 3.7 where the rule steps from dim 192 to 256, and two runs of one preset would have trained two
     shapes. The dtype itself is `auto`: the trainer probes again, with the same rule, on the machine
-    that trains.
-
-    Held-out bits per byte of the tuning runs (dim 128 x 4 layers, vocabulary 2048 unless said):
-    - vocabulary 2048 ~ 4096 (2.10 vs 2.12 at 8e12 FLOPs) > 1024 (2.15); 2048 runs ~30% more tokens/s;
-    - more passes beat more parameters on this budget (up to ~5 epochs): at 2.5e13 FLOPs dim 128 on 3.1M
-      tokens 1.73 beats dim 192 on 1.6M tokens 1.83; in 3 minutes dim 192 1.93 and 6 layers 1.85 lose
-      to dim 128 x 4 layers 1.79;
-    - shorter windows, more of them, at 2,048 tokens per step and 1.5M tokens: context 256 x batch 8 1.89,
-      128 x 16 1.87, 64 x 32 1.83, 32 x 64 1.80. The model is too small to use a long context (scoring
-      the context-256 model with 224 tokens of context instead of 128 changed nothing), while many short
-      windows give a less correlated batch and cheaper attention. At 10 minutes 32 is no better than
-      64 (1.618 vs 1.613), and 64 keeps a usable generation window;
-    - Muon for the hidden matrices (tinyllama_model/optim.py): 1.83 against AdamW's 1.87 at context 128;
-      muon_lr 0.01 ~ 0.02 > 0.05. The AdamW rate of the embeddings and head, which also sets Muon's
-      decay per step, wants to be high: 2e-3 1.79, 4e-3 1.78, 8e-3 1.76, 1.6e-2 1.73, 3.2e-2 1.78 (3 min).
-    - tied embeddings, dropout 0.1, a floor of 0, DDP over the 2 cores: no better (within ~0.01) or worse.
-    - the speedrun levers (benchmarks/quality_10min.py at 400k tokens, 1 thread, held-out bpb on split
-      seeds 0 / 1; baseline 2.037 / 2.188): QK-norm 1.981 / 2.127; value embeddings 2.037 / 2.180, soft-cap 15
-      2.035, zero-init projections 2.035: within noise; ReLU^2 2.062 and a head at lr 4e-3 2.052: worse.
-    - the same at equal minutes on a quiet machine, in pairs, one 1-thread run per core: at 3 minutes QK-norm
-      (1.785 vs 1.828 on split 0, 1.993 vs 2.044 on split 1) and value embeddings (1.788) win, torch.compile
-      less (1.811: +6% tokens, compile time included), QK-norm at muon_lr 0.03 ties (1.826), weight decay
-      0.3 loses (1.846). At 10 minutes the wins shrink to run-to-run noise (two baseline runs on split 1:
-      1.786 and 1.788): baseline 1.638 / 1.786, QK-norm 1.635 on split 0, value embeddings 1.625 / 1.790,
-      both together 1.634 / 1.781.
-      They speed up early training, not where ten minutes end, so none is in the recipe (and the recipe
-      stays exportable to transformers, which can express none of them).
-    - at 10 minutes (baseline 1.638, 2.98M tokens): compile 1.631 (3.16M); compile + Muon stacked per shape
-      1.633 (3.35M), 1.782 on split 1 (baseline 1.786): kept. Not: batch 64 1.638, dim 160 1.650, weight decay
-      0.3 1.653 / 1.802 or 0 1.631 / 1.790, a cosine to 0 1.642. On 2 threads 18% more tokens bought nothing
-      (1.613 -> 1.615): the ~1M training tokens, not FLOPs, bound this shape.
+    that trains. Why this recipe: the tuning runs listed above.
     """
     vocab, context = 2048, 64
     rates = rates or cpu_matmul_rates()
@@ -211,7 +213,7 @@ def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, Train
     train = TrainConfig(
         batch_size=32,
         optimizer="muon",
-        compile=True,  # +6% tokens in the ten minutes, compile time included (eager where no C++ compiler)
+        compile=True,  # fp32 +6% tokens in ten minutes, bf16 (AMX) +34%; eager where there is no C++ compiler
         muon_lr=0.02,
         lr=1.6e-2,
         min_lr_ratio=0.05,
