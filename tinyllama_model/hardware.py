@@ -74,17 +74,23 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
 
 
 @functools.cache
-def cpu_matmul_rates(n: int = 512, seconds: float = 0.15) -> dict[str, float]:
+def cpu_matmul_rates(n: int = 512, seconds: float = 0.15, threads: int | None = None) -> dict[str, float]:
     """FLOP/s of an (n x n) matmul in fp32 and in bf16 on this CPU, measured once per process.
 
     The probe that decides CPU autocast: a few hundred milliseconds, cached because the machine does
-    not change while the process lives (and so every trainer in one process decides alike).
+    not change while the process lives (and so every trainer in one process decides alike). `threads`
+    measures on that many threads instead of torch's current count (restored afterwards).
     """
     cpu = torch.device("cpu")
-    return {
-        "float32": measure_matmul_flops(cpu, torch.float32, n, seconds),
-        "bfloat16": measure_matmul_flops(cpu, torch.bfloat16, n, seconds),
-    }
+    current = torch.get_num_threads()
+    torch.set_num_threads(threads or current)
+    try:
+        return {
+            "float32": measure_matmul_flops(cpu, torch.float32, n, seconds),
+            "bfloat16": measure_matmul_flops(cpu, torch.bfloat16, n, seconds),
+        }
+    finally:
+        torch.set_num_threads(current)
 
 
 def pick_cpu_dtype(rates: dict[str, float], min_speedup: float = BF16_MIN_SPEEDUP) -> str:

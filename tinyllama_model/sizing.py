@@ -190,23 +190,24 @@ CPU_10MIN_TUNED_CORPUS_TOKENS = 1_000_000
 #   0.3 1.653 / 1.802 or 0 1.631 / 1.790, a cosine to 0 1.642. On 2 threads 18% more tokens bought nothing
 #   (1.613 -> 1.615): the ~1M training tokens, not FLOPs, bound this shape.
 # - on a 2-core AMX Xeon (bf16 matmul ~3x fp32 on 2 threads; compiled training 2.0x at dim 192, 2.4x at
-#   256), 10 minutes, split 0: fp32 128 x 4 1.619 on 10.4M tokens (9.8 epochs: data-bound), bf16 192 x 5
-#   (this rule) 1.599 on 10.2M, 256 x 6 1.575 on 5.6M, 256 x 6 with dropout 0.1 1.603 (40% fewer tokens/s).
+#   256), 10 minutes, split 0 / 1: fp32 128 x 4 1.619 on 10.4M tokens (9.8 epochs: data-bound), bf16 192 x 5
+#   1.599 / 1.775 on 10.2M, 256 x 6 (this rule) 1.575 / 1.752 on 5.6M, with dropout 0.1 1.603 (-40% tok/s).
 def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, TrainConfig, int]:
     """Ten minutes on a 2-core CPU, tuned on the 3.6 MB AI-Wikipedia dev corpus (benchmarks/quality_10min.py).
 
     The shape follows this machine's matmul probe (`rates`, measured when not given): where bf16 runs
     faster and the trainer will use it, the ten minutes buy `speedup` times the FLOPs the recipe was tuned
     at, and `size_for_budget` picks the shape for that budget; on an fp32 CPU the speedup is exactly 1
-    and the shape is the tuned one. Only the speedup ratio is used, not the absolute rate, and it is
-    rounded down to a power of two, so load on the machine does not move the shape (and the fingerprint)
-    from one run to the next: on an AMX Xeon the ratio swung between 2.9 and 3.9 within an hour, across
-    the 3.7 where the rule steps from dim 192 to 256, and two runs of one preset would have trained two
-    shapes. The dtype itself is `auto`: the trainer probes again, with the same rule, on the machine
-    that trains. Why this recipe: the tuning runs listed above.
+    and the shape is the tuned one. Only the speedup ratio is used, not the absolute rate; it is
+    measured on one thread and rounded down to a power of two, so load does not move the shape (and the
+    fingerprint) from one run to the next. On an AMX Xeon the 2-thread ratio read 2.9-3.9x quiet and
+    past 8x with the other core busy (AMX gains nothing from a second thread at the probe's size, fp32
+    does), which moved the shape from dim 192 to 256 to 320; on one thread it read 5.6-6.7x. The dtype
+    itself is `auto`: the trainer probes again on the machine that trains. Why this recipe: the
+    tuning runs listed above.
     """
     vocab, context = 2048, 64
-    rates = rates or cpu_matmul_rates()
+    rates = rates or cpu_matmul_rates(threads=1)
     speedup = 2.0 ** math.floor(math.log2(rates[pick_cpu_dtype(rates)] / rates["float32"]))
     budget = CPU_10MIN_TUNED_FLOPS * speedup
     model = size_for_budget(budget, CPU_10MIN_TUNED_CORPUS_TOKENS, vocab_size=vocab, seq_len=context).model

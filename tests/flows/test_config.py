@@ -47,7 +47,8 @@ def test_overrides_are_typed_and_nested() -> None:
 
 
 def test_override_beats_preset_and_size() -> None:
-    cfg = load_config("cpu-10min", ["tokenizer.vocab_size=1000", "model.dim=96"])
+    # n_heads too: the size's own head count follows this CPU's bf16 probe (5 at dim 320)
+    cfg = load_config("cpu-10min", ["tokenizer.vocab_size=1000", "model.dim=96", "model.n_heads=4"])
     assert cfg.tokenizer.vocab_size == 1000
     assert cfg.model.dim == 96
 
