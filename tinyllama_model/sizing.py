@@ -202,7 +202,7 @@ def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, Train
     measured on one thread and rounded down to a power of two, so load does not move the shape (and the
     fingerprint) from one run to the next. On an AMX Xeon the 2-thread ratio read 2.9-3.9x quiet and
     past 8x with the other core busy (AMX gains nothing from a second thread at the probe's size, fp32
-    does), which moved the shape from dim 192 to 256 to 320; on one thread it read 5.6-6.7x. The dtype
+    does), which moved the shape from dim 192 to 256 to 320; on one thread it read 5.6-7.0x. The dtype
     itself is `auto`: the trainer probes again on the machine that trains. Why this recipe: the
     tuning runs listed above.
     """
