@@ -189,7 +189,8 @@ def decode_steps(
                 active &= token != s.eos_id
             if step == max_new_tokens - 1 or not bool(active.any()):
                 return
-            seen[torch.arange(b, device=device), token] = True
+            if s.repetition_penalty != 1.0:  # the only reader of `seen`; two ATen calls a token saved
+                seen[torch.arange(b, device=device), token] = True
             window = torch.cat([window, token[:, None]], dim=1)  # (B, W+1)
             if window.size(1) > window_len:  # slide: keep the last `keep` tokens, rebuild the cache
                 cut = window.size(1) - keep

@@ -205,6 +205,17 @@ def test_rms_norm_is_llamas_formula():
     torch.testing.assert_close(low, expected_low)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_rms_norm_decode_spelling_gives_the_same_bits(dtype):
+    """The decode loop's four-op norm must not move greedy output: bit-equal to `forward` in every dtype."""
+    norm = RMSNorm(512, eps=1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = (torch.randn(4, 512) * 3).to(dtype)
+    assert norm.decode(x).dtype == norm(x).dtype == dtype
+    assert torch.equal(norm.decode(x), norm(x))
+
+
 # -- RoPE -------------------------------------------------------------------------------------------
 
 
