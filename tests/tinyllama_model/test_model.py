@@ -207,7 +207,7 @@ def test_rms_norm_is_llamas_formula():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_rms_norm_decode_spelling_gives_the_same_bits(dtype):
-    """The decode loop's four-op norm must not move greedy output: bit-equal to `forward` in every dtype."""
+    """The decode loop's spelled-out norm must not move greedy output: bit-equal to `forward`, every dtype."""
     norm = RMSNorm(512, eps=1e-5).to(dtype)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
