@@ -175,7 +175,8 @@ def decode_steps(
     model.eval()
     try:
         b = len(prompts)
-        seen = _seen_tokens(prompts, vocab, device)
+        # only the repetition penalty reads it: without one, no (B, V) table and no update per token
+        seen = _seen_tokens(prompts, vocab, device) if s.repetition_penalty != 1.0 else None
         window, pad = _left_pad([p[-window_len:] for p in prompts], device)  # (B, W)
         generator = s.generator(device)
         active = torch.ones(b, dtype=torch.bool, device=device)
@@ -189,7 +190,7 @@ def decode_steps(
                 active &= token != s.eos_id
             if step == max_new_tokens - 1 or not bool(active.any()):
                 return
-            if s.repetition_penalty != 1.0:  # the only reader of `seen`; two ATen calls a token saved
+            if seen is not None:
                 seen[torch.arange(b, device=device), token] = True
             window = torch.cat([window, token[:, None]], dim=1)  # (B, W+1)
             if window.size(1) > window_len:  # slide: keep the last `keep` tokens, rebuild the cache

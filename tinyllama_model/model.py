@@ -332,7 +332,8 @@ class TinyLlama(nn.Module):
         h = self.tok_embeddings(idx)
         for i, layer in enumerate(self.layers):
             ve = self._value_embed(i, idx)
-            h = layer.forward_cached(h, cos, sin, cache.k[i], cache.v[i], cache.pos, mask, ve)
+            k, v = cache.k_layers[i], cache.v_layers[i]
+            h = layer.forward_cached(h, cos, sin, k, v, cache.pos, mask, ve)
         cache.pos += t
         h = self.norm(h[:, -1:] if last_only else h)
         return self._logits(h)
