@@ -20,7 +20,7 @@ demo: $(BIN)/tinyllama
 	$(BIN)/tinyllama run --preset demo
 
 test: lint
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -n auto --maxprocesses 4 --dist loadfile
 
 lint: $(BIN)/tinyllama
 	$(BIN)/ruff check .

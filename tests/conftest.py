@@ -45,16 +45,9 @@ def _torch_one_thread():
 
 
 @pytest.fixture(autouse=True)
-def _restore_mlflow_environment():
-    """`mlflow.set_tracking_uri` / `set_registry_uri` in a test also export MLFLOW_TRACKING_URI /
-    MLFLOW_REGISTRY_URI; later tests (and the subprocesses they start) must see neither."""
-    import os
+def _restore_mlflow_globals():
+    """A test that activates a store must leave neither MLflow's URIs nor their variables to the next."""
+    from tests.mlflow_globals import mlflow_globals_kept
 
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    before = {name: os.environ.get(name) for name in names}
-    yield
-    for name, value in before.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with mlflow_globals_kept():
+        yield

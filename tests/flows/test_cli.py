@@ -13,9 +13,10 @@ import mlflow
 import pytest
 
 from tests.factories import make_model_dir, train_tiny_tokenizer
+from tests.mlflow_globals import VARIABLES as MLFLOW_VARIABLES
+from tests.mlflow_globals import mlflow_globals_kept
 
 TINYLLAMA = [sys.executable, "-m", "flows.cli"]
-MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 def _run(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
@@ -205,24 +206,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> str:
 
     tmp = tmp_path_factory.mktemp("registry")
     store = resolve_store(f"sqlite:///{tmp / 'mlflow.db'}", tmp)
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    variables = {name: os.environ.get(name) for name in MLFLOW_VARIABLES}  # set_*_uri export them
-    store.activate()
-    try:
+    with mlflow_globals_kept():
+        store.activate()
         experiment_id = ensure_experiment(store.client(), "cli", store.artifact_location)
         with mlflow.start_run(experiment_id=experiment_id):
             version = log_and_register(
                 model_dir, "cli-model", {}, serving_defaults={}, example_prompt="The", bundle_code=False
             )
         store.client().set_registered_model_alias("cli-model", "champion", version.version)
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
-        for name, value in variables.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     return store.tracking_uri
 
 

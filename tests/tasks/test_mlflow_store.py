@@ -6,7 +6,7 @@ are checked against a real run in test_register.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
 from pathlib import Path
 
 import mlflow
@@ -15,16 +15,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tasks.mlflow_store import is_connection_error, resolve_store
+from tests.mlflow_globals import VARIABLES
 from tests.processes import free_port
-
-
-@pytest.fixture(autouse=True)
-def _restore_mlflow_uris() -> Iterator[None]:
-    """`Store.activate` points MLflow's process-wide URIs at a test's folder; later tests must not see it."""
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield
-    mlflow.set_tracking_uri(before[0])
-    mlflow.set_registry_uri(before[1])
 
 
 def test_activating_one_store_does_not_capture_the_next_builds_default(
@@ -32,7 +24,11 @@ def test_activating_one_store_does_not_capture_the_next_builds_default(
 ) -> None:
     """Two builds with different data roots in one process (a worker, a notebook) keep their own stores."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     resolve_store(None, tmp_path / "first").activate()
+    assert mlflow.get_registry_uri().endswith("first/mlflow/mlflow.db")  # the fluent API uses it
+    leaked = {name: os.environ[name] for name in VARIABLES if name in os.environ}
+    assert not leaked, f"a subprocess would inherit {leaked}"
     assert resolve_store(None, tmp_path / "second").tracking_uri.endswith("second/mlflow/mlflow.db")
 
 

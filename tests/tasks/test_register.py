@@ -32,6 +32,7 @@ from tasks.model_refs import MODEL_FILES, ModelDirError, resolve_model_dir
 from tasks.register import RegisterConfig, run_register
 from tasks.run_reports import read_jsonl
 from tests.factories import make_model_dir, train_tiny_tokenizer
+from tests.mlflow_globals import mlflow_globals_kept
 from tests.processes import answers, free_port, stop_group, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,10 +43,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield tmp_path_factory.mktemp("data")
-    mlflow.set_tracking_uri(before[0])  # register points MLflow's globals at its store; undo that
-    mlflow.set_registry_uri(before[1])
+    with mlflow_globals_kept():  # register points MLflow's globals at its store; undo that
+        yield tmp_path_factory.mktemp("data")
 
 
 @pytest.fixture(scope="module")
