@@ -31,7 +31,7 @@ STORE_DIR = "mlflow"
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-REGISTRY_URI_ENV = "MLFLOW_REGISTRY_URI"
+URI_VARIABLES = (TRACKING_URI_ENV, "MLFLOW_REGISTRY_URI")  # what mlflow.set_*_uri export
 log = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # object-store roots already told where their default store is
 
@@ -52,17 +52,26 @@ class Store:
         `mlflow.pyfunc.log_model`, `mlflow.pyfunc.load_model` and `models:/` URIs read the global URIs,
         not a client's, so they need this; explicit `MlflowClient` calls do not.
         """
-        chosen_by_user = {name: os.environ.get(name) for name in (TRACKING_URI_ENV, REGISTRY_URI_ENV)}
+        chosen_by_user = uri_variables()
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         # MLflow also exports both URIs as variables; those are how a user picks a store (resolve_store
         # reads the first, MLflow and every subprocess both), so leaving ours there would send a later
         # build with another data root in this process, or a server it starts, to this store.
-        for name, value in chosen_by_user.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        restore_uri_variables(chosen_by_user)
+
+
+def uri_variables() -> dict[str, str | None]:
+    """The store URI variables as they stand (None: unset), for `restore_uri_variables`."""
+    return {name: os.environ.get(name) for name in URI_VARIABLES}
+
+
+def restore_uri_variables(saved: dict[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def default_tracking_uri(root: str | Path) -> str:

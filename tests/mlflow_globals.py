@@ -9,26 +9,21 @@ the variables are restored after the globals, or a test that happens to run late
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import mlflow
 
-VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+from tasks.mlflow_store import restore_uri_variables, uri_variables
 
 
 @contextmanager
 def mlflow_globals_kept() -> Iterator[None]:
     uris = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    variables = {name: os.environ.get(name) for name in VARIABLES}
+    variables = uri_variables()
     try:
         yield
     finally:
         mlflow.set_tracking_uri(uris[0])
         mlflow.set_registry_uri(uris[1])
-        for name, value in variables.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        restore_uri_variables(variables)

@@ -12,8 +12,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from tasks.mlflow_store import URI_VARIABLES
 from tests.factories import make_model_dir, train_tiny_tokenizer
-from tests.mlflow_globals import VARIABLES as MLFLOW_VARIABLES
 from tests.mlflow_globals import mlflow_globals_kept
 
 TINYLLAMA = [sys.executable, "-m", "flows.cli"]
@@ -219,7 +219,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> str:
 
 def _run_in(tmpdir: Path, tracking_uri: str, *args: str) -> subprocess.CompletedProcess:
     tmpdir.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in MLFLOW_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if k not in URI_VARIABLES}
     env.update(MLFLOW_TRACKING_URI=tracking_uri, TMPDIR=str(tmpdir))
     return subprocess.run([*TINYLLAMA, *args], capture_output=True, text=True, env=env, timeout=300)
 

@@ -6,7 +6,6 @@ are checked against a real run in test_register.py.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import mlflow
@@ -14,8 +13,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from tasks.mlflow_store import is_connection_error, resolve_store
-from tests.mlflow_globals import VARIABLES
+from tasks.mlflow_store import is_connection_error, resolve_store, uri_variables
 from tests.processes import free_port
 
 
@@ -27,7 +25,7 @@ def test_activating_one_store_does_not_capture_the_next_builds_default(
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     resolve_store(None, tmp_path / "first").activate()
     assert mlflow.get_registry_uri().endswith("first/mlflow/mlflow.db")  # the fluent API uses it
-    leaked = {name: os.environ[name] for name in VARIABLES if name in os.environ}
+    leaked = {name: value for name, value in uri_variables().items() if value is not None}
     assert not leaked, f"a subprocess would inherit {leaked}"
     assert resolve_store(None, tmp_path / "second").tracking_uri.endswith("second/mlflow/mlflow.db")
 
