@@ -142,6 +142,10 @@ def main() -> int:
         ("trainer's last val bpb (fixed windows)", f"{s['final_val_bpb']:.4f}"),
         ("**held-out bpb** (evaluate_file, sliding)", f"**{result['bpb']:.4f}** (loss {result['loss']:.4f})"),
     ]
+    if "model_bpb" in result:  # the held-out bpb above is the model with its document cache
+        weights = "fitted on the validation split, not the held-out articles"
+        report.append(("held-out bpb, model alone (no document cache)", f"{result['model_bpb']:.4f}"))
+        report.append(("document cache", f"orders {s['doc_cache_orders']}, weights {weights}"))
     print("\n| | |\n|---|---|")
     for label, value in report:
         print(f"| {label} | {value} |")

@@ -111,6 +111,13 @@ class Sampling:
         float, typer.Option("--repetition-penalty", min=1.0, help="Above 1 discourages repeating tokens.")
     ]
     Seed = Annotated[int | None, typer.Option("--seed", help="Fix the sampling for reproducible output.")]
+    DocCache = Annotated[
+        bool,
+        typer.Option(
+            "--doc-cache/--no-doc-cache",
+            help="Mix in the model's document cache, when training fitted one (what eval scores).",
+        ),
+    ]
     Device = Annotated[str, typer.Option("--device", help="cpu, cuda, or auto.")]
 
 
@@ -121,6 +128,7 @@ def _sampling(
     top_p: float | None,
     repetition_penalty: float,
     seed: int | None,
+    doc_cache: bool,
 ) -> dict:
     return dict(
         max_new_tokens=max_new_tokens,
@@ -129,6 +137,7 @@ def _sampling(
         top_p=top_p,
         repetition_penalty=repetition_penalty,
         seed=seed,
+        doc_cache=doc_cache,
     )
 
 
@@ -177,6 +186,7 @@ def generate(
     top_p: Sampling.TopP = 0.95,
     repetition_penalty: Sampling.Repetition = 1.1,
     seed: Sampling.Seed = None,
+    doc_cache: Sampling.DocCache = True,
     device: Sampling.Device = "auto",
     stream: Annotated[bool, typer.Option(help="Print tokens as they come (one prompt at a time).")] = True,
 ) -> None:
@@ -187,7 +197,7 @@ def generate(
         if problem := _not_utf8(text):
             _fail(f"--prompt {text!r} {problem} (check the terminal's or the script's encoding)")
     net, tokenizer = _load(model, device)
-    options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+    options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, doc_cache)
     if stream:
         for text in prompt:
             typer.secho(text, bold=True, nl=False)
@@ -210,6 +220,7 @@ def chat(
     top_p: Sampling.TopP = 0.95,
     repetition_penalty: Sampling.Repetition = 1.1,
     seed: Sampling.Seed = None,
+    doc_cache: Sampling.DocCache = True,
     device: Sampling.Device = "auto",
 ) -> None:
     """An interactive loop: type a prompt, read the continuation. Empty line, /quit or Ctrl-D ends it.
@@ -219,7 +230,7 @@ def chat(
     from tinyllama_model.generate import stream_text
 
     net, tokenizer = _load(model, device)
-    options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+    options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, doc_cache)
     typer.echo("tinyllama chat — type a prompt; /quit or an empty line to leave.")
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="surrogateescape")  # a bad line is answered below, not a traceback
@@ -251,7 +262,8 @@ def evaluate(
     """Score a model on a file: prints JSON with loss, perplexity, bits per byte, tokens and bytes.
 
     Every token of every document counts (sliding windows), and bytes are the UTF-8 size of the text as it
-    stands in the file, so bits per byte compare across tokenizers and preprocessing choices.
+    stands in the file, so bits per byte compare across tokenizers and preprocessing choices. A model
+    with a document cache is scored as the mixture it predicts with; `model_bpb` is the model alone.
     """
     from tasks.evaluate import evaluate_file
 

@@ -179,6 +179,15 @@ def evaluate_file(
 
 # -- the phase ------------------------------------------------------------------------------------------
 
+# the phase's stats name what they were measured on; with a document cache, bpb is the mixture's
+VAL_KEYS = {
+    "loss": "val_loss",
+    "perplexity": "val_perplexity",
+    "bpb": "val_bpb",
+    "model_loss": "val_model_alone_loss",
+    "model_bpb": "val_model_alone_bpb",
+}
+
 
 def run_evaluate(cfg: EvaluateConfig, model: Artifact, tokens: Artifact, root: str | Path) -> Artifact:
     model, tokens = materialize(model), materialize(tokens)
@@ -213,7 +222,7 @@ def run_evaluate(cfg: EvaluateConfig, model: Artifact, tokens: Artifact, root: s
         (out / "samples.json").write_text(
             json.dumps(dict(zip(cfg.prompts, samples, strict=True)), indent=2, ensure_ascii=False)
         )
-        return {f"val_{k}" if k in ("loss", "perplexity", "bpb") else k: v for k, v in metrics.items()}
+        return {VAL_KEYS.get(k, k): v for k, v in metrics.items()}
 
     return publish(root, "evaluate", fp, build)
 

@@ -113,8 +113,17 @@ class ModelCard:
             vocab = f"vocabulary {tok['vocab_size']:,}{per_token}"
             lines.append(f"- tokenizer: SentencePiece BPE with byte fallback, {vocab}")
         if cfg:
-            order = [k for k in _MODEL_FIELDS if k in cfg] + sorted(k for k in cfg if k not in _MODEL_FIELDS)
+            shown = {k: v for k, v in cfg.items() if k != "doc_cache_weights"}
+            order = [k for k in _MODEL_FIELDS if k in shown] + sorted(
+                k for k in shown if k not in _MODEL_FIELDS
+            )
             lines.append("- model config: " + ", ".join(f"{k} {cfg[k]}" for k in order))
+            if cfg.get("doc_cache_weights"):
+                lines.append(
+                    f"- document cache: the n-grams of each document so far, up to order "
+                    f"{len(cfg['doc_cache_weights'])}, mixed into every prediction; weights fitted on the "
+                    "validation split (`tinyllama_model/doc_cache.py`)"
+                )
         if tr:
             trained = [f"{tr[k]:,} {k}" for k in ("steps", "tokens") if k in tr]
             if "wall_time_s" in tr:
@@ -131,6 +140,7 @@ class ModelCard:
             "val_bpb": "validation bits per byte (lower is better; compares across tokenizers)",
             "val_loss": "validation loss (nats per token)",
             "val_perplexity": "validation perplexity",
+            "val_model_alone_bpb": "validation bits per byte of the model alone, without its document cache",
         }
         lines += [f"- {label}: {ev[key]:.4f}" for key, label in labels.items() if key in ev]
         if "eval_tokens" in ev:

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
@@ -46,9 +47,12 @@ from tasks.retries import retry_only_on
 from tasks.store_sync import WorkMirror
 from tasks.tokenizer import read_split
 from tasks.train_monitor import TrainingMonitor
+from tinyllama_model.checkpoint import CONFIG_FILE
 from tinyllama_model.data import token_dtype, write_packed
+from tinyllama_model.doc_cache import fit_weights, mixed_logprobs, stream_hits
+from tinyllama_model.evaluation import sliding_logprobs
 from tinyllama_model.launch import trainer_from_run_dir, write_run_spec
-from tinyllama_model.model import ModelConfig
+from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.run_state import BEST_DIR, METRICS_FILE, RESULT_FILE
 from tinyllama_model.tokenizer import EOS_ID, TOKENIZER_FILE, Tokenizer
 from tinyllama_model.train_config import TrainConfig
@@ -102,6 +106,28 @@ def prepare_run(
         val_bytes_per_token=val["bytes"] / (val["tokens"] - 1),
         tokenizer_file=tokenizer.file(TOKENIZER_FILE),
     )
+
+
+def fit_doc_cache(model_dir: Path, val_file: Path, orders: int) -> dict[str, Any]:
+    """Fit the document cache's weights on the validation split; write them into the model's config.json.
+
+    The model alone scored the same text beside them, so the summary shows what the cache is worth there.
+    """
+    model = TinyLlama.from_pretrained(model_dir).eval()
+    stream = np.fromfile(val_file, dtype=token_dtype(model.config.vocab_size))
+    logprobs = sliding_logprobs(model, stream, model.config.max_seq_len, batch_size=32)
+    bucket, cache_prob = stream_hits(stream, orders)
+    weights = fit_weights(logprobs, bucket, cache_prob, orders)
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    config["doc_cache_weights"] = weights
+    (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    mixed = mixed_logprobs(logprobs, bucket, cache_prob, weights)
+    return {
+        "doc_cache_orders": orders,
+        "doc_cache_val_loss": -float(mixed.mean()),  # sliding windows, nats per token
+        "doc_cache_model_alone_val_loss": -float(logprobs.mean()),
+        "doc_cache_matched": float((bucket >= 0).mean()),  # the share of targets the cache had a context for
+    }
 
 
 class TrainingCrashed(RuntimeError):
@@ -185,6 +211,8 @@ def run_train(
             result = trainer_from_run_dir(work, on_metrics=mirror.watch(on_metrics)).fit()
         mirror.push()
         shutil.copytree(work / BEST_DIR, out / "model")
+        if train_cfg.doc_cache_orders:
+            result.update(fit_doc_cache(out / "model", work / "val.bin", train_cfg.doc_cache_orders))
         shutil.copyfile(work / METRICS_FILE, out / METRICS_FILE)
         (out / RESULT_FILE).write_text(json.dumps(result, indent=2))
         return {**result, "vocab_size": model_cfg.vocab_size}
@@ -204,6 +232,8 @@ SUMMARY_ROWS = (
     ("MFU", "mfu"),
     ("best val bpb", "best_val_bpb"),
     ("final val bpb", "final_val_bpb"),
+    ("val loss, model alone (sliding)", "doc_cache_model_alone_val_loss"),
+    ("val loss with the document cache", "doc_cache_val_loss"),
 )
 
 
@@ -242,7 +272,7 @@ def train(
     with TrainingMonitor(train_cfg, logger, bar=bar, stream=stream) as monitor:
         artifact = run_train(model_cfg, train_cfg, tokens, tokenizer, root, on_metrics=monitor)
     s = artifact.stats
-    rows = [{"metric": name, "value": s.get(key)} for name, key in SUMMARY_ROWS]
+    rows = [{"metric": name, "value": s[key]} for name, key in SUMMARY_ROWS if key in s]
     create_table_artifact(rows, key="train-summary", description="Training run")
     curve = loss_curve_rows(artifact.file(METRICS_FILE))
     create_table_artifact(curve, key="loss-curve", description="Loss curve (train loss thinned; every eval)")

@@ -16,11 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tinyllama_model.doc_cache import mixed_logprobs, stream_hits
 
 LN2 = math.log(2.0)
 
@@ -89,7 +92,7 @@ def sliding_windows(n_tokens: int, context: int, stride: int) -> Iterator[tuple[
 
 
 @torch.no_grad()
-def sliding_nll(
+def sliding_logprobs(
     model: nn.Module,
     tokens: np.ndarray,
     context: int,
@@ -98,25 +101,23 @@ def sliding_nll(
     batch_size: int = 4,
     device: str | torch.device = "cpu",
     autocast: AbstractContextManager | None = None,
-) -> tuple[float, int]:
-    """Summed NLL (nats) and count of every target of a packed stream, each scored once (module doc)."""
+) -> np.ndarray:
+    """log p(tokens[t] | what precedes it) for t = 1 .. len-1 (index t - 1), each scored once (module doc)."""
     autocast = autocast or nullcontext()
     stride = stride or max(1, context // 2)
-    total, count = 0.0, 0
+    out = np.zeros(max(len(tokens) - 1, 0))
     batch: list[tuple[int, int, int]] = []
 
     def flush() -> None:
-        nonlocal total, count
-        xs, ys = [], []
-        for begin, end, first in batch:
-            window = torch.from_numpy(np.asarray(tokens[begin : end + 1], dtype=np.int64))
-            y = window[1:].clone()
-            y[: first - begin - 1] = -1  # targets an earlier window already scored
-            xs.append(window[:-1])
-            ys.append(y)
-            count += end + 1 - first
-        x, y = torch.stack(xs).to(device), torch.stack(ys).to(device)  # (B, length)
-        total += _nll_sum(model, x, y, autocast)
+        x = torch.stack([torch.from_numpy(np.asarray(tokens[b:e], dtype=np.int64)) for b, e, _ in batch])
+        y = torch.stack(
+            [torch.from_numpy(np.asarray(tokens[b + 1 : e + 1], dtype=np.int64)) for b, e, _ in batch]
+        )
+        with autocast:
+            logits, _ = model(x.to(device))  # (B, length, V), float32
+        nll = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), reduction="none")
+        for row, (begin, end, first) in zip(nll.view(len(batch), -1).cpu().numpy(), batch, strict=True):
+            out[first - 1 : end] = -row[first - begin - 1 :]  # targets an earlier window scored are left
         batch.clear()
 
     for window in sliding_windows(len(tokens), context, stride):
@@ -125,7 +126,13 @@ def sliding_nll(
         batch.append(window)
     if batch:
         flush()
-    return total, count
+    return out
+
+
+def sliding_nll(model: nn.Module, tokens: np.ndarray, context: int, **kwargs: Any) -> tuple[float, int]:
+    """Summed NLL (nats) and count of every target of a packed stream (`sliding_logprobs`' options)."""
+    logprobs = sliding_logprobs(model, tokens, context, **kwargs)
+    return -float(logprobs.sum()), len(logprobs)
 
 
 def evaluate_stream(
@@ -139,16 +146,28 @@ def evaluate_stream(
     device: str | torch.device = "cpu",
     autocast: AbstractContextManager | None = None,
 ) -> dict[str, float | int | None]:
-    """Loss, perplexity and bpb of every target of a packed stream (`n_bytes`: the text's UTF-8 size)."""
+    """Loss, perplexity and bpb of every target of a packed stream (`n_bytes`: the text's UTF-8 size).
+
+    A model with a document cache (`ModelConfig.doc_cache_weights`) is scored as the mixture it predicts
+    with, and the model alone is reported beside it as `model_loss` / `model_bpb`.
+    """
     if len(tokens) < 2:
         raise ValueError("the token stream has fewer than 2 tokens: there is nothing to predict")
     context = context or model.config.max_seq_len
     was_training = model.training
     model.eval()
     try:
-        nll, count = sliding_nll(
+        logprobs = sliding_logprobs(
             model, tokens, context, stride=stride, batch_size=batch_size, device=device, autocast=autocast
         )
     finally:
         model.train(was_training)
-    return summarize(nll, count, n_bytes)
+    weights = getattr(model.config, "doc_cache_weights", None)
+    if weights is None:
+        return summarize(-float(logprobs.sum()), len(logprobs), n_bytes)
+    bucket, cache_prob = stream_hits(tokens, len(weights))
+    mixed = summarize(
+        -float(mixed_logprobs(logprobs, bucket, cache_prob, weights).sum()), len(logprobs), n_bytes
+    )
+    alone = summarize(-float(logprobs.sum()), len(logprobs), n_bytes)
+    return {**mixed, "model_loss": alone["loss"], "model_bpb": alone["bpb"]}

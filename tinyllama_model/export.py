@@ -56,6 +56,11 @@ _NOT_LLAMA = {
     "qk_norm": (False, "Llama does not normalise queries and keys"),
     "logit_softcap": (None, "Llama does not cap its logits"),
     "value_embeds": (False, "Llama has no value embeddings"),
+    "doc_cache_weights": (None, "transformers has no document cache"),
+}
+# how to get an exportable model: retrain, except for the cache, which lives outside the weights
+_FIX = {
+    "doc_cache_weights": "delete doc_cache_weights from the model's config.json to export the model alone"
 }
 
 
@@ -63,10 +68,11 @@ def check_llama_expressible(cfg: ModelConfig) -> None:
     """Refuse, naming the flag, a model that `LlamaForCausalLM` would load but compute differently."""
     for name, (llama_value, why) in _NOT_LLAMA.items():
         if getattr(cfg, name) != llama_value:
+            fix = _FIX.get(name, f"train with model.{name}={llama_value!r} to export")
+            shown = "set" if name == "doc_cache_weights" else repr(getattr(cfg, name))
             raise ConfigError(
-                f"cannot export to Hugging Face Llama: the model was trained with {name}="
-                f"{getattr(cfg, name)!r} and {why}, so transformers would compute other logits; "
-                f"serve it with tinyllama itself, or train with model.{name}={llama_value!r} to export"
+                f"cannot export to Hugging Face Llama: the model was trained with {name}={shown} and {why}, "
+                f"so transformers would compute other logits; serve it with tinyllama itself, or {fix}"
             )
 
 

@@ -14,6 +14,9 @@ Rules (the same with and without the cache, so both give the same tokens):
   from each row's first real token, so a row gets the tokens it would get alone (exactly so until the
   window first slides: it slides for all rows together, when the longest row fills it).
 - A row stops at EOS (the EOS is not part of the returned ids); the batch stops when all rows have.
+- A model with a document cache (doc_cache.py) predicts with it: each row's cache reads the whole prompt
+  (also what the window cut) and every token generated, and the mixture's log-probabilities are what the
+  sampling rules below see. `doc_cache=False` samples from the model alone.
 - Sampling order as in Hugging Face: repetition penalty -> temperature (0 = greedy) -> top-k -> top-p.
   Randomness comes from a local `torch.Generator` seeded with `seed`, never the global RNG.
 """
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from tinyllama_model.doc_cache import DocCache, mix_logits
 from tinyllama_model.tokenizer import EOS_ID, PAD_ID
 
 if TYPE_CHECKING:
@@ -62,6 +66,7 @@ class Sampling:
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the row (CTRL / HF rule)
     eos_id: int | None = EOS_ID  # stop a row at this id; None never stops early
     seed: int | None = None  # reproducible sampling; None draws a fresh seed
+    doc_cache: bool = True  # mix in the model's document cache when it has one (doc_cache.py)
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
@@ -136,6 +141,18 @@ def _seen_tokens(prompts: Sequence[Sequence[int]], vocab: int, device: torch.dev
     return seen
 
 
+def _doc_caches(model: Decoder, prompts: Sequence[Sequence[int]]) -> list[DocCache] | None:
+    """A document cache per row that has read its whole prompt, or None when the model has no cache."""
+    weights = getattr(model.config, "doc_cache_weights", None)
+    if weights is None:
+        return None
+    caches = [DocCache(len(weights)) for _ in prompts]
+    for doc, prompt in zip(caches, prompts, strict=True):
+        for t in prompt:
+            doc.observe(int(t))
+    return caches
+
+
 def _window_logits(model: Decoder, window: torch.Tensor, pad: torch.Tensor, cache: Any) -> torch.Tensor:
     """(B, V) logits for the last position of the whole window (B, W).
 
@@ -181,8 +198,11 @@ def decode_steps(
         generator = s.generator(device)
         active = torch.ones(b, dtype=torch.bool, device=device)
         cache = model.new_cache(b, pad) if use_cache else None
+        doc_caches = _doc_caches(model, prompts) if s.doc_cache else None
         logits = _window_logits(model, window, pad, cache)
         for step in range(max_new_tokens):
+            if doc_caches is not None:
+                logits = mix_logits(logits, doc_caches, model.config.doc_cache_weights)
             token = sample_next(logits, s, generator, seen)  # (B,)
             token = torch.where(active, token, torch.full_like(token, PAD_ID))
             yield token, active.clone()
@@ -192,6 +212,8 @@ def decode_steps(
                 return
             if seen is not None:
                 seen[torch.arange(b, device=device), token] = True
+            for doc, t in zip(doc_caches or (), token.tolist(), strict=False):
+                doc.observe(t)
             window = torch.cat([window, token[:, None]], dim=1)  # (B, W+1)
             if window.size(1) > window_len:  # slide: keep the last `keep` tokens, rebuild the cache
                 cut = window.size(1) - keep

@@ -37,6 +37,9 @@ class ModelConfig:
     zero_init_proj: bool = False  # attention.wo and feed_forward.w2 start at 0: each block starts as identity
     logit_softcap: float | None = None  # logits = c * tanh(logits / c): no runaway logits early in training
     value_embeds: bool = False  # a token table per alternate layer added to v through a learned gate
+    # the document cache's mixture weights, [order - 1][one continuation][min(n, 4) - 1] (doc_cache.py):
+    # fitted after training when train.doc_cache_orders > 0; None predicts with the model alone
+    doc_cache_weights: list[list[list[float]]] | None = None
 
     def __post_init__(self) -> None:
         for name in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len", "multiple_of"):
@@ -77,6 +80,8 @@ class ModelConfig:
         cap = self.logit_softcap
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
             raise ConfigError(f"logit_softcap={cap!r} must be a positive number (15 in nanochat) or None")
+        if self.doc_cache_weights is not None:
+            _require_cache_weights(self.doc_cache_weights)
 
     # -- derived sizes ------------------------------------------------------------------------------
 
@@ -160,7 +165,26 @@ class ModelConfig:
 
 
 MLPS = ("swiglu", "relu2")
+CACHE_COUNT_BUCKETS = 4  # doc_cache weights per (order, one continuation): n = 1, 2, 3, 4 or more
 VE_GATE_CHANNELS = 32  # the value-embedding gate reads this many leading channels of the block input
+
+
+def _require_cache_weights(table: object) -> None:
+    """A (orders, 2, 4) nested list of weights in [0, 1), as `doc_cache.fit_weights` writes it."""
+
+    def is_weight(w: object) -> bool:
+        return isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < 1
+
+    def is_row(row: object) -> bool:
+        return isinstance(row, list) and len(row) == CACHE_COUNT_BUCKETS and all(map(is_weight, row))
+
+    ok = isinstance(table, list) and len(table) > 0
+    ok = ok and all(isinstance(o, list) and len(o) == 2 and all(map(is_row, o)) for o in table)
+    if not ok:
+        raise ConfigError(
+            f"doc_cache_weights={table!r} must be a list of [[4 weights], [4 weights]] per cache order, "
+            "each weight in [0, 1); leave it null and set train.doc_cache_orders to have them fitted"
+        )
 
 
 def _require_positive_int(name: str, value: object) -> None:

@@ -229,6 +229,7 @@ def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, Train
         eval_tokens=32_768,
         checkpoint_every=200,
         keep_last=1,
+        doc_cache_orders=3,  # held-out bpb -0.10 / -0.17 on the two splits (fp32 preset, AVX2 EPYC)
     )
     return model, train, vocab
 

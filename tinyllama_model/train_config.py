@@ -59,6 +59,13 @@ class TrainConfig:
     muon_lr: float = field(default=0.02, metadata=_doc("Muon's peak learning rate (optimizer=muon)."))
     muon_momentum: float = field(default=0.95, metadata=_doc("Muon's Nesterov momentum (optimizer=muon)."))
     grad_clip: float = field(default=1.0, metadata=_doc("Clip the global gradient norm to this (0: off)."))
+    doc_cache_orders: int = field(
+        default=0,
+        metadata=_doc(
+            "After training, fit a document cache of n-grams up to this order on the validation split "
+            "and predict with it (tinyllama_model/doc_cache.py); 0: the model alone."
+        ),
+    )
     # budget: set one or more; training ends at the first reached and the cosine spans it
     max_steps: int | None = field(default=None, metadata=_doc("Budget in optimizer steps."))
     max_tokens: int | None = field(default=None, metadata=_doc("Budget in training tokens."))
@@ -168,6 +175,9 @@ class TrainConfig:
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)"
         )
         _require(self.grad_clip >= 0, "grad_clip", ">= 0 (0 turns clipping off)")
+        orders = self.doc_cache_orders
+        is_int = isinstance(orders, int) and not isinstance(orders, bool)
+        _require(is_int and 0 <= orders <= 8, "doc_cache_orders", "an integer in 0..8 (3 is tuned)")
         _require(self.log_every_s > 0, "log_every_s", "positive")
         _require(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")
         if not any(getattr(self, b) is not None for b in BUDGETS):

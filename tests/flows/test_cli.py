@@ -70,6 +70,27 @@ def test_eval_prints_bits_per_byte(model_dir: Path, tmp_path: Path) -> None:
     assert result["bpb"] > 0 and result["tokens"] > 0
 
 
+def test_a_document_cache_is_scored_and_sampled_and_can_be_left_out(model_dir: Path, tmp_path: Path) -> None:
+    cached = tmp_path / "cached"
+    shutil.copytree(model_dir, cached)
+    config = json.loads((cached / "config.json").read_text())
+    config["doc_cache_weights"] = [[[0.9] * 4] * 2] * 3  # trust every match: the output must copy
+    (cached / "config.json").write_text(json.dumps(config))
+    phrase = "alpha beta gamma delta epsilon"
+    data = tmp_path / "repeats.jsonl"
+    data.write_text(json.dumps({"content": " ".join([phrase] * 8)}) + "\n")
+    scored = _run("eval", "-m", str(cached), "--data", str(data))
+    assert scored.returncode == 0, scored.stderr
+    result = json.loads(scored.stdout)
+    assert result["bpb"] < result["model_bpb"] / 2  # the repeats are nearly free with the cache
+    prompt = f"{phrase} {phrase} {phrase} alpha beta"
+    args = ("generate", "-m", str(cached), "--prompt", prompt, "-n", "16", "-t", "0", "--no-stream")
+    with_cache, alone = _run(*args), _run(*args, "--no-doc-cache")
+    assert with_cache.returncode == 0 and alone.returncode == 0, with_cache.stderr + alone.stderr
+    assert with_cache.stdout.removeprefix(prompt).startswith(" gamma delta")
+    assert alone.stdout != with_cache.stdout
+
+
 def test_eval_names_a_missing_text_field(model_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "rows.jsonl"
     data.write_text('{"body": "text"}\n')

@@ -46,6 +46,18 @@ def test_the_card_states_data_model_quality_samples_and_limits() -> None:
         assert fact in text, fact
 
 
+def test_a_document_cache_is_stated_with_the_model_alone_beside_it() -> None:
+    weights = [[[0.1] * 4, [0.5] * 4]] * 3
+    text = card(
+        model_config={"dim": 128, "n_layers": 4, "doc_cache_weights": weights},
+        evaluation={"val_bpb": 1.52, "val_model_alone_bpb": 1.61},
+    ).markdown()
+    assert "- model config: dim 128, n_layers 4\n" in text  # the 24 weights are not a config line
+    assert "- document cache: the n-grams of each document so far, up to order 3" in text
+    assert "validation bits per byte of the model alone, without its document cache: 1.6100" in text
+    assert "document cache" not in card().markdown()
+
+
 def test_the_registry_gets_a_description_within_its_column() -> None:
     long = card(samples=[("Prompt", " word" * 400)] * 5)
     assert len(long.markdown()) > MAX_DESCRIPTION_CHARS

@@ -70,6 +70,20 @@ def test_train_publishes_the_best_model_with_its_tokenizer(tmp_path, inputs):
     assert calls == []  # cached: nothing retrained
 
 
+def test_a_document_cache_is_fitted_on_the_validation_split_and_shipped_in_the_config(tmp_path, inputs):
+    tok, enc = inputs
+    art = run_train(MODEL, train_config(doc_cache_orders=2), enc, tok, tmp_path)
+    config = json.loads(art.file("model").joinpath("config.json").read_text())
+    weights = TinyLlama.from_pretrained(art.file("model")).config.doc_cache_weights
+    assert weights == config["doc_cache_weights"] and len(weights) == 2  # (orders, 2, 4)
+    stats = art.stats
+    assert stats["doc_cache_orders"] == 2 and 0 < stats["doc_cache_matched"] <= 1
+    # fitted on that split, so the mixture never scores it worse than the model alone does
+    assert stats["doc_cache_val_loss"] <= stats["doc_cache_model_alone_val_loss"]
+    plain = run_train(MODEL, train_config(), enc, tok, tmp_path)
+    assert plain.fingerprint != art.fingerprint and "doc_cache_orders" not in plain.stats
+
+
 def test_a_failed_attempt_resumes_from_its_last_checkpoint(tmp_path, inputs):
     tok, enc = inputs
 

@@ -128,6 +128,19 @@ def test_a_model_llama_cannot_express_is_refused_naming_the_flag(tmp_path, sp_mo
         hf_config(model.config)
 
 
+def test_a_model_with_a_document_cache_is_refused_until_the_cache_is_taken_out(tmp_path, sp_model):
+    model = make(doc_cache_weights=[[[0.1] * 4, [0.5] * 4]])
+    with pytest.raises(
+        ConfigError, match=r"doc_cache_weights=set .*delete doc_cache_weights from .*config\.json"
+    ):
+        export(tmp_path, model, sp_model)
+    assert not (tmp_path / "hf").exists()
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    del config["doc_cache_weights"]  # the fix the message names: the weights alone export as they are
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    assert export_hf(tmp_path / "model", tmp_path / "hf").is_dir()
+
+
 def test_levers_that_only_change_training_still_export_and_match(tmp_path, sp_model):
     ours = make(zero_init_proj=True)
     with torch.no_grad():  # trained weights are not zero; give the projections some

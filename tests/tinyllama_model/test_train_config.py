@@ -20,6 +20,8 @@ from tinyllama_model.train_config import OPERATIONAL, TrainConfig, lr_at
         ("betas", (0.9, 1.0), "train.betas"),
         ("dtype", "float16", "train.dtype must be one of auto, float32, bfloat16"),
         ("max_epochs", 0, "train.max_epochs must be a positive number"),
+        ("doc_cache_orders", 9, r"train.doc_cache_orders must be an integer in 0..8"),
+        ("doc_cache_orders", True, r"train.doc_cache_orders must be an integer in 0..8"),
     ],
 )
 def test_bad_train_config_names_the_field(field, value, message):

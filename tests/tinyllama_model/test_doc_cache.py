@@ -1,0 +1,160 @@
+"""The document cache: causal n-gram counts per document, one mixture for scoring and for generation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tinyllama_model import ModelConfig, TinyLlama
+from tinyllama_model.data import pack_documents
+from tinyllama_model.doc_cache import (
+    DocCache,
+    bucket_index,
+    fit_weights,
+    mix_logits,
+    mixed_logprobs,
+    stream_hits,
+    table_shape,
+)
+from tinyllama_model.errors import ConfigError
+from tinyllama_model.evaluation import evaluate_stream, sliding_logprobs
+from tinyllama_model.generate import generate_ids
+from tinyllama_model.tokenizer import EOS_ID
+
+VOCAB = 64
+
+
+def weights_table(orders: int, value: float) -> list:
+    return np.full(table_shape(orders), value).tolist()
+
+
+@pytest.fixture(scope="module")
+def model() -> TinyLlama:
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=32, n_layers=2, n_heads=2, vocab_size=VOCAB, max_seq_len=16, multiple_of=16)
+    return TinyLlama(cfg).eval()
+
+
+def repetitive_docs(n_docs: int, seed: int = 0) -> list[np.ndarray]:
+    """Documents that repeat their own random phrases: what a cache can predict and a model cannot."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for _ in range(n_docs):
+        phrases = [rng.integers(4, VOCAB, size=5) for _ in range(3)]
+        docs.append(np.concatenate([phrases[i] for i in rng.integers(0, 3, size=12)]))
+    return docs
+
+
+def test_the_longest_context_seen_before_answers():
+    cache = DocCache(orders=3)
+    for t in [5, 6, 7, 5, 6]:
+        cache.observe(t)
+    bucket, follows = cache.match()
+    # (5, 6) was followed once, by 7; the order-3 context (6, 7, 5)... has not been seen yet
+    assert follows == {7: 1} and bucket == bucket_index(2, {7: 1}) == (1 * 2 + 1) * 4 + 0
+    cache.observe(8)  # (5, 6) now has two continuations; the context (6, 8) is new, so back off to (8,)
+    assert cache.match() is None
+    for t in [5, 6]:
+        cache.observe(t)
+    bucket, follows = cache.match()
+    assert follows == {7: 1, 8: 1} and bucket == bucket_index(2, follows) == (1 * 2 + 0) * 4 + 1
+
+
+def test_an_eos_starts_a_new_document_with_an_empty_cache():
+    cache = DocCache(orders=2)
+    for t in [5, 6, 5]:
+        cache.observe(t)
+    assert cache.match() is not None
+    cache.observe(EOS_ID)
+    cache.observe(5)
+    assert cache.match() is None
+
+
+def test_stream_hits_are_causal_and_reset_per_document():
+    stream = pack_documents(repetitive_docs(3), EOS_ID).astype(np.int64)
+    bucket, prob = stream_hits(stream, orders=3)
+    assert len(bucket) == len(prob) == len(stream) - 1
+    changed = stream.copy()
+    cut = len(stream) // 2
+    changed[cut + 1 :] = np.random.default_rng(1).integers(4, VOCAB, size=len(stream) - cut - 1)
+    bucket2, prob2 = stream_hits(changed, orders=3)
+    # targets up to `cut` (index cut - 1) read only tokens before them, which did not change
+    assert np.array_equal(bucket[:cut], bucket2[:cut]) and np.array_equal(prob[:cut], prob2[:cut])
+    starts = np.flatnonzero(stream[:-1] == EOS_ID)  # each document's first target follows an EOS
+    assert (bucket[starts] == -1).all()
+    assert (bucket >= 0).mean() > 0.5 and prob[bucket >= 0].mean() > 0.5  # the phrases repeat
+
+
+def test_the_mixture_is_a_distribution_and_scoring_and_generation_agree(model):
+    stream = pack_documents(repetitive_docs(2), EOS_ID).astype(np.int64)[:17]  # one window: max_seq_len 16
+    weights = np.random.default_rng(2).uniform(0, 0.9, size=table_shape(3)).tolist()
+    bucket, prob = stream_hits(stream, orders=3)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(stream[None, :-1]))[0][0]  # (T, V): the window holds it all
+    model_lp = logits.log_softmax(-1).gather(1, torch.from_numpy(stream[1:, None]))[:, 0].numpy()
+    scored = mixed_logprobs(model_lp, bucket, prob, weights)
+    cache = DocCache(orders=3)
+    for t in range(1, len(stream)):  # the decode loop's path: one cache fed token by token
+        cache.observe(int(stream[t - 1]))
+        mixed = mix_logits(logits[t - 1 : t], [cache], weights)[0]
+        assert float(mixed.exp().sum()) == pytest.approx(1.0, abs=1e-5)
+        assert float(mixed[stream[t]]) == pytest.approx(scored[t - 1], abs=1e-5)
+    assert scored.sum() > model_lp.sum()  # repeated phrases: the cache helps
+
+
+def test_fitted_weights_trust_a_cache_that_predicts_and_ignore_one_that_does_not(model):
+    repeats = pack_documents(repetitive_docs(6), EOS_ID).astype(np.int64)
+    noise = np.random.default_rng(3).integers(4, VOCAB, size=len(repeats))
+    noise[0] = EOS_ID
+    for stream, expect_high in ((repeats, True), (noise, False)):
+        lp = sliding_logprobs(model, stream, context=16)
+        bucket, prob = stream_hits(stream, orders=2)
+        weights = fit_weights(lp, bucket, prob, orders=2)
+        assert np.shape(weights) == table_shape(2)
+        fitted = mixed_logprobs(lp, bucket, prob, weights).sum()
+        assert fitted >= lp.sum()  # zero weights are on the grid, so fitting never loses on its own text
+        trusted = np.asarray(weights)[1, 1, 3]  # order 2, one continuation, seen 4+ times
+        assert trusted > 0.5 if expect_high else np.asarray(weights).max() < 0.2
+
+
+def test_evaluate_stream_reports_the_mixture_and_the_model_alone(model):
+    stream = pack_documents(repetitive_docs(3), EOS_ID).astype(np.int64)
+    alone = evaluate_stream(model, stream, n_bytes=1000)
+    cached = TinyLlama(ModelConfig(**{**model.config.to_dict(), "doc_cache_weights": weights_table(3, 0.5)}))
+    cached.load_state_dict(model.state_dict())
+    out = evaluate_stream(cached, stream, n_bytes=1000)
+    assert out["model_bpb"] == pytest.approx(alone["bpb"]) and "model_bpb" not in alone
+    lp = sliding_logprobs(model, stream, context=16)
+    expected = -mixed_logprobs(lp, *stream_hits(stream, 3), weights_table(3, 0.5)).sum()
+    assert out["bpb"] == pytest.approx(expected / math.log(2) / 1000) and out["bpb"] < alone["bpb"]
+
+
+def test_generation_copies_what_the_document_repeats_and_can_leave_the_cache_out(model):
+    phrase = [10, 20, 30, 40, 50, 60]
+    prompt = phrase * 3 + phrase[:2]
+    cached = TinyLlama(ModelConfig(**{**model.config.to_dict(), "doc_cache_weights": weights_table(3, 0.9)}))
+    cached.load_state_dict(model.state_dict())
+    greedy = dict(temperature=0.0, eos_id=None)
+    assert generate_ids(cached, [prompt], 8, **greedy)[0] == (phrase[2:] + phrase)[:8]
+    with_cache = [generate_ids(cached, [prompt, [5, 6]], 8, use_cache=c, **greedy) for c in (True, False)]
+    assert with_cache[0] == with_cache[1]  # the KV-cache and the full-window paths mix alike
+    alone = generate_ids(cached, [prompt], 8, doc_cache=False, **greedy)
+    assert alone == generate_ids(model, [prompt], 8, **greedy) and alone[0] != with_cache[0][0]
+
+
+@pytest.mark.parametrize(
+    "table",
+    [[], [[0.1] * 4], [[[0.1] * 4, [1.0] * 4]], [[[0.1] * 3, [0.2] * 4]], [[[True] * 4, [0.1] * 4]], "x"],
+)
+def test_a_malformed_weight_table_is_refused_with_the_fix(table):
+    with pytest.raises(ConfigError, match=r"doc_cache_weights=.*train\.doc_cache_orders"):
+        ModelConfig(doc_cache_weights=table)
+
+
+def test_the_weights_travel_with_the_checkpoint(tmp_path, model):
+    cfg = ModelConfig(**{**model.config.to_dict(), "doc_cache_weights": weights_table(2, 0.25)})
+    TinyLlama(cfg).save_pretrained(tmp_path / "m")
+    assert TinyLlama.from_pretrained(tmp_path / "m").config.doc_cache_weights == weights_table(2, 0.25)

@@ -1,0 +1,141 @@
+"""The document cache: what this document has said so far, mixed into the model's next-token prediction.
+
+Why: a model trained for minutes on a CPU reads a 64-token window (~200 bytes), but a Wikipedia article
+repeats its own names and terms over thousands of tokens ("Hopfield network", "backpropagation through
+time"). Past its window the model must guess them afresh each time; a cache of the document's own n-gram
+counts has seen them. This is the cache language model (Kuhn and De Mori, 1990), in the backoff form of
+PPM: the context is the longest of the last 1..`orders` tokens that has occurred earlier in the document,
+`n` times, `c(x)` of them followed by x, and
+
+    p(x) = (1 - w) * p_model(x) + w * c(x) / n
+
+Both parts are distributions, so the mixture is one too and bits per byte stay an honest measure; the cache
+reads only earlier tokens of the same document (it empties at EOS), so it never sees what it predicts.
+
+The weight w depends on how much the match can be trusted: its order, n (1, 2, 3, 4 or more) and whether
+the context was always followed by the same token. `fit_weights` picks each weight from text the model
+did not train on (the train phase uses the validation split, never the text it later scores). With no
+match the model's prediction is used unchanged. Everything here is plain Python and numpy on token ids;
+the model is never touched, so weights, export, resume and DDP are as without the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from tinyllama_model.model_config import CACHE_COUNT_BUCKETS as COUNT_BUCKETS
+from tinyllama_model.tokenizer import EOS_ID
+
+FIT_GRID = np.linspace(0.0, 0.95, 96)  # candidate weights; 1 would give unseen tokens probability 0
+MIN_FIT_TARGETS = 20  # a bucket with fewer targets takes the weight fitted on its whole order
+
+
+def table_shape(orders: int) -> tuple[int, int, int]:
+    """Weights are indexed [order - 1][1 if the context had one continuation][min(n, 4) - 1]."""
+    return (orders, 2, COUNT_BUCKETS)
+
+
+class DocCache:
+    """The n-gram counts of one document so far, for one sequence; `observe` each token as it comes."""
+
+    def __init__(self, orders: int):
+        self.orders = orders
+        self.tables: list[dict[tuple[int, ...], dict[int, int]]] = [{} for _ in range(orders)]
+        self.recent: tuple[int, ...] = ()  # the last `orders` tokens of this document
+
+    def observe(self, token: int) -> None:
+        """Count `token` after each of its contexts; an EOS ends the document and empties the cache."""
+        if token == EOS_ID:
+            self.tables = [{} for _ in range(self.orders)]
+            self.recent = ()
+            return
+        for order in range(1, len(self.recent) + 1):
+            follows = self.tables[order - 1].setdefault(self.recent[-order:], {})
+            follows[token] = follows.get(token, 0) + 1
+        self.recent = (*self.recent, token)[-self.orders :]
+
+    def match(self) -> tuple[int, dict[int, int]] | None:
+        """(bucket, counts of each continuation) of the longest context seen before, or None."""
+        for order in range(len(self.recent), 0, -1):
+            follows = self.tables[order - 1].get(self.recent[-order:])
+            if follows:
+                return bucket_index(order, follows), follows
+        return None
+
+
+def bucket_index(order: int, follows: dict[int, int]) -> int:
+    """Flat index into the weight table (`table_shape`) for a context of this order and continuations."""
+    n = min(sum(follows.values()), COUNT_BUCKETS)
+    return ((order - 1) * 2 + (len(follows) == 1)) * COUNT_BUCKETS + n - 1
+
+
+def stream_hits(tokens: np.ndarray | Sequence[int], orders: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per target position t (1 .. len-1): the cache's bucket (-1: no match) and its probability of tokens[t].
+
+    Index t - 1 holds position t, as the targets of a packed stream are tokens[1:].
+    """
+    cache = DocCache(orders)
+    ids = [int(t) for t in tokens]
+    bucket = np.full(max(len(ids) - 1, 0), -1, dtype=np.int64)
+    prob = np.zeros(len(bucket))
+    for t in range(1, len(ids)):
+        cache.observe(ids[t - 1])
+        hit = cache.match()
+        if hit is not None:
+            bucket[t - 1], follows = hit
+            prob[t - 1] = follows.get(ids[t], 0) / sum(follows.values())
+    return bucket, prob
+
+
+def mixed_logprobs(
+    model_logprobs: np.ndarray, bucket: np.ndarray, cache_prob: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """Log-probability of each target under the mixture; unchanged where the cache had no match."""
+    w = np.where(bucket >= 0, np.asarray(weights, dtype=np.float64).ravel()[np.maximum(bucket, 0)], 0.0)
+    return np.log((1.0 - w) * np.exp(model_logprobs) + w * cache_prob)
+
+
+def fit_weights(model_logprobs: np.ndarray, bucket: np.ndarray, cache_prob: np.ndarray, orders: int) -> list:
+    """The weight of each bucket that minimises the mixture's loss on these targets (a grid of 96 values).
+
+    The loss is convex in each weight and the buckets do not share targets, so each is fitted alone. A
+    bucket with under `MIN_FIT_TARGETS` targets takes its order's pooled weight rather than a noisy one.
+    """
+    p_model = np.exp(model_logprobs)
+    shape = table_shape(orders)
+    per_bucket = int(np.prod(shape[1:]))
+    weights = np.zeros(int(np.prod(shape)))
+
+    def best(mask: np.ndarray) -> float:
+        if not mask.any():
+            return 0.0
+        pm, pc = p_model[mask][None, :], cache_prob[mask][None, :]
+        w = FIT_GRID[:, None]
+        return float(FIT_GRID[np.argmin(-np.log((1 - w) * pm + w * pc).sum(axis=1))])
+
+    for order in range(orders):
+        pooled = best((bucket >= order * per_bucket) & (bucket < (order + 1) * per_bucket))
+        for b in range(order * per_bucket, (order + 1) * per_bucket):
+            mask = bucket == b
+            weights[b] = best(mask) if mask.sum() >= MIN_FIT_TARGETS else pooled
+    return np.round(weights.reshape(shape), 4).tolist()
+
+
+def mix_logits(logits: torch.Tensor, caches: Sequence[DocCache], weights: np.ndarray) -> torch.Tensor:
+    """Log-probabilities (B, V) of the mixture for each row's next token, from the model's logits (B, V)."""
+    flat = np.asarray(weights, dtype=np.float64).ravel()
+    logprobs = logits.float().log_softmax(dim=-1)
+    for row, cache in enumerate(caches):
+        hit = cache.match()
+        if hit is None:
+            continue
+        bucket, follows = hit
+        w, n = float(flat[bucket]), sum(follows.values())
+        probs = logprobs[row].exp() * (1.0 - w)
+        ids = torch.tensor(list(follows), device=logits.device)
+        probs[ids] += w * torch.tensor(list(follows.values()), device=logits.device, dtype=probs.dtype) / n
+        logprobs[row] = probs.log()
+    return logprobs
