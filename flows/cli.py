@@ -111,11 +111,11 @@ class Sampling:
         float, typer.Option("--repetition-penalty", min=1.0, help="Above 1 discourages repeating tokens.")
     ]
     Seed = Annotated[int | None, typer.Option("--seed", help="Fix the sampling for reproducible output.")]
-    DocCache = Annotated[
+    ModelOnly = Annotated[
         bool,
         typer.Option(
-            "--doc-cache/--no-doc-cache",
-            help="Mix in the model's document cache, when training fitted one (what eval scores).",
+            "--model-only",
+            help="Sample from the network alone, without the document cache and corpus n-grams it has.",
         ),
     ]
     Device = Annotated[str, typer.Option("--device", help="cpu, cuda, or auto.")]
@@ -128,7 +128,7 @@ def _sampling(
     top_p: float | None,
     repetition_penalty: float,
     seed: int | None,
-    doc_cache: bool,
+    model_only: bool,
 ) -> dict:
     return dict(
         max_new_tokens=max_new_tokens,
@@ -137,7 +137,7 @@ def _sampling(
         top_p=top_p,
         repetition_penalty=repetition_penalty,
         seed=seed,
-        doc_cache=doc_cache,
+        model_only=model_only,
     )
 
 
@@ -186,7 +186,7 @@ def generate(
     top_p: Sampling.TopP = 0.95,
     repetition_penalty: Sampling.Repetition = 1.1,
     seed: Sampling.Seed = None,
-    doc_cache: Sampling.DocCache = True,
+    model_only: Sampling.ModelOnly = False,
     device: Sampling.Device = "auto",
     stream: Annotated[bool, typer.Option(help="Print tokens as they come (one prompt at a time).")] = True,
 ) -> None:
@@ -197,7 +197,7 @@ def generate(
         if problem := _not_utf8(text):
             _fail(f"--prompt {text!r} {problem} (check the terminal's or the script's encoding)")
     net, tokenizer = _load(model, device)
-    options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, doc_cache)
+    options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, model_only)
     if stream:
         for text in prompt:
             typer.secho(text, bold=True, nl=False)
@@ -220,7 +220,7 @@ def chat(
     top_p: Sampling.TopP = 0.95,
     repetition_penalty: Sampling.Repetition = 1.1,
     seed: Sampling.Seed = None,
-    doc_cache: Sampling.DocCache = True,
+    model_only: Sampling.ModelOnly = False,
     device: Sampling.Device = "auto",
 ) -> None:
     """An interactive loop: type a prompt, read the continuation. Empty line, /quit or Ctrl-D ends it.
@@ -230,7 +230,7 @@ def chat(
     from tinyllama_model.generate import stream_text
 
     net, tokenizer = _load(model, device)
-    options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, doc_cache)
+    options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, model_only)
     typer.echo("tinyllama chat — type a prompt; /quit or an empty line to leave.")
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="surrogateescape")  # a bad line is answered below, not a traceback

@@ -113,7 +113,7 @@ class ModelCard:
             vocab = f"vocabulary {tok['vocab_size']:,}{per_token}"
             lines.append(f"- tokenizer: SentencePiece BPE with byte fallback, {vocab}")
         if cfg:
-            shown = {k: v for k, v in cfg.items() if k != "doc_cache_weights"}
+            shown = {k: v for k, v in cfg.items() if not k.endswith("_weights")}
             order = [k for k in _MODEL_FIELDS if k in shown] + sorted(
                 k for k in shown if k not in _MODEL_FIELDS
             )
@@ -123,6 +123,12 @@ class ModelCard:
                     f"- document cache: the n-grams of each document so far, up to order "
                     f"{len(cfg['doc_cache_weights'])}, mixed into every prediction; weights fitted on the "
                     "validation split (`tinyllama_model/doc_cache.py`)"
+                )
+            if cfg.get("corpus_ngram_weights"):
+                lines.append(
+                    f"- corpus n-grams: what followed the last 1-{len(cfg['corpus_ngram_weights'])} tokens "
+                    "in the training corpus, mixed in after the cache; the training tokens ship beside the "
+                    "weights (`tinyllama_model/corpus_ngrams.py`)"
                 )
         if tr:
             trained = [f"{tr[k]:,} {k}" for k in ("steps", "tokens") if k in tr]
@@ -140,7 +146,7 @@ class ModelCard:
             "val_bpb": "validation bits per byte (lower is better; compares across tokenizers)",
             "val_loss": "validation loss (nats per token)",
             "val_perplexity": "validation perplexity",
-            "val_model_alone_bpb": "validation bits per byte of the model alone, without its document cache",
+            "val_model_alone_bpb": "validation bits per byte of the network alone (no cache, no n-grams)",
         }
         lines += [f"- {label}: {ev[key]:.4f}" for key, label in labels.items() if key in ev]
         if "eval_tokens" in ev:

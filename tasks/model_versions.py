@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 
 from tasks.model_card import CARD_FILE
 from tasks.model_refs import MODEL_FILES
+from tinyllama_model.corpus_ngrams import CORPUS_FILE
 
 MODEL_ARTIFACT_NAME = "model"  # the pyfunc's name inside the run: runs:/<run_id>/model
 MODEL_FINGERPRINT_TAG = "train_fingerprint"
@@ -90,9 +91,11 @@ def default_requirements() -> list[str]:
 
 
 def _stage(model_dir: Path, dst: Path) -> Path:
-    """Only the three model files go into the pyfunc (hard links where possible: weights can be large)."""
+    """Only the model's files go into the pyfunc (hard links where possible: weights can be large): the
+    three every model has, and the corpus n-grams' tokens where it has them."""
     dst.mkdir(parents=True)
-    for name in MODEL_FILES:
+    optional = [CORPUS_FILE] if (model_dir / CORPUS_FILE).is_file() else []
+    for name in (*MODEL_FILES, *optional):
         try:
             (dst / name).hardlink_to(model_dir / name)
         except OSError:

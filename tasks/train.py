@@ -48,8 +48,12 @@ from tasks.store_sync import WorkMirror
 from tasks.tokenizer import read_split
 from tasks.train_monitor import TrainingMonitor
 from tinyllama_model.checkpoint import CONFIG_FILE
+from tinyllama_model.corpus_ngrams import MAX_VOCAB, CorpusNgrams
+from tinyllama_model.corpus_ngrams import table_shape as corpus_shape
 from tinyllama_model.data import token_dtype, write_packed
 from tinyllama_model.doc_cache import fit_weights, mixed_logprobs, stream_hits
+from tinyllama_model.doc_cache import table_shape as doc_cache_shape
+from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import sliding_logprobs
 from tinyllama_model.launch import trainer_from_run_dir, write_run_spec
 from tinyllama_model.model import ModelConfig, TinyLlama
@@ -108,26 +112,52 @@ def prepare_run(
     )
 
 
-def fit_doc_cache(model_dir: Path, val_file: Path, orders: int) -> dict[str, Any]:
-    """Fit the document cache's weights on the validation split; write them into the model's config.json.
+def check_experts(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """Refuse before training what the experts' fit would refuse after it."""
+    if train_cfg.corpus_ngram_orders and model_cfg.vocab_size > MAX_VOCAB:
+        raise ConfigError(
+            f"train.corpus_ngram_orders={train_cfg.corpus_ngram_orders} needs a vocabulary of at most "
+            f"{MAX_VOCAB:,} ids (16 bits a token), and the tokenizer has {model_cfg.vocab_size:,}; "
+            "set train.corpus_ngram_orders=0 or a smaller tokenizer.vocab_size"
+        )
 
-    The model alone scored the same text beside them, so the summary shows what the cache is worth there.
+
+def fit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """Fit the document cache, then the corpus n-grams, on the validation split, as the train config asks.
+
+    Their weights go into the model's config.json, the training tokens beside it (corpus n-grams). The
+    summary has the validation loss (nats per token, sliding windows) of the model alone and after each.
     """
     model = TinyLlama.from_pretrained(model_dir).eval()
-    stream = np.fromfile(val_file, dtype=token_dtype(model.config.vocab_size))
-    logprobs = sliding_logprobs(model, stream, model.config.max_seq_len, batch_size=32)
-    bucket, cache_prob = stream_hits(stream, orders)
-    weights = fit_weights(logprobs, bucket, cache_prob, orders)
+    dtype = token_dtype(model.config.vocab_size)
+    val = np.fromfile(work / "val.bin", dtype=dtype)
+    logprobs = sliding_logprobs(model, val, model.config.max_seq_len, batch_size=32)
+    stats: dict[str, Any] = {"val_loss_sliding_model_alone": -float(logprobs.mean())}
     config = json.loads((model_dir / CONFIG_FILE).read_text())
-    config["doc_cache_weights"] = weights
+    if cfg.doc_cache_orders:
+        bucket, prob = stream_hits(val, cfg.doc_cache_orders)
+        weights = fit_weights(logprobs, bucket, prob, doc_cache_shape(cfg.doc_cache_orders))
+        logprobs = mixed_logprobs(logprobs, bucket, prob, weights)
+        config["doc_cache_weights"] = weights
+        stats.update(val_loss_sliding_doc_cache=-float(logprobs.mean()), doc_cache_matched=_share(bucket))
+    if cfg.corpus_ngram_orders:
+        train = np.fromfile(work / "train.bin", dtype=dtype)
+        corpus = CorpusNgrams(train, model.config.vocab_size, cfg.corpus_ngram_orders)
+        bucket, prob = corpus.stream_hits(val)
+        weights = fit_weights(logprobs, bucket, prob, corpus_shape(cfg.corpus_ngram_orders))
+        logprobs = mixed_logprobs(logprobs, bucket, prob, weights)
+        config["corpus_ngram_weights"] = weights
+        corpus.save(model_dir)
+        stats.update(
+            val_loss_sliding_corpus_ngrams=-float(logprobs.mean()), corpus_ngrams_matched=_share(bucket)
+        )
     (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    mixed = mixed_logprobs(logprobs, bucket, cache_prob, weights)
-    return {
-        "doc_cache_orders": orders,
-        "doc_cache_val_loss": -float(mixed.mean()),  # sliding windows, nats per token
-        "doc_cache_model_alone_val_loss": -float(logprobs.mean()),
-        "doc_cache_matched": float((bucket >= 0).mean()),  # the share of targets the cache had a context for
-    }
+    return stats
+
+
+def _share(bucket: np.ndarray) -> float:
+    """The share of targets an expert had a context for."""
+    return float((bucket >= 0).mean())
 
 
 class TrainingCrashed(RuntimeError):
@@ -197,6 +227,7 @@ def run_train(
 ) -> Artifact:
     tokens, tokenizer = materialize(tokens), materialize(tokenizer)
     model_cfg = effective_model_config(model_cfg, tokenizer)
+    check_experts(model_cfg, train_cfg)
     fp = train_fingerprint(model_cfg, train_cfg, tokens, tokenizer)
 
     def build(out: Path) -> dict[str, Any]:
@@ -211,8 +242,8 @@ def run_train(
             result = trainer_from_run_dir(work, on_metrics=mirror.watch(on_metrics)).fit()
         mirror.push()
         shutil.copytree(work / BEST_DIR, out / "model")
-        if train_cfg.doc_cache_orders:
-            result.update(fit_doc_cache(out / "model", work / "val.bin", train_cfg.doc_cache_orders))
+        if train_cfg.doc_cache_orders or train_cfg.corpus_ngram_orders:
+            result.update(fit_mixture(out / "model", work, train_cfg))
         shutil.copyfile(work / METRICS_FILE, out / METRICS_FILE)
         (out / RESULT_FILE).write_text(json.dumps(result, indent=2))
         return {**result, "vocab_size": model_cfg.vocab_size}
@@ -232,8 +263,9 @@ SUMMARY_ROWS = (
     ("MFU", "mfu"),
     ("best val bpb", "best_val_bpb"),
     ("final val bpb", "final_val_bpb"),
-    ("val loss, model alone (sliding)", "doc_cache_model_alone_val_loss"),
-    ("val loss with the document cache", "doc_cache_val_loss"),
+    ("val loss, model alone (sliding windows)", "val_loss_sliding_model_alone"),
+    ("... with the document cache", "val_loss_sliding_doc_cache"),
+    ("... and the corpus n-grams", "val_loss_sliding_corpus_ngrams"),
 )
 
 

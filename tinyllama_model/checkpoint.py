@@ -20,6 +20,7 @@ import pickle
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,12 @@ def save_model_dir(
     config: dict[str, Any],
     state: dict[str, torch.Tensor],
     tokenizer_file: str | Path | None = None,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write config.json + model.safetensors (+ tokenizer.model) to `directory`, replacing it atomically.
 
     `state` must hold each tensor once (safetensors refuses aliases: a tied output head is left out).
+    `write_extra(staging)` adds files that go with the weights (the corpus n-grams' tokens).
     """
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
@@ -60,6 +63,8 @@ def save_model_dir(
         save_file(state, staging / WEIGHTS_FILE, metadata={"format": "pt"})
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, staging / TOKENIZER_FILE)
+        if write_extra is not None:
+            write_extra(staging)
 
     return write_dir_atomic(directory, build)
 

@@ -98,30 +98,40 @@ def mixed_logprobs(
     return np.log((1.0 - w) * np.exp(model_logprobs) + w * cache_prob)
 
 
-def fit_weights(model_logprobs: np.ndarray, bucket: np.ndarray, cache_prob: np.ndarray, orders: int) -> list:
-    """The weight of each bucket that minimises the mixture's loss on these targets (a grid of 96 values).
+def fit_weights(base_logprobs: np.ndarray, bucket: np.ndarray, cache_prob: np.ndarray, shape: tuple) -> list:
+    """The weight of each bucket of a `shape` table that minimises the mixture's loss on these targets.
 
-    The loss is convex in each weight and the buckets do not share targets, so each is fitted alone. A
-    bucket with under `MIN_FIT_TARGETS` targets takes its order's pooled weight rather than a noisy one.
+    The loss is convex in each weight and the buckets do not share targets, so each is fitted alone on a
+    grid of 96 values. A bucket with under `MIN_FIT_TARGETS` targets takes the weight fitted on all the
+    targets of its row (its order) rather than a noisy one. `base_logprobs` is what the cache is mixed
+    into: the model's, or the model with an earlier cache (corpus_ngrams.py).
     """
-    p_model = np.exp(model_logprobs)
-    shape = table_shape(orders)
-    per_bucket = int(np.prod(shape[1:]))
+    p_base = np.exp(base_logprobs)
+    per_row = int(np.prod(shape[1:]))
     weights = np.zeros(int(np.prod(shape)))
 
     def best(mask: np.ndarray) -> float:
         if not mask.any():
             return 0.0
-        pm, pc = p_model[mask][None, :], cache_prob[mask][None, :]
+        pm, pc = p_base[mask][None, :], cache_prob[mask][None, :]
         w = FIT_GRID[:, None]
         return float(FIT_GRID[np.argmin(-np.log((1 - w) * pm + w * pc).sum(axis=1))])
 
-    for order in range(orders):
-        pooled = best((bucket >= order * per_bucket) & (bucket < (order + 1) * per_bucket))
-        for b in range(order * per_bucket, (order + 1) * per_bucket):
+    for row in range(shape[0]):
+        pooled = best((bucket >= row * per_row) & (bucket < (row + 1) * per_row))
+        for b in range(row * per_row, (row + 1) * per_row):
             mask = bucket == b
             weights[b] = best(mask) if mask.sum() >= MIN_FIT_TARGETS else pooled
     return np.round(weights.reshape(shape), 4).tolist()
+
+
+def mix_distribution(
+    logprobs: torch.Tensor, weight: float, ids: torch.Tensor, probs: torch.Tensor
+) -> torch.Tensor:
+    """log((1 - w) p + w q) for one row's log-probabilities p (V,) and a sparse q: `probs` at `ids`."""
+    mixed = logprobs.exp() * (1.0 - weight)
+    mixed[ids] += weight * probs.to(mixed.dtype)
+    return mixed.log()
 
 
 def mix_logits(logits: torch.Tensor, caches: Sequence[DocCache], weights: np.ndarray) -> torch.Tensor:
@@ -133,9 +143,7 @@ def mix_logits(logits: torch.Tensor, caches: Sequence[DocCache], weights: np.nda
         if hit is None:
             continue
         bucket, follows = hit
-        w, n = float(flat[bucket]), sum(follows.values())
-        probs = logprobs[row].exp() * (1.0 - w)
         ids = torch.tensor(list(follows), device=logits.device)
-        probs[ids] += w * torch.tensor(list(follows.values()), device=logits.device, dtype=probs.dtype) / n
-        logprobs[row] = probs.log()
+        counts = torch.tensor(list(follows.values()), device=logits.device, dtype=torch.float64)
+        logprobs[row] = mix_distribution(logprobs[row], float(flat[bucket]), ids, counts / counts.sum())
     return logprobs

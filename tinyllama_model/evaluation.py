@@ -148,8 +148,8 @@ def evaluate_stream(
 ) -> dict[str, float | int | None]:
     """Loss, perplexity and bpb of every target of a packed stream (`n_bytes`: the text's UTF-8 size).
 
-    A model with a document cache (`ModelConfig.doc_cache_weights`) is scored as the mixture it predicts
-    with, and the model alone is reported beside it as `model_loss` / `model_bpb`.
+    A model with a document cache or corpus n-grams is scored as the mixture it predicts with
+    (`mixture_logprobs`), and the model alone is reported beside it as `model_loss` / `model_bpb`.
     """
     if len(tokens) < 2:
         raise ValueError("the token stream has fewer than 2 tokens: there is nothing to predict")
@@ -162,12 +162,23 @@ def evaluate_stream(
         )
     finally:
         model.train(was_training)
-    weights = getattr(model.config, "doc_cache_weights", None)
-    if weights is None:
-        return summarize(-float(logprobs.sum()), len(logprobs), n_bytes)
-    bucket, cache_prob = stream_hits(tokens, len(weights))
-    mixed = summarize(
-        -float(mixed_logprobs(logprobs, bucket, cache_prob, weights).sum()), len(logprobs), n_bytes
-    )
-    alone = summarize(-float(logprobs.sum()), len(logprobs), n_bytes)
-    return {**mixed, "model_loss": alone["loss"], "model_bpb": alone["bpb"]}
+    mixed = mixture_logprobs(model, tokens, logprobs)
+    result = summarize(-float(mixed.sum()), len(mixed), n_bytes)
+    if mixed is not logprobs:
+        alone = summarize(-float(logprobs.sum()), len(logprobs), n_bytes)
+        result.update(model_loss=alone["loss"], model_bpb=alone["bpb"])
+    return result
+
+
+def mixture_logprobs(model: nn.Module, tokens: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
+    """The targets' log-probabilities under what the model predicts with: its own (`logprobs`, returned
+    as is), then its document cache mixed in, then its corpus n-grams, for those it has."""
+    cfg = model.config
+    if getattr(cfg, "doc_cache_weights", None) is not None:
+        bucket, prob = stream_hits(tokens, len(cfg.doc_cache_weights))
+        logprobs = mixed_logprobs(logprobs, bucket, prob, cfg.doc_cache_weights)
+    corpus = getattr(model, "corpus_ngrams", None)
+    if corpus is not None:
+        bucket, prob = corpus.stream_hits(tokens)
+        logprobs = mixed_logprobs(logprobs, bucket, prob, cfg.corpus_ngram_weights)
+    return logprobs

@@ -57,10 +57,12 @@ _NOT_LLAMA = {
     "logit_softcap": (None, "Llama does not cap its logits"),
     "value_embeds": (False, "Llama has no value embeddings"),
     "doc_cache_weights": (None, "transformers has no document cache"),
+    "corpus_ngram_weights": (None, "transformers has no n-gram expert"),
 }
 # how to get an exportable model: retrain, except for the cache, which lives outside the weights
 _FIX = {
-    "doc_cache_weights": "delete doc_cache_weights from the model's config.json to export the model alone"
+    name: f"delete {name} from the model's config.json to export the network alone"
+    for name in ("doc_cache_weights", "corpus_ngram_weights")
 }
 
 
@@ -69,7 +71,7 @@ def check_llama_expressible(cfg: ModelConfig) -> None:
     for name, (llama_value, why) in _NOT_LLAMA.items():
         if getattr(cfg, name) != llama_value:
             fix = _FIX.get(name, f"train with model.{name}={llama_value!r} to export")
-            shown = "set" if name == "doc_cache_weights" else repr(getattr(cfg, name))
+            shown = "set" if name in _FIX else repr(getattr(cfg, name))
             raise ConfigError(
                 f"cannot export to Hugging Face Llama: the model was trained with {name}={shown} and {why}, "
                 f"so transformers would compute other logits; serve it with tinyllama itself, or {fix}"

@@ -14,9 +14,10 @@ Rules (the same with and without the cache, so both give the same tokens):
   from each row's first real token, so a row gets the tokens it would get alone (exactly so until the
   window first slides: it slides for all rows together, when the longest row fills it).
 - A row stops at EOS (the EOS is not part of the returned ids); the batch stops when all rows have.
-- A model with a document cache (doc_cache.py) predicts with it: each row's cache reads the whole prompt
-  (also what the window cut) and every token generated, and the mixture's log-probabilities are what the
-  sampling rules below see. `doc_cache=False` samples from the model alone.
+- A model with a document cache (doc_cache.py) or corpus n-grams (corpus_ngrams.py) predicts with them:
+  they read each row's whole prompt (also what the window cut) and every token generated, and the
+  mixture's log-probabilities are what the sampling rules below see. `model_only=True` samples from
+  the network alone.
 - Sampling order as in Hugging Face: repetition penalty -> temperature (0 = greedy) -> top-k -> top-p.
   Randomness comes from a local `torch.Generator` seeded with `seed`, never the global RNG.
 """
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from tinyllama_model.corpus_ngrams import mix_corpus
 from tinyllama_model.doc_cache import DocCache, mix_logits
 from tinyllama_model.tokenizer import EOS_ID, PAD_ID
 
@@ -66,7 +68,7 @@ class Sampling:
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the row (CTRL / HF rule)
     eos_id: int | None = EOS_ID  # stop a row at this id; None never stops early
     seed: int | None = None  # reproducible sampling; None draws a fresh seed
-    doc_cache: bool = True  # mix in the model's document cache when it has one (doc_cache.py)
+    model_only: bool = False  # True: leave out the document cache and corpus n-grams the model has
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
@@ -141,16 +143,33 @@ def _seen_tokens(prompts: Sequence[Sequence[int]], vocab: int, device: torch.dev
     return seen
 
 
-def _doc_caches(model: Decoder, prompts: Sequence[Sequence[int]]) -> list[DocCache] | None:
-    """A document cache per row that has read its whole prompt, or None when the model has no cache."""
-    weights = getattr(model.config, "doc_cache_weights", None)
-    if weights is None:
-        return None
-    caches = [DocCache(len(weights)) for _ in prompts]
-    for doc, prompt in zip(caches, prompts, strict=True):
-        for t in prompt:
-            doc.observe(int(t))
-    return caches
+class _Experts:
+    """What the model predicts with besides its weights: the document cache and the corpus n-grams, for
+    those it has, each following every row's tokens (the whole prompt, then what is generated)."""
+
+    def __init__(self, model: Decoder, prompts: Sequence[Sequence[int]]):
+        self.cfg, self.corpus = model.config, getattr(model, "corpus_ngrams", None)
+        weights = getattr(self.cfg, "doc_cache_weights", None)
+        self.doc = None if weights is None else [DocCache(len(weights)) for _ in prompts]
+        self.histories = [[int(t) for t in p] for p in prompts]
+        for doc, history in zip(self.doc or (), self.histories, strict=False):
+            for t in history:
+                doc.observe(t)
+
+    def observe(self, tokens: list[int]) -> None:
+        for row, t in enumerate(tokens):
+            self.histories[row].append(t)
+            if self.doc is not None:
+                self.doc[row].observe(t)
+
+    def mix(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.doc is not None:
+            logits = mix_logits(logits, self.doc, self.cfg.doc_cache_weights)
+        if self.corpus is not None:
+            logits = mix_corpus(
+                logits.float().log_softmax(-1), self.corpus, self.histories, self.cfg.corpus_ngram_weights
+            )
+        return logits
 
 
 def _window_logits(model: Decoder, window: torch.Tensor, pad: torch.Tensor, cache: Any) -> torch.Tensor:
@@ -198,11 +217,11 @@ def decode_steps(
         generator = s.generator(device)
         active = torch.ones(b, dtype=torch.bool, device=device)
         cache = model.new_cache(b, pad) if use_cache else None
-        doc_caches = _doc_caches(model, prompts) if s.doc_cache else None
+        experts = None if s.model_only else _Experts(model, prompts)
         logits = _window_logits(model, window, pad, cache)
         for step in range(max_new_tokens):
-            if doc_caches is not None:
-                logits = mix_logits(logits, doc_caches, model.config.doc_cache_weights)
+            if experts is not None:
+                logits = experts.mix(logits)
             token = sample_next(logits, s, generator, seen)  # (B,)
             token = torch.where(active, token, torch.full_like(token, PAD_ID))
             yield token, active.clone()
@@ -212,8 +231,8 @@ def decode_steps(
                 return
             if seen is not None:
                 seen[torch.arange(b, device=device), token] = True
-            for doc, t in zip(doc_caches or (), token.tolist(), strict=False):
-                doc.observe(t)
+            if experts is not None:
+                experts.observe(token.tolist())
             window = torch.cat([window, token[:, None]], dim=1)  # (B, W+1)
             if window.size(1) > window_len:  # slide: keep the last `keep` tokens, rebuild the cache
                 cut = window.size(1) - keep

@@ -30,6 +30,7 @@ from tinyllama_model.checkpoint import (
     read_model_weights,
     save_model_dir,
 )
+from tinyllama_model.corpus_ngrams import CorpusNgrams
 from tinyllama_model.decode_weights import DecodeWeights, LayerWeights, matrix_groups, pack, weights_key
 from tinyllama_model.generate import generate_tensor
 from tinyllama_model.kv_cache import KVCache
@@ -268,6 +269,7 @@ class TinyLlama(nn.Module):
             self.output.weight = self.tok_embeddings.weight
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self._decode_weights: DecodeWeights | None = None  # packed by the first new_cache()
+        self.corpus_ngrams: CorpusNgrams | None = None  # with config.corpus_ngram_weights (from_pretrained)
         # RoPE tables computed once; not saved (persistent=False) because they follow from the config
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq_len, 2, hd/2)
@@ -423,7 +425,8 @@ class TinyLlama(nn.Module):
         state = self.state_dict()
         if self.config.tie_embeddings:
             state.pop("output.weight")  # tok_embeddings.weight again; safetensors refuses aliases
-        return save_model_dir(directory, self.config.to_dict(), state, tokenizer_file=tokenizer_file)
+        extra = self.corpus_ngrams.save if self.corpus_ngrams is not None else None
+        return save_model_dir(directory, self.config.to_dict(), state, tokenizer_file, write_extra=extra)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> TinyLlama:
@@ -442,4 +445,6 @@ class TinyLlama(nn.Module):
         check_loadable(directory, expected, n_bytes)
         model = cls(cfg)
         model.load_state_dict(read_model_weights(directory), strict=not cfg.tie_embeddings)
+        if cfg.corpus_ngram_weights is not None:
+            model.corpus_ngrams = CorpusNgrams.load(directory, cfg.vocab_size, len(cfg.corpus_ngram_weights))
         return model.to(map_location)

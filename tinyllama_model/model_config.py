@@ -40,6 +40,10 @@ class ModelConfig:
     # the document cache's mixture weights, [order - 1][one continuation][min(n, 4) - 1] (doc_cache.py):
     # fitted after training when train.doc_cache_orders > 0; None predicts with the model alone
     doc_cache_weights: list[list[list[float]]] | None = None
+    # the training corpus's n-grams as a second expert, [order - 1][min(log2(count), 9)]
+    # (corpus_ngrams.py): fitted after training when train.corpus_ngram_orders > 0, with the training
+    # tokens saved beside the weights; None: no corpus n-grams
+    corpus_ngram_weights: list[list[float]] | None = None
 
     def __post_init__(self) -> None:
         for name in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len", "multiple_of"):
@@ -82,6 +86,8 @@ class ModelConfig:
             raise ConfigError(f"logit_softcap={cap!r} must be a positive number (15 in nanochat) or None")
         if self.doc_cache_weights is not None:
             _require_cache_weights(self.doc_cache_weights)
+        if self.corpus_ngram_weights is not None:
+            _require_corpus_weights(self.corpus_ngram_weights)
 
     # -- derived sizes ------------------------------------------------------------------------------
 
@@ -165,18 +171,34 @@ class ModelConfig:
 
 
 MLPS = ("swiglu", "relu2")
+CORPUS_MAX_ORDER, CORPUS_COUNT_BUCKETS = 4, 10  # corpus n-grams: 4 tokens fill a uint64; log2 count 0..9
 CACHE_COUNT_BUCKETS = 4  # doc_cache weights per (order, one continuation): n = 1, 2, 3, 4 or more
 VE_GATE_CHANNELS = 32  # the value-embedding gate reads this many leading channels of the block input
+
+
+def _is_weight(w: object) -> bool:
+    return isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < 1
+
+
+def _is_row(row: object, length: int) -> bool:
+    return isinstance(row, list) and len(row) == length and all(map(_is_weight, row))
+
+
+def _require_corpus_weights(table: object) -> None:
+    """A (orders <= 4, 10) nested list of weights in [0, 1), as `doc_cache.fit_weights` writes it."""
+    ok = isinstance(table, list) and 0 < len(table) <= CORPUS_MAX_ORDER
+    if not (ok and all(_is_row(row, CORPUS_COUNT_BUCKETS) for row in table)):
+        raise ConfigError(
+            f"corpus_ngram_weights={table!r} must be a list of [10 weights] per order (at most "
+            f"{CORPUS_MAX_ORDER}), each in [0, 1); leave it null and set train.corpus_ngram_orders to fit it"
+        )
 
 
 def _require_cache_weights(table: object) -> None:
     """A (orders, 2, 4) nested list of weights in [0, 1), as `doc_cache.fit_weights` writes it."""
 
-    def is_weight(w: object) -> bool:
-        return isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < 1
-
     def is_row(row: object) -> bool:
-        return isinstance(row, list) and len(row) == CACHE_COUNT_BUCKETS and all(map(is_weight, row))
+        return _is_row(row, CACHE_COUNT_BUCKETS)
 
     ok = isinstance(table, list) and len(table) > 0
     ok = ok and all(isinstance(o, list) and len(o) == 2 and all(map(is_row, o)) for o in table)

@@ -38,7 +38,7 @@ SAMPLING_PARAMS: dict[str, tuple[DataType, Any]] = {
     "top_p": (DataType.double, 1.0),  # 1 = off
     "repetition_penalty": (DataType.double, 1.0),  # 1 = off
     "seed": (DataType.long, -1),  # -1 = a fresh random draw on every call
-    "doc_cache": (DataType.boolean, True),  # the model's document cache, when training fitted one
+    "model_only": (DataType.boolean, False),  # True: without the document cache and corpus n-grams
 }
 
 
@@ -121,7 +121,7 @@ def sampling_kwargs(params: Mapping[str, Any] | None) -> dict[str, Any]:
         "top_p": float(merged["top_p"]) if float(merged["top_p"]) < 1.0 else None,
         "repetition_penalty": float(merged["repetition_penalty"]),
         "seed": int(merged["seed"]) if int(merged["seed"]) >= 0 else None,
-        "doc_cache": bool(merged["doc_cache"]),
+        "model_only": bool(merged["model_only"]),
     }
 
 

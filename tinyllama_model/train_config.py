@@ -66,6 +66,13 @@ class TrainConfig:
             "and predict with it (tinyllama_model/doc_cache.py); 0: the model alone."
         ),
     )
+    corpus_ngram_orders: int = field(
+        default=0,
+        metadata=_doc(
+            "After training (and the document cache), fit the training corpus's n-grams up to this order "
+            "(1-4) on the validation split and predict with them (tinyllama_model/corpus_ngrams.py); 0: none."
+        ),
+    )
     # budget: set one or more; training ends at the first reached and the cosine spans it
     max_steps: int | None = field(default=None, metadata=_doc("Budget in optimizer steps."))
     max_tokens: int | None = field(default=None, metadata=_doc("Budget in training tokens."))
@@ -178,6 +185,9 @@ class TrainConfig:
         orders = self.doc_cache_orders
         is_int = isinstance(orders, int) and not isinstance(orders, bool)
         _require(is_int and 0 <= orders <= 8, "doc_cache_orders", "an integer in 0..8 (3 is tuned)")
+        orders = self.corpus_ngram_orders
+        is_int = isinstance(orders, int) and not isinstance(orders, bool)
+        _require(is_int and 0 <= orders <= 4, "corpus_ngram_orders", "an integer in 0..4 (4 is tuned)")
         _require(self.log_every_s > 0, "log_every_s", "positive")
         _require(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")
         if not any(getattr(self, b) is not None for b in BUDGETS):

@@ -85,7 +85,7 @@ def test_a_document_cache_is_scored_and_sampled_and_can_be_left_out(model_dir: P
     assert result["bpb"] < result["model_bpb"] / 2  # the repeats are nearly free with the cache
     prompt = f"{phrase} {phrase} {phrase} alpha beta"
     args = ("generate", "-m", str(cached), "--prompt", prompt, "-n", "16", "-t", "0", "--no-stream")
-    with_cache, alone = _run(*args), _run(*args, "--no-doc-cache")
+    with_cache, alone = _run(*args), _run(*args, "--model-only")
     assert with_cache.returncode == 0 and alone.returncode == 0, with_cache.stderr + alone.stderr
     assert with_cache.stdout.removeprefix(prompt).startswith(" gamma delta")
     assert alone.stdout != with_cache.stdout

@@ -54,7 +54,7 @@ def test_a_document_cache_is_stated_with_the_model_alone_beside_it() -> None:
     ).markdown()
     assert "- model config: dim 128, n_layers 4\n" in text  # the 24 weights are not a config line
     assert "- document cache: the n-grams of each document so far, up to order 3" in text
-    assert "validation bits per byte of the model alone, without its document cache: 1.6100" in text
+    assert "validation bits per byte of the network alone (no cache, no n-grams): 1.6100" in text
     assert "document cache" not in card().markdown()
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import mlflow
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
@@ -31,9 +32,11 @@ from tasks.mlflow_store import resolve_store
 from tasks.model_refs import MODEL_FILES, ModelDirError, resolve_model_dir
 from tasks.register import RegisterConfig, run_register
 from tasks.run_reports import read_jsonl
-from tests.factories import make_model_dir, train_tiny_tokenizer
+from tests.factories import TINY_VOCAB, make_model_dir, train_tiny_tokenizer
 from tests.mlflow_globals import mlflow_globals_kept
 from tests.processes import answers, free_port, stop_group, wait_until
+from tinyllama_model import TinyLlama
+from tinyllama_model.corpus_ngrams import CORPUS_FILE, CorpusNgrams
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -299,6 +302,26 @@ def test_champion_rule_strictly_lower_wins(root: Path, champion: dict) -> None:
     assert not promote_if_better(client, cfg, version(None), None)["champion_moved"]
     assert not promote_if_better(client, cfg, version(math.nan), math.nan)["champion_moved"]
     assert int(client.get_model_version_by_alias(cfg.model_name, "champion").version) == 3
+
+
+def test_a_model_with_corpus_ngrams_is_served_with_its_tokens(root: Path, tokenizer_file: Path) -> None:
+    cfg = RegisterConfig(model_name="tinyllama-ngrams")
+
+    def build(out: Path) -> dict:
+        make_model_dir(out / "model", tokenizer_file, seed=3)
+        model = TinyLlama.from_pretrained(out / "model")
+        model.config.corpus_ngram_weights = [[0.5] * 10] * 2
+        model.corpus_ngrams = CorpusNgrams(np.arange(4, 200) % TINY_VOCAB, TINY_VOCAB, 2)
+        model.save_pretrained(out / "model", tokenizer_file=tokenizer_file)
+        return {"steps": 1, "best_val_bpb": 3.0}
+
+    trained = publish(root, "train", "train-ngrams", build)
+    run_id = start_pipeline_run(cfg, root, {"run": "ngrams"})
+    run_register(cfg, trained, eval_artifact(root, "ngrams", 3.0), {}, run_id, root)
+    served = mlflow.pyfunc.load_model("models:/tinyllama-ngrams@champion")  # fails without the tokens
+    assert served.predict(["The future of AI is"], params={"seed": 0})[0]
+    directory = resolve_model_dir("models:/tinyllama-ngrams/1", root=root, dst=root / "ngrams-download")
+    assert sha256_file(directory / CORPUS_FILE) == sha256_file(trained.dir / "model" / CORPUS_FILE)
 
 
 # -- getting models back ----------------------------------------------------------------------------------

@@ -9,11 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 from tasks.artifacts import verify
-from tasks.tokenizer import run_encode, run_tokenizer
-from tasks.train import MetricsTail, run_train
+from tasks.tokenizer import read_split, run_encode, run_tokenizer
+from tasks.train import MetricsTail, check_experts, run_train
 from tests.tasks.test_tokenizer_task import SMALL, doc_texts, write_clean
 from tinyllama_model import ModelConfig, TinyLlama
 from tinyllama_model.data import CorpusTooSmallError
+from tinyllama_model.errors import ConfigError
 from tinyllama_model.run_state import METRICS_FILE, truncate_metrics
 from tinyllama_model.tokenizer import Tokenizer
 from tinyllama_model.train_config import TrainConfig
@@ -70,18 +71,33 @@ def test_train_publishes_the_best_model_with_its_tokenizer(tmp_path, inputs):
     assert calls == []  # cached: nothing retrained
 
 
-def test_a_document_cache_is_fitted_on_the_validation_split_and_shipped_in_the_config(tmp_path, inputs):
+def test_the_experts_are_fitted_on_the_validation_split_and_shipped_with_the_model(tmp_path, inputs):
     tok, enc = inputs
-    art = run_train(MODEL, train_config(doc_cache_orders=2), enc, tok, tmp_path)
+    art = run_train(MODEL, train_config(doc_cache_orders=2, corpus_ngram_orders=3), enc, tok, tmp_path)
     config = json.loads(art.file("model").joinpath("config.json").read_text())
-    weights = TinyLlama.from_pretrained(art.file("model")).config.doc_cache_weights
-    assert weights == config["doc_cache_weights"] and len(weights) == 2  # (orders, 2, 4)
+    model = TinyLlama.from_pretrained(art.file("model"))
+    assert (
+        model.config.doc_cache_weights == config["doc_cache_weights"]
+        and len(config["doc_cache_weights"]) == 2
+    )
+    assert len(config["corpus_ngram_weights"]) == 3 and model.corpus_ngrams.orders == 3
+    train_tokens = sum(len(t) + 1 for _, t, _ in read_split(enc, "train")) + 1  # EOS-joined
+    assert len(model.corpus_ngrams.tokens) == train_tokens
     stats = art.stats
-    assert stats["doc_cache_orders"] == 2 and 0 < stats["doc_cache_matched"] <= 1
-    # fitted on that split, so the mixture never scores it worse than the model alone does
-    assert stats["doc_cache_val_loss"] <= stats["doc_cache_model_alone_val_loss"]
+    assert 0 < stats["doc_cache_matched"] <= 1 and 0 < stats["corpus_ngrams_matched"] <= 1
+    # each fitted on that split, so each step never scores it worse than the one before
+    alone, cached = stats["val_loss_sliding_model_alone"], stats["val_loss_sliding_doc_cache"]
+    assert stats["val_loss_sliding_corpus_ngrams"] <= cached <= alone
     plain = run_train(MODEL, train_config(), enc, tok, tmp_path)
-    assert plain.fingerprint != art.fingerprint and "doc_cache_orders" not in plain.stats
+    assert plain.fingerprint != art.fingerprint and "doc_cache_matched" not in plain.stats
+    assert not (plain.file("model") / "corpus_tokens.npy").exists()
+
+
+def test_corpus_ngrams_past_16_bit_vocabularies_are_refused_before_training():
+    big = ModelConfig(dim=32, n_layers=2, n_heads=2, vocab_size=70_000, max_seq_len=32, multiple_of=16)
+    check_experts(big, train_config(doc_cache_orders=3))  # the document cache has no such limit
+    with pytest.raises(ConfigError, match=r"corpus_ngram_orders=4 needs .* 65,536 .*corpus_ngram_orders=0"):
+        check_experts(big, train_config(corpus_ngram_orders=4))
 
 
 def test_a_failed_attempt_resumes_from_its_last_checkpoint(tmp_path, inputs):

@@ -112,7 +112,7 @@ def test_fitted_weights_trust_a_cache_that_predicts_and_ignore_one_that_does_not
     for stream, expect_high in ((repeats, True), (noise, False)):
         lp = sliding_logprobs(model, stream, context=16)
         bucket, prob = stream_hits(stream, orders=2)
-        weights = fit_weights(lp, bucket, prob, orders=2)
+        weights = fit_weights(lp, bucket, prob, table_shape(2))
         assert np.shape(weights) == table_shape(2)
         fitted = mixed_logprobs(lp, bucket, prob, weights).sum()
         assert fitted >= lp.sum()  # zero weights are on the grid, so fitting never loses on its own text
@@ -141,7 +141,7 @@ def test_generation_copies_what_the_document_repeats_and_can_leave_the_cache_out
     assert generate_ids(cached, [prompt], 8, **greedy)[0] == (phrase[2:] + phrase)[:8]
     with_cache = [generate_ids(cached, [prompt, [5, 6]], 8, use_cache=c, **greedy) for c in (True, False)]
     assert with_cache[0] == with_cache[1]  # the KV-cache and the full-window paths mix alike
-    alone = generate_ids(cached, [prompt], 8, doc_cache=False, **greedy)
+    alone = generate_ids(cached, [prompt], 8, model_only=True, **greedy)
     assert alone == generate_ids(model, [prompt], 8, **greedy) and alone[0] != with_cache[0][0]
 
 

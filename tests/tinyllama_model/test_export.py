@@ -9,6 +9,7 @@ import torch
 
 from tests.factories import TINY_VOCAB, train_tiny_tokenizer, training_texts
 from tests.tinyllama_model.test_tokenizer import SAMPLES
+from tinyllama_model.corpus_ngrams import CorpusNgrams
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.export import export_hf, hf_config, hf_state_dict
 from tinyllama_model.model import ModelConfig, TinyLlama
@@ -128,15 +129,19 @@ def test_a_model_llama_cannot_express_is_refused_naming_the_flag(tmp_path, sp_mo
         hf_config(model.config)
 
 
-def test_a_model_with_a_document_cache_is_refused_until_the_cache_is_taken_out(tmp_path, sp_model):
-    model = make(doc_cache_weights=[[[0.1] * 4, [0.5] * 4]])
-    with pytest.raises(
-        ConfigError, match=r"doc_cache_weights=set .*delete doc_cache_weights from .*config\.json"
-    ):
+@pytest.mark.parametrize(
+    ("flag", "table"),
+    [("doc_cache_weights", [[[0.1] * 4, [0.5] * 4]]), ("corpus_ngram_weights", [[0.2] * 10])],
+)
+def test_a_model_with_an_expert_is_refused_until_it_is_taken_out(tmp_path, sp_model, flag, table):
+    model = make(**{flag: table})
+    if flag == "corpus_ngram_weights":
+        model.corpus_ngrams = CorpusNgrams(torch.randint(4, TINY_VOCAB, (50,)).numpy(), TINY_VOCAB, 1)
+    with pytest.raises(ConfigError, match=rf"{flag}=set .*delete {flag} from .*config\.json"):
         export(tmp_path, model, sp_model)
     assert not (tmp_path / "hf").exists()
     config = json.loads((tmp_path / "model" / "config.json").read_text())
-    del config["doc_cache_weights"]  # the fix the message names: the weights alone export as they are
+    del config[flag]  # the fix the message names: the weights alone export as they are
     (tmp_path / "model" / "config.json").write_text(json.dumps(config))
     assert export_hf(tmp_path / "model", tmp_path / "hf").is_dir()
 

@@ -90,7 +90,7 @@ def test_sampling_kwargs_maps_sentinels_to_off() -> None:
     custom = sampling_kwargs({"top_k": 0, "top_p": 0.9, "seed": 7, "temperature": 0, "max_new_tokens": 3})
     assert custom["top_k"] is None and custom["top_p"] == 0.9 and custom["seed"] == 7
     assert custom["temperature"] == 0.0 and custom["max_new_tokens"] == 3
-    assert defaults["doc_cache"] is True and sampling_kwargs({"doc_cache": False})["doc_cache"] is False
+    assert defaults["model_only"] is False and sampling_kwargs({"model_only": True})["model_only"] is True
     with pytest.raises(ValueError, match="unknown params"):
         sampling_kwargs({"temprature": 0.5})
     with pytest.raises(ValueError, match="max_new_tokens"):

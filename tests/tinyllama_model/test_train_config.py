@@ -22,6 +22,7 @@ from tinyllama_model.train_config import OPERATIONAL, TrainConfig, lr_at
         ("max_epochs", 0, "train.max_epochs must be a positive number"),
         ("doc_cache_orders", 9, r"train.doc_cache_orders must be an integer in 0..8"),
         ("doc_cache_orders", True, r"train.doc_cache_orders must be an integer in 0..8"),
+        ("corpus_ngram_orders", 5, r"train.corpus_ngram_orders must be an integer in 0..4"),
     ],
 )
 def test_bad_train_config_names_the_field(field, value, message):
