@@ -16,7 +16,8 @@ The weight w depends on how much the match can be trusted: its order, n (1, 2, 3
 the context was always followed by the same token. `fit_weights` picks each weight from text the model
 did not train on (the train phase uses the validation split, never the text it later scores). With no
 match the model's prediction is used unchanged. Everything here is plain Python and numpy on token ids;
-the model is never touched, so weights, export, resume and DDP are as without the cache.
+the network is never touched, so its weights, resume and DDP are as without the cache (`export-hf`
+refuses it: transformers has no cache).
 """
 
 from __future__ import annotations
