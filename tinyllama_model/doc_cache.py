@@ -14,7 +14,7 @@ reads only earlier tokens of the same document (it empties at EOS), so it never 
 
 The weight w depends on how much the match can be trusted: its order, n (1, 2, 3, 4 or more) and whether
 the context was always followed by the same token. `fit_weights` picks each weight from text the model
-did not train on (the train phase uses the validation split, never the text it later scores). With no
+did not train on: the train phase uses the validation split. With no
 match the model's prediction is used unchanged. Everything here is plain Python and numpy on token ids;
 the network is never touched, so its weights, resume and DDP are as without the cache (`export-hf`
 refuses it: transformers has no cache).
