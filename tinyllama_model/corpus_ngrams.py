@@ -12,20 +12,21 @@ u depends on the order of the longest context found and on log2 of its count (`t
 never cross a document boundary: an EOS may only open one (the start of a document is a context too).
 
 Storage: the model directory keeps the training token stream itself (`CORPUS_FILE`, 2 bytes a token), and
-the tables are built from it when first used: sorting ~1M contexts per order takes about a second, and the
-tables would take ~30x the space. A context of up to 4 tokens packs exactly into a uint64 (16 bits a token,
-vocabularies up to 65,536), so lookups are exact, with no hash collisions.
+the tables are built from it when first asked (`CorpusNgrams.tables`): sorting ~1M contexts per order
+takes about a second, and the tables would take ~30x the space. A context of up to 4 tokens packs exactly
+into a uint64 (16 bits a token, vocabularies up to 65,536), so lookups are exact, with no hash collisions.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tinyllama_model.doc_cache import mix_distribution
+from tinyllama_model.doc_cache import mix_sparse
 from tinyllama_model.model_config import CORPUS_COUNT_BUCKETS, CORPUS_MAX_ORDER
 from tinyllama_model.tokenizer import EOS_ID
 
@@ -62,13 +63,21 @@ class CorpusNgrams:
             raise ValueError(f"corpus n-grams need vocab_size <= {MAX_VOCAB} and orders in 1..{MAX_ORDER}")
         self.vocab, self.orders = vocab_size, orders
         self.tokens = np.asarray(tokens, dtype=np.uint16)  # what `save` writes
+
+    @functools.cached_property
+    def tables(self) -> list[tuple[np.ndarray, ...]]:
+        """Per order: sorted contexts, their counts, sorted (context id, next) pairs, their counts.
+
+        Built on first use, not at load: loading a model to export, register or inspect it needs none.
+        """
         stream = self.tokens.astype(np.int64)
-        self.tables = []  # per order: sorted contexts, their counts, sorted (context id, next) pairs, counts
-        for order in range(1, orders + 1):
+        tables = []
+        for order in range(1, self.orders + 1):
             packed, t = _contexts(stream, order)
             contexts, ids, totals = np.unique(packed, return_inverse=True, return_counts=True)
             pairs, counts = np.unique(ids * self.vocab + stream[t], return_counts=True)
-            self.tables.append((contexts, totals, pairs, counts))
+            tables.append((contexts, totals, pairs, counts))
+        return tables
 
     @classmethod
     def load(cls, model_dir: str | Path, vocab_size: int, orders: int) -> CorpusNgrams:
@@ -132,16 +141,15 @@ class CorpusNgrams:
 
 
 def mix_corpus(
-    logprobs: torch.Tensor, corpus: CorpusNgrams, histories: Sequence[Sequence[int]], weights: list
-) -> torch.Tensor:
-    """Log-probabilities (B, V) with the corpus's n-grams mixed in, after the tokens of each row so far."""
+    probs: torch.Tensor, corpus: CorpusNgrams, histories: Sequence[Sequence[int]], weights: list
+) -> None:
+    """Mix the corpus's n-grams into each row's next-token probabilities (B, V), in place, after the tokens
+    of each row so far."""
     flat = np.asarray(weights, dtype=np.float64).ravel()
     for row, history in enumerate(histories):
         hit = corpus.next_tokens(history)
         if hit is not None:
-            bucket, ids, probs = hit
-            ids_t = torch.from_numpy(ids).to(logprobs.device)
-            logprobs[row] = mix_distribution(
-                logprobs[row], float(flat[bucket]), ids_t, torch.from_numpy(probs)
+            bucket, ids, q = hit
+            mix_sparse(
+                probs[row], float(flat[bucket]), torch.from_numpy(ids).to(probs.device), torch.from_numpy(q)
             )
-    return logprobs

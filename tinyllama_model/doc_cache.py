@@ -126,25 +126,19 @@ def fit_weights(base_logprobs: np.ndarray, bucket: np.ndarray, cache_prob: np.nd
     return np.round(weights.reshape(shape), 4).tolist()
 
 
-def mix_distribution(
-    logprobs: torch.Tensor, weight: float, ids: torch.Tensor, probs: torch.Tensor
-) -> torch.Tensor:
-    """log((1 - w) p + w q) for one row's log-probabilities p (V,) and a sparse q: `probs` at `ids`."""
-    mixed = logprobs.exp() * (1.0 - weight)
-    mixed[ids] += weight * probs.to(mixed.dtype)
-    return mixed.log()
+def mix_sparse(probs: torch.Tensor, weight: float, ids: torch.Tensor, q: torch.Tensor) -> None:
+    """probs (V,) <- (1 - w) probs + w q, in place, for a q that is `q` at `ids` and 0 elsewhere."""
+    probs.mul_(1.0 - weight)
+    probs[ids] += weight * q.to(probs.dtype)
 
 
-def mix_logits(logits: torch.Tensor, caches: Sequence[DocCache], weights: np.ndarray) -> torch.Tensor:
-    """Log-probabilities (B, V) of the mixture for each row's next token, from the model's logits (B, V)."""
+def mix_doc_caches(probs: torch.Tensor, caches: Sequence[DocCache], weights: list) -> None:
+    """Mix each row's cache into its next-token probabilities (B, V), in place."""
     flat = np.asarray(weights, dtype=np.float64).ravel()
-    logprobs = logits.float().log_softmax(dim=-1)
     for row, cache in enumerate(caches):
         hit = cache.match()
-        if hit is None:
-            continue
-        bucket, follows = hit
-        ids = torch.tensor(list(follows), device=logits.device)
-        counts = torch.tensor(list(follows.values()), device=logits.device, dtype=torch.float64)
-        logprobs[row] = mix_distribution(logprobs[row], float(flat[bucket]), ids, counts / counts.sum())
-    return logprobs
+        if hit is not None:
+            bucket, follows = hit
+            ids = torch.tensor(list(follows), device=probs.device)
+            counts = torch.tensor(list(follows.values()), device=probs.device, dtype=torch.float64)
+            mix_sparse(probs[row], float(flat[bucket]), ids, counts / counts.sum())

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from tinyllama_model.corpus_ngrams import mix_corpus
-from tinyllama_model.doc_cache import DocCache, mix_logits
+from tinyllama_model.doc_cache import DocCache, mix_doc_caches
 from tinyllama_model.tokenizer import EOS_ID, PAD_ID
 
 if TYPE_CHECKING:
@@ -145,7 +145,8 @@ def _seen_tokens(prompts: Sequence[Sequence[int]], vocab: int, device: torch.dev
 
 class _Experts:
     """What the model predicts with besides its weights: the document cache and the corpus n-grams, for
-    those it has, each following every row's tokens (the whole prompt, then what is generated)."""
+    those it has, each following every row's tokens (the whole prompt, then what is generated).
+    `for_model` gives None to a model with neither, so its decode loop does no bookkeeping for them."""
 
     def __init__(self, model: Decoder, prompts: Sequence[Sequence[int]]):
         self.cfg, self.corpus = model.config, getattr(model, "corpus_ngrams", None)
@@ -156,6 +157,11 @@ class _Experts:
             for t in history:
                 doc.observe(t)
 
+    @classmethod
+    def for_model(cls, model: Decoder, prompts: Sequence[Sequence[int]]) -> _Experts | None:
+        has_cache = getattr(model.config, "doc_cache_weights", None) is not None
+        return cls(model, prompts) if has_cache or getattr(model, "corpus_ngrams", None) else None
+
     def observe(self, tokens: list[int]) -> None:
         for row, t in enumerate(tokens):
             self.histories[row].append(t)
@@ -163,13 +169,13 @@ class _Experts:
                 self.doc[row].observe(t)
 
     def mix(self, logits: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (B, V) of the mixture: one softmax, each expert mixed in, one log."""
+        probs = logits.float().softmax(dim=-1)
         if self.doc is not None:
-            logits = mix_logits(logits, self.doc, self.cfg.doc_cache_weights)
+            mix_doc_caches(probs, self.doc, self.cfg.doc_cache_weights)
         if self.corpus is not None:
-            logits = mix_corpus(
-                logits.float().log_softmax(-1), self.corpus, self.histories, self.cfg.corpus_ngram_weights
-            )
-        return logits
+            mix_corpus(probs, self.corpus, self.histories, self.cfg.corpus_ngram_weights)
+        return probs.log()
 
 
 def _window_logits(model: Decoder, window: torch.Tensor, pad: torch.Tensor, cache: Any) -> torch.Tensor:
@@ -217,7 +223,7 @@ def decode_steps(
         generator = s.generator(device)
         active = torch.ones(b, dtype=torch.bool, device=device)
         cache = model.new_cache(b, pad) if use_cache else None
-        experts = None if s.model_only else _Experts(model, prompts)
+        experts = None if s.model_only else _Experts.for_model(model, prompts)
         logits = _window_logits(model, window, pad, cache)
         for step in range(max_new_tokens):
             if experts is not None:

@@ -14,7 +14,7 @@ from tinyllama_model.doc_cache import (
     DocCache,
     bucket_index,
     fit_weights,
-    mix_logits,
+    mix_doc_caches,
     mixed_logprobs,
     stream_hits,
     table_shape,
@@ -99,7 +99,9 @@ def test_the_mixture_is_a_distribution_and_scoring_and_generation_agree(model):
     cache = DocCache(orders=3)
     for t in range(1, len(stream)):  # the decode loop's path: one cache fed token by token
         cache.observe(int(stream[t - 1]))
-        mixed = mix_logits(logits[t - 1 : t], [cache], weights)[0]
+        probs = logits[t - 1 : t].softmax(-1)
+        mix_doc_caches(probs, [cache], weights)
+        mixed = probs[0].log()
         assert float(mixed.exp().sum()) == pytest.approx(1.0, abs=1e-5)
         assert float(mixed[stream[t]]) == pytest.approx(scored[t - 1], abs=1e-5)
     assert scored.sum() > model_lp.sum()  # repeated phrases: the cache helps
