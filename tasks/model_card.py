@@ -130,6 +130,12 @@ class ModelCard:
                     "in the training corpus, mixed in after the cache; the training tokens ship beside the "
                     "weights (`tinyllama_model/corpus_ngrams.py`)"
                 )
+            if cfg.get("adapt_lr"):
+                lines.append(
+                    f"- dynamic evaluation: a copy of the network learns from each document as it reads it "
+                    f"(SGD, lr {cfg['adapt_lr']}, every {cfg.get('max_seq_len', 0) // 2} tokens), chosen on "
+                    "the validation split (`tinyllama_model/adaptation.py`)"
+                )
         if tr:
             trained = [f"{tr[k]:,} {k}" for k in ("steps", "tokens") if k in tr]
             if "wall_time_s" in tr:

@@ -47,6 +47,7 @@ from tasks.retries import retry_only_on
 from tasks.store_sync import WorkMirror
 from tasks.tokenizer import read_split
 from tasks.train_monitor import TrainingMonitor
+from tinyllama_model.adaptation import fit_learning_rate
 from tinyllama_model.checkpoint import CONFIG_FILE
 from tinyllama_model.corpus_ngrams import MAX_VOCAB, CorpusNgrams
 from tinyllama_model.corpus_ngrams import table_shape as corpus_shape
@@ -54,7 +55,7 @@ from tinyllama_model.data import token_dtype, write_packed
 from tinyllama_model.doc_cache import fit_weights, mixed_logprobs, stream_hits
 from tinyllama_model.doc_cache import table_shape as doc_cache_shape
 from tinyllama_model.errors import ConfigError
-from tinyllama_model.evaluation import sliding_logprobs
+from tinyllama_model.evaluation import mixture_logprobs, sliding_logprobs
 from tinyllama_model.launch import trainer_from_run_dir, write_run_spec
 from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.run_state import BEST_DIR, METRICS_FILE, RESULT_FILE
@@ -155,6 +156,21 @@ def fit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, Any]
     return stats
 
 
+def fit_adaptation(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """Choose the dynamic-evaluation learning rate (adaptation.py) from train.adapt_lrs on the validation
+    split, scored with the experts mixed in as fitted; None (off) when none beats the network unadapted."""
+    model = TinyLlama.from_pretrained(model_dir).eval()
+    val = np.fromfile(work / "val.bin", dtype=token_dtype(model.config.vocab_size))
+
+    def loss_of(tokens: np.ndarray, logprobs: np.ndarray) -> float:
+        return -float(mixture_logprobs(model, tokens, logprobs).mean())
+
+    lr, loss, static = fit_learning_rate(model, val, cfg.adapt_lrs, loss_of)
+    config = {**json.loads((model_dir / CONFIG_FILE).read_text()), "adapt_lr": lr}
+    (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return {"adapt_lr": lr, "val_loss_adapt_fit_unadapted": static, "val_loss_adapt_fit_adapted": loss}
+
+
 def _share(bucket: np.ndarray) -> float:
     """The share of targets an expert had a context for."""
     return float((bucket >= 0).mean())
@@ -244,6 +260,8 @@ def run_train(
         shutil.copytree(work / BEST_DIR, out / "model")
         if train_cfg.doc_cache_orders or train_cfg.corpus_ngram_orders:
             result.update(fit_mixture(out / "model", work, train_cfg))
+        if train_cfg.adapt_lrs:
+            result.update(fit_adaptation(out / "model", work, train_cfg))
         shutil.copyfile(work / METRICS_FILE, out / METRICS_FILE)
         (out / RESULT_FILE).write_text(json.dumps(result, indent=2))
         return {**result, "vocab_size": model_cfg.vocab_size}
@@ -266,6 +284,9 @@ SUMMARY_ROWS = (
     ("val loss, model alone (sliding windows)", "val_loss_sliding_model_alone"),
     ("... with the document cache", "val_loss_sliding_doc_cache"),
     ("... and the corpus n-grams", "val_loss_sliding_corpus_ngrams"),
+    ("dynamic evaluation: learning rate", "adapt_lr"),
+    ("... val loss unadapted (its first 32k tokens)", "val_loss_adapt_fit_unadapted"),
+    ("... and adapted", "val_loss_adapt_fit_adapted"),
 )
 
 

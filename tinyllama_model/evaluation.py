@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinyllama_model.adaptation import adapted_logprobs
 from tinyllama_model.doc_cache import mixed_logprobs, stream_hits
 
 LN2 = math.log(2.0)
@@ -149,7 +150,9 @@ def evaluate_stream(
     """Loss, perplexity and bpb of every target of a packed stream (`n_bytes`: the text's UTF-8 size).
 
     A model with a document cache or corpus n-grams is scored as the mixture it predicts with
-    (`mixture_logprobs`), and the model alone is reported beside it as `model_loss` / `model_bpb`.
+    (`mixture_logprobs`); one with `adapt_lr` learns from each document as it reads it
+    (adaptation.py, then without the `stride` and `batch_size` options). The network alone, with
+    neither, is reported beside it as `model_loss` / `model_bpb`.
     """
     if len(tokens) < 2:
         raise ValueError("the token stream has fewer than 2 tokens: there is nothing to predict")
@@ -162,7 +165,9 @@ def evaluate_stream(
         )
     finally:
         model.train(was_training)
-    mixed = mixture_logprobs(model, tokens, logprobs)
+    lr = getattr(model.config, "adapt_lr", None)
+    adapted = logprobs if lr is None else adapted_logprobs(model, tokens, lr)
+    mixed = mixture_logprobs(model, tokens, adapted)
     result = summarize(-float(mixed.sum()), len(mixed), n_bytes)
     if mixed is not logprobs:
         alone = summarize(-float(logprobs.sum()), len(logprobs), n_bytes)

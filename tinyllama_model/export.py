@@ -58,11 +58,12 @@ _NOT_LLAMA = {
     "value_embeds": (False, "Llama has no value embeddings"),
     "doc_cache_weights": (None, "transformers has no document cache"),
     "corpus_ngram_weights": (None, "transformers has no n-gram expert"),
+    "adapt_lr": (None, "transformers does not learn from the text it reads"),
 }
-# how to get an exportable model: retrain, except for the cache, which lives outside the weights
+# how to get an exportable model: retrain, except for what lives outside the weights
 _FIX = {
     name: f"delete {name} from the model's config.json to export the network alone"
-    for name in ("doc_cache_weights", "corpus_ngram_weights")
+    for name in ("doc_cache_weights", "corpus_ngram_weights", "adapt_lr")
 }
 
 

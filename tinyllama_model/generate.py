@@ -18,6 +18,9 @@ Rules (the same with and without the cache, so both give the same tokens):
   they read each row's whole prompt (also what the window cut) and every token generated, and the
   mixture's log-probabilities are what the sampling rules below see. `model_only=True` samples from
   the network alone.
+- A model with `adapt_lr` (adaptation.py) learns from what it reads: the prompt, then every
+  `max_seq_len // 2` tokens what it has generated, on its own copy of the weights, as scoring does.
+  Rows of a batch then run one by one, since each has its own weights. `model_only=True` leaves it out.
 - Sampling order as in Hugging Face: repetition penalty -> temperature (0 = greedy) -> top-k -> top-p.
   Randomness comes from a local `torch.Generator` seeded with `seed`, never the global RNG.
 """
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from tinyllama_model.adaptation import Adapter
 from tinyllama_model.corpus_ngrams import mix_corpus
 from tinyllama_model.doc_cache import DocCache, mix_doc_caches
 from tinyllama_model.tokenizer import EOS_ID, PAD_ID
@@ -178,6 +182,19 @@ class _Experts:
         return probs.log()
 
 
+def _one_row_at_a_time(
+    model: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, s: Sampling, use_cache: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`decode_steps` of a batch whose rows each adapt their own weights: every row alone, then the
+    steps yielded together (a row that has ended yields PAD, inactive)."""
+    rows = [list(decode_steps(model, [p], max_new_tokens, s, use_cache=use_cache)) for p in prompts]
+    device = model.rope_cos.device
+    pad, off = torch.full((1,), PAD_ID, device=device), torch.zeros(1, dtype=torch.bool, device=device)
+    for step in range(max(map(len, rows))):
+        steps = [row[step] if step < len(row) else (pad, off) for row in rows]
+        yield torch.cat([t for t, _ in steps]), torch.cat([a for _, a in steps])
+
+
 def _window_logits(model: Decoder, window: torch.Tensor, pad: torch.Tensor, cache: Any) -> torch.Tensor:
     """(B, V) logits for the last position of the whole window (B, W).
 
@@ -222,9 +239,14 @@ def decode_steps(
         window, pad = _left_pad([p[-window_len:] for p in prompts], device)  # (B, W)
         generator = s.generator(device)
         active = torch.ones(b, dtype=torch.bool, device=device)
-        cache = model.new_cache(b, pad) if use_cache else None
+        adapter = None if s.model_only else Adapter.for_model(model, prompts[0])
+        if adapter is not None and b > 1:  # each row learns its own weights: rows run one by one
+            yield from _one_row_at_a_time(model, prompts, max_new_tokens, s, use_cache)
+            return
+        net = model if adapter is None else adapter.net
+        cache = net.new_cache(b, pad) if use_cache else None
         experts = None if s.model_only else _Experts.for_model(model, prompts)
-        logits = _window_logits(model, window, pad, cache)
+        logits = _window_logits(net, window, pad, cache)
         for step in range(max_new_tokens):
             if experts is not None:
                 logits = experts.mix(logits)
@@ -240,14 +262,17 @@ def decode_steps(
             if experts is not None:
                 experts.observe(token.tolist())
             window = torch.cat([window, token[:, None]], dim=1)  # (B, W+1)
-            if window.size(1) > window_len:  # slide: keep the last `keep` tokens, rebuild the cache
+            slide = window.size(1) > window_len
+            if slide:  # keep the last `keep` tokens; the cache is rebuilt from them
                 cut = window.size(1) - keep
                 window, pad = window[:, cut:], (pad - cut).clamp(min=0)
-                logits = _window_logits(model, window, pad, cache)
-            elif cache is not None:
-                logits = model.forward_cached(token[:, None], cache)[:, -1]
+            if adapter is not None and adapter.observe(int(token[0])):  # new weights: a new cache
+                cache = net.new_cache(b, pad) if use_cache else None
+                logits = _window_logits(net, window, pad, cache)
+            elif slide or cache is None:
+                logits = _window_logits(net, window, pad, cache)
             else:
-                logits = _window_logits(model, window, pad, cache)
+                logits = net.forward_cached(token[:, None], cache)[:, -1]
     finally:
         model.train(was_training)
 

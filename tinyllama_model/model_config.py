@@ -44,6 +44,9 @@ class ModelConfig:
     # (corpus_ngrams.py): fitted after training when train.corpus_ngram_orders > 0, with the training
     # tokens saved beside the weights; None: no corpus n-grams
     corpus_ngram_weights: list[list[float]] | None = None
+    # dynamic evaluation (adaptation.py): the SGD learning rate with which a copy of the network learns
+    # from each document as it reads it, chosen after training from train.adapt_lrs; None: no adaptation
+    adapt_lr: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len", "multiple_of"):
@@ -88,6 +91,12 @@ class ModelConfig:
             _require_cache_weights(self.doc_cache_weights)
         if self.corpus_ngram_weights is not None:
             _require_corpus_weights(self.corpus_ngram_weights)
+        lr = self.adapt_lr
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+            raise ConfigError(
+                f"adapt_lr={lr!r} must be a positive learning rate or null (no adaptation); "
+                "set train.adapt_lrs to have it chosen after training"
+            )
 
     # -- derived sizes ------------------------------------------------------------------------------
 

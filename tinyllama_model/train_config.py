@@ -73,6 +73,14 @@ class TrainConfig:
             "(1-4) on the validation split and predict with them (tinyllama_model/corpus_ngrams.py); 0: none."
         ),
     )
+    adapt_lrs: tuple[float, ...] = field(
+        default=(),
+        metadata=_doc(
+            "After training, pick from these SGD learning rates the one with which the network best "
+            "learns from each document as it reads it (dynamic evaluation, tinyllama_model/adaptation.py), "
+            "on the validation split; (): no adaptation."
+        ),
+    )
     # budget: set one or more; training ends at the first reached and the cosine spans it
     max_steps: int | None = field(default=None, metadata=_doc("Budget in optimizer steps."))
     max_tokens: int | None = field(default=None, metadata=_doc("Budget in training tokens."))
@@ -188,6 +196,12 @@ class TrainConfig:
         orders = self.corpus_ngram_orders
         is_int = isinstance(orders, int) and not isinstance(orders, bool)
         _require(is_int and 0 <= orders <= 4, "corpus_ngram_orders", "an integer in 0..4 (4 is tuned)")
+        lrs = self.adapt_lrs
+        ok = isinstance(lrs, (tuple, list)) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in lrs
+        )
+        _require(ok, "adapt_lrs", "a list of positive learning rates, e.g. [0.03, 0.05, 0.08], or []")
+        self.adapt_lrs = tuple(lrs)
         _require(self.log_every_s > 0, "log_every_s", "positive")
         _require(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")
         if not any(getattr(self, b) is not None for b in BUDGETS):

@@ -73,7 +73,8 @@ def test_train_publishes_the_best_model_with_its_tokenizer(tmp_path, inputs):
 
 def test_the_experts_are_fitted_on_the_validation_split_and_shipped_with_the_model(tmp_path, inputs):
     tok, enc = inputs
-    art = run_train(MODEL, train_config(doc_cache_orders=2, corpus_ngram_orders=3), enc, tok, tmp_path)
+    cfg = train_config(doc_cache_orders=2, corpus_ngram_orders=3, adapt_lrs=(0.05, 0.2))
+    art = run_train(MODEL, cfg, enc, tok, tmp_path)
     config = json.loads(art.file("model").joinpath("config.json").read_text())
     model = TinyLlama.from_pretrained(art.file("model"))
     assert (
@@ -88,8 +89,14 @@ def test_the_experts_are_fitted_on_the_validation_split_and_shipped_with_the_mod
     # each fitted on that split, so each step never scores it worse than the one before
     alone, cached = stats["val_loss_sliding_model_alone"], stats["val_loss_sliding_doc_cache"]
     assert stats["val_loss_sliding_corpus_ngrams"] <= cached <= alone
+    # a 20-step network has much to learn from each document: one of the rates wins, chosen with both
+    # experts mixed in, and written where every use of the model reads it
+    assert stats["adapt_lr"] in (0.05, 0.2) and model.config.adapt_lr == stats["adapt_lr"]
+    assert stats["val_loss_adapt_fit_adapted"] < stats["val_loss_adapt_fit_unadapted"]
     plain = run_train(MODEL, train_config(), enc, tok, tmp_path)
     assert plain.fingerprint != art.fingerprint and "doc_cache_matched" not in plain.stats
+    assert "adapt_lr" not in plain.stats
+    assert TinyLlama.from_pretrained(plain.file("model")).config.adapt_lr is None
     assert not (plain.file("model") / "corpus_tokens.npy").exists()
 
 

@@ -131,7 +131,11 @@ def test_a_model_llama_cannot_express_is_refused_naming_the_flag(tmp_path, sp_mo
 
 @pytest.mark.parametrize(
     ("flag", "table"),
-    [("doc_cache_weights", [[[0.1] * 4, [0.5] * 4]]), ("corpus_ngram_weights", [[0.2] * 10])],
+    [
+        ("doc_cache_weights", [[[0.1] * 4, [0.5] * 4]]),
+        ("corpus_ngram_weights", [[0.2] * 10]),
+        ("adapt_lr", 0.05),
+    ],
 )
 def test_a_model_with_an_expert_is_refused_until_it_is_taken_out(tmp_path, sp_model, flag, table):
     model = make(**{flag: table})

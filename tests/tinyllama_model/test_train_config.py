@@ -23,6 +23,8 @@ from tinyllama_model.train_config import OPERATIONAL, TrainConfig, lr_at
         ("doc_cache_orders", 9, r"train.doc_cache_orders must be an integer in 0..8"),
         ("doc_cache_orders", True, r"train.doc_cache_orders must be an integer in 0..8"),
         ("corpus_ngram_orders", 5, r"train.corpus_ngram_orders must be an integer in 0..4"),
+        ("adapt_lrs", (0.05, 0), r"train.adapt_lrs must be a list of positive learning rates"),
+        ("adapt_lrs", 0.05, r"train.adapt_lrs must be a list of positive learning rates"),
     ],
 )
 def test_bad_train_config_names_the_field(field, value, message):
