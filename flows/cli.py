@@ -115,7 +115,7 @@ class Sampling:
         bool,
         typer.Option(
             "--model-only",
-            help="Sample from the network alone, without the document cache and corpus n-grams it has.",
+            help="Sample from the trained network alone: no document cache, corpus n-grams or adaptation.",
         ),
     ]
     Device = Annotated[str, typer.Option("--device", help="cpu, cuda, or auto.")]

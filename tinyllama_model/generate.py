@@ -72,7 +72,7 @@ class Sampling:
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the row (CTRL / HF rule)
     eos_id: int | None = EOS_ID  # stop a row at this id; None never stops early
     seed: int | None = None  # reproducible sampling; None draws a fresh seed
-    model_only: bool = False  # True: leave out the document cache and corpus n-grams the model has
+    model_only: bool = False  # True: the trained network alone (no experts, no dynamic evaluation)
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
@@ -195,6 +195,18 @@ def _one_row_at_a_time(
         yield torch.cat([t for t, _ in steps]), torch.cat([a for _, a in steps])
 
 
+def _append(
+    window: torch.Tensor, pad: torch.Tensor, token: torch.Tensor, window_len: int
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The window (B, W) with one token per row appended; when that overfills it, only its last
+    `window_len // 2` tokens (True: the cache must be rebuilt from them)."""
+    window = torch.cat([window, token[:, None]], dim=1)
+    if window.size(1) <= window_len:
+        return window, pad, False
+    cut = window.size(1) - max(1, window_len // 2)
+    return window[:, cut:], (pad - cut).clamp(min=0), True
+
+
 def _window_logits(model: Decoder, window: torch.Tensor, pad: torch.Tensor, cache: Any) -> torch.Tensor:
     """(B, V) logits for the last position of the whole window (B, W).
 
@@ -228,7 +240,6 @@ def decode_steps(
     _check_request(prompts, max_new_tokens, vocab)
     if max_new_tokens == 0:
         return
-    keep = max(1, window_len // 2)
     device = model.rope_cos.device
     was_training = model.training
     model.eval()
@@ -239,10 +250,10 @@ def decode_steps(
         window, pad = _left_pad([p[-window_len:] for p in prompts], device)  # (B, W)
         generator = s.generator(device)
         active = torch.ones(b, dtype=torch.bool, device=device)
-        adapter = None if s.model_only else Adapter.for_model(model, prompts[0])
-        if adapter is not None and b > 1:  # each row learns its own weights: rows run one by one
-            yield from _one_row_at_a_time(model, prompts, max_new_tokens, s, use_cache)
+        if b > 1 and not s.model_only and getattr(model.config, "adapt_lr", None) is not None:
+            yield from _one_row_at_a_time(model, prompts, max_new_tokens, s, use_cache)  # own weights each
             return
+        adapter = None if s.model_only else Adapter.for_model(model, prompts[0])
         net = model if adapter is None else adapter.net
         cache = net.new_cache(b, pad) if use_cache else None
         experts = None if s.model_only else _Experts.for_model(model, prompts)
@@ -261,15 +272,11 @@ def decode_steps(
                 seen[torch.arange(b, device=device), token] = True
             if experts is not None:
                 experts.observe(token.tolist())
-            window = torch.cat([window, token[:, None]], dim=1)  # (B, W+1)
-            slide = window.size(1) > window_len
-            if slide:  # keep the last `keep` tokens; the cache is rebuilt from them
-                cut = window.size(1) - keep
-                window, pad = window[:, cut:], (pad - cut).clamp(min=0)
-            if adapter is not None and adapter.observe(int(token[0])):  # new weights: a new cache
-                cache = net.new_cache(b, pad) if use_cache else None
-                logits = _window_logits(net, window, pad, cache)
-            elif slide or cache is None:
+            window, pad, slid = _append(window, pad, token, window_len)
+            relearned = adapter is not None and adapter.observe(int(token[0]))
+            if relearned and use_cache:  # new weights: the cached keys and values are stale
+                cache = net.new_cache(b, pad)
+            if relearned or slid or cache is None:
                 logits = _window_logits(net, window, pad, cache)
             else:
                 logits = net.forward_cached(token[:, None], cache)[:, -1]

@@ -38,7 +38,7 @@ SAMPLING_PARAMS: dict[str, tuple[DataType, Any]] = {
     "top_p": (DataType.double, 1.0),  # 1 = off
     "repetition_penalty": (DataType.double, 1.0),  # 1 = off
     "seed": (DataType.long, -1),  # -1 = a fresh random draw on every call
-    "model_only": (DataType.boolean, False),  # True: without the document cache and corpus n-grams
+    "model_only": (DataType.boolean, False),  # True: the network alone (no experts, no adaptation)
 }
 
 
