@@ -113,7 +113,7 @@ class ModelCard:
             vocab = f"vocabulary {tok['vocab_size']:,}{per_token}"
             lines.append(f"- tokenizer: SentencePiece BPE with byte fallback, {vocab}")
         if cfg:
-            shown = {k: v for k, v in cfg.items() if not k.endswith("_weights")}
+            shown = {k: v for k, v in cfg.items() if not k.endswith(("_weights", "_scales"))}  # fitted tables
             order = [k for k in _MODEL_FIELDS if k in shown] + sorted(
                 k for k in shown if k not in _MODEL_FIELDS
             )
@@ -133,8 +133,9 @@ class ModelCard:
             if cfg.get("adapt_lr"):
                 lines.append(
                     f"- dynamic evaluation: a copy of the network learns from each document as it reads it "
-                    f"(SGD, lr {cfg['adapt_lr']}, every {cfg.get('max_seq_len', 0) // 2} tokens), chosen on "
-                    "the validation split (`tinyllama_model/adaptation.py`)"
+                    f"(SGD, lr {cfg['adapt_lr']}{' scaled per tensor' if cfg.get('adapt_scales') else ''}, "
+                    f"every {cfg.get('max_seq_len', 0) // 2} tokens), chosen on the validation split "
+                    "(`tinyllama_model/adaptation.py`)"
                 )
         if tr:
             trained = [f"{tr[k]:,} {k}" for k in ("steps", "tokens") if k in tr]

@@ -47,7 +47,7 @@ from tasks.retries import retry_only_on
 from tasks.store_sync import WorkMirror
 from tasks.tokenizer import read_split
 from tasks.train_monitor import TrainingMonitor
-from tinyllama_model.adaptation import fit_learning_rate
+from tinyllama_model.adaptation import FIT_MAX_TOKENS, fit_learning_rate, gradient_scales
 from tinyllama_model.checkpoint import CONFIG_FILE
 from tinyllama_model.corpus_ngrams import MAX_VOCAB, CorpusNgrams
 from tinyllama_model.corpus_ngrams import table_shape as corpus_shape
@@ -157,16 +157,19 @@ def fit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, Any]
 
 
 def fit_adaptation(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, Any]:
-    """Choose the dynamic-evaluation learning rate (adaptation.py) from train.adapt_lrs on the validation
-    split, scored with the experts mixed in as fitted; None (off) when none beats the network unadapted."""
+    """Measure each tensor's step scale, then choose the dynamic-evaluation learning rate (adaptation.py)
+    from train.adapt_lrs on the validation split, scored with the experts mixed in as fitted; None (off)
+    when none beats the network unadapted."""
     model = TinyLlama.from_pretrained(model_dir).eval()
-    val = np.fromfile(work / "val.bin", dtype=token_dtype(model.config.vocab_size))
+    val = np.fromfile(work / "val.bin", dtype=token_dtype(model.config.vocab_size))[:FIT_MAX_TOKENS]
 
     def loss_of(tokens: np.ndarray, logprobs: np.ndarray) -> float:
         return -float(mixture_logprobs(model, tokens, logprobs).mean())
 
-    lr, loss, static = fit_learning_rate(model, val, cfg.adapt_lrs, loss_of)
-    config = {**json.loads((model_dir / CONFIG_FILE).read_text()), "adapt_lr": lr}
+    scales = gradient_scales(model, val)
+    lr, loss, static = fit_learning_rate(model, val, cfg.adapt_lrs, loss_of, scales)
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    config.update(adapt_lr=lr, adapt_scales=scales if lr is not None else None)
     (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return {"adapt_lr": lr, "val_loss_adapt_fit_unadapted": static, "val_loss_adapt_fit_adapted": loss}
 

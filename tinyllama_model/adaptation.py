@@ -5,25 +5,33 @@ has its own subject, names and style. Krause et al. (2018, "Dynamic Evaluation o
 Models") let the model take a gradient step on each segment of text once it has predicted it; the next
 segment is then predicted by weights that have read the document so far. On held-out Wikipedia articles
 this takes the 10-minute network alone from 1.62 / 1.79 bits per byte to 1.53 / 1.63 (two splits), and
-about 0.04 off the mixture with the document cache and corpus n-grams (README, "Benchmarks").
+0.04-0.05 off the mixture with the document cache and corpus n-grams (README, "Benchmarks").
 
 The rule, the same for scoring and for generation:
 - A document starts after an EOS (or at the start of the text) with the trained weights.
 - Its targets are read in chunks of `stride = max_seq_len // 2` tokens. A chunk is predicted first, by a
   window of at most `max_seq_len` tokens of the document that ends at its last target; then the weights
-  take one SGD step (learning rate `adapt_lr`) on the mean loss of that chunk's targets.
+  take one SGD step on the mean loss of that chunk's targets, at learning rate `adapt_lr` times the
+  tensor's `adapt_scales` entry.
+- The scales are Krause et al.'s RMS normalisation, one figure per tensor: 1 / the RMS of the tensor's
+  gradient over the validation split's chunks at the trained weights (`gradient_scales`). Each tensor
+  then moves by about the same amount for the same surprise, whatever its gradients' size: held-out bpb
+  -0.003 / -0.007 against one rate for all (README, "Benchmarks"). Per element it was no better and can
+  diverge: a weight with almost no gradient on the validation split gets a huge step on an article.
 - Every token is predicted before the weights have seen it, so bits per byte stay honest; at EOS the
   weights go back to the trained ones. A chunk is learned only when it is complete, so generation
   predicts each token with the weights that scoring would.
 
-The trained model is never changed: `Adapter` works on its own copy. The train phase picks `adapt_lr`
-from `train.adapt_lrs` on the validation split (`fit_learning_rate`); None turns adaptation off.
+The trained model is never changed: `Adapter` works on its own copy. The train phase measures the scales,
+then picks `adapt_lr` from `train.adapt_lrs` on the validation split (`fit_learning_rate`); None turns
+adaptation off. Without `adapt_scales` (null) every tensor steps at `adapt_lr` itself: plain SGD.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,9 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinyllama_model.errors import ConfigError
 from tinyllama_model.tokenizer import EOS_ID
 
-FIT_MAX_TOKENS = 32_768  # the lr is chosen on the validation split's first tokens: ~30 s a candidate on CPU
+FIT_MAX_TOKENS = 32_768  # rates are tried on the validation split's first tokens: ~15 s each on 2 cores
 
 
 def stride_for(config: Any) -> int:
@@ -44,14 +53,22 @@ def stride_for(config: Any) -> int:
 class Adapter:
     """A copy of a network that learns from one document at a time (module doc); `net` predicts."""
 
-    def __init__(self, model: nn.Module, lr: float):
+    def __init__(self, model: nn.Module, lr: float, scales: Mapping[str, float] | None = None):
         with torch.inference_mode(False):  # generation runs in inference mode; these weights need grads
             self.net = type(model)(model.config).to(model.rope_cos.device)
             self.net.load_state_dict(model.state_dict())
             self.trained = [p.detach().clone() for p in self.net.parameters()]
         self.net.eval()
         self.context, self.stride = model.config.max_seq_len, stride_for(model.config)
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=lr)
+        named = dict(self.net.named_parameters())
+        if scales is not None and set(scales) != set(named):
+            unknown, missing = sorted(set(scales) - set(named)), sorted(set(named) - set(scales))
+            raise ConfigError(
+                f"adapt_scales does not fit the network: unknown {unknown[:3]}, missing {missing[:3]}; "
+                "delete adapt_scales and adapt_lr from config.json, or retrain to refit them"
+            )
+        groups = [{"params": [p], "lr": lr * (scales[n] if scales else 1.0)} for n, p in named.items()]
+        self.optimizer = torch.optim.SGD(groups, lr=lr)
         self.doc: list[int] = []  # the document so far, from its opening EOS
         self.learned = 0  # the targets doc[1 : learned + 1] have been learned from
 
@@ -61,7 +78,7 @@ class Adapter:
         lr = getattr(model.config, "adapt_lr", None)
         if lr is None:
             return None
-        adapter = cls(model, lr)
+        adapter = cls(model, lr, model.config.adapt_scales)
         for token in prompt:
             adapter.observe(int(token))
         return adapter
@@ -112,21 +129,46 @@ def document_spans(tokens: np.ndarray) -> list[tuple[int, int]]:
     return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def adapted_logprobs(model: nn.Module, tokens: np.ndarray, lr: float) -> np.ndarray:
+def adapted_logprobs(
+    model: nn.Module, tokens: np.ndarray, lr: float, scales: Mapping[str, float] | None = None
+) -> np.ndarray:
     """log p(tokens[t] | what precedes it in its document) for t = 1 .. len-1 under dynamic evaluation.
 
     Each document is read as the module doc says, from the trained weights; index t - 1 as in
     `evaluation.sliding_logprobs`.
     """
-    adapter = Adapter(model, lr)
+    adapter = Adapter(model, lr, scales)
     out = np.zeros(max(len(tokens) - 1, 0))
-    for first, last in document_spans(tokens):
-        adapter.reset()
-        doc = tokens[first : last + 1]
-        for start in range(0, len(doc) - 1, adapter.stride):  # the chunk's targets: doc[start + 1 : end + 1]
-            end = min(start + adapter.stride, len(doc) - 1)
-            out[first + start : first + end] = adapter.learn(doc, end, end - start)
+    for doc, first, start, end in _chunks(tokens, adapter.stride):
+        if start == 0:
+            adapter.reset()
+        out[first + start : first + end] = adapter.learn(doc, end, end - start)
     return out
+
+
+def _chunks(tokens: np.ndarray, stride: int) -> Iterator[tuple[np.ndarray, int, int, int]]:
+    """(document, its first stream position, chunk start, chunk end) in reading order: the chunk's
+    targets are doc[start + 1 : end + 1]."""
+    for first, last in document_spans(tokens):
+        doc = tokens[first : last + 1]
+        for start in range(0, len(doc) - 1, stride):
+            yield doc, first, start, min(start + stride, len(doc) - 1)
+
+
+def gradient_scales(model: nn.Module, tokens: np.ndarray) -> dict[str, float]:
+    """1 / RMS of each parameter tensor's gradient over the chunks of `tokens`, at the trained weights
+    (the module doc's `adapt_scales`). A tensor that never gets a gradient keeps scale 0: it never moves."""
+    adapter = Adapter(model, 0.0)
+    squares = {name: 0.0 for name, _ in adapter.net.named_parameters()}
+    n_chunks = 0
+    for doc, _, start, end in _chunks(tokens, adapter.stride):
+        adapter.learn(doc, end, end - start)  # at lr 0: the weights stay the trained ones
+        for name, p in adapter.net.named_parameters():
+            if p.grad is not None:
+                squares[name] += float(p.grad.square().mean())
+        n_chunks += 1
+    rms = {name: math.sqrt(total / max(n_chunks, 1)) for name, total in squares.items()}
+    return {name: 1.0 / r if r > 0 else 0.0 for name, r in rms.items()}
 
 
 def fit_learning_rate(
@@ -134,8 +176,10 @@ def fit_learning_rate(
     tokens: np.ndarray,
     candidates: Sequence[float],
     loss_of: Callable[[np.ndarray, np.ndarray], float],
+    scales: Mapping[str, float] | None = None,
 ) -> tuple[float | None, float, float]:
-    """(lr, its loss, the loss without adaptation) on the first FIT_MAX_TOKENS tokens.
+    """(lr, its loss, the loss without adaptation) on the first FIT_MAX_TOKENS tokens, each tensor's
+    steps scaled by `scales`.
 
     `loss_of(tokens, logprobs)` scores a candidate (the train phase mixes the experts in first). lr is
     None when no candidate beats the network read the same way without learning (lr 0).
@@ -144,7 +188,7 @@ def fit_learning_rate(
     static = loss_of(tokens, adapted_logprobs(model, tokens, 0.0))
     best: tuple[float | None, float] = (None, static)
     for lr in candidates:
-        loss = loss_of(tokens, adapted_logprobs(model, tokens, lr))
+        loss = loss_of(tokens, adapted_logprobs(model, tokens, lr, scales))
         if loss < best[1]:
             best = (lr, loss)
     return (*best, static)

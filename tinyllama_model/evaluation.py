@@ -166,7 +166,7 @@ def evaluate_stream(
     finally:
         model.train(was_training)
     lr = getattr(model.config, "adapt_lr", None)
-    adapted = logprobs if lr is None else adapted_logprobs(model, tokens, lr)
+    adapted = logprobs if lr is None else adapted_logprobs(model, tokens, lr, model.config.adapt_scales)
     mixed = mixture_logprobs(model, tokens, adapted)
     result = summarize(-float(mixed.sum()), len(mixed), n_bytes)
     if mixed is not logprobs:

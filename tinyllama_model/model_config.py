@@ -47,6 +47,9 @@ class ModelConfig:
     # dynamic evaluation (adaptation.py): the SGD learning rate with which a copy of the network learns
     # from each document as it reads it, chosen after training from train.adapt_lrs; None: no adaptation
     adapt_lr: float | None = None
+    # and each parameter tensor's multiplier of it, {name: 1 / its gradient's RMS on the validation
+    # split}, measured with it; None: every tensor at adapt_lr (plain SGD)
+    adapt_scales: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len", "multiple_of"):
@@ -96,6 +99,14 @@ class ModelConfig:
             raise ConfigError(
                 f"adapt_lr={lr!r} must be a positive learning rate or null (no adaptation); "
                 "set train.adapt_lrs to have it chosen after training"
+            )
+        scales = self.adapt_scales
+        if scales is not None and not (
+            isinstance(scales, dict) and all(isinstance(k, str) and _is_scale(v) for k, v in scales.items())
+        ):
+            raise ConfigError(
+                f"adapt_scales must map parameter names to finite numbers >= 0 (got {str(scales)[:80]}); "
+                "leave it null and set train.adapt_lrs to have it measured after training"
             )
 
     # -- derived sizes ------------------------------------------------------------------------------
@@ -187,6 +198,10 @@ VE_GATE_CHANNELS = 32  # the value-embedding gate reads this many leading channe
 
 def _is_weight(w: object) -> bool:
     return isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < 1
+
+
+def _is_scale(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < math.inf
 
 
 def _is_row(row: object, length: int) -> bool:

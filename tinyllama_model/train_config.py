@@ -78,7 +78,8 @@ class TrainConfig:
         metadata=_doc(
             "After training, pick from these SGD learning rates the one with which the network best "
             "learns from each document as it reads it (dynamic evaluation, tinyllama_model/adaptation.py), "
-            "on the validation split; (): no adaptation."
+            "on the validation split; each tensor's step is the rate times 1 / its gradient's RMS there, so "
+            "rates are ~1e-4, not SGD's ~0.03; (): no adaptation."
         ),
     )
     # budget: set one or more; training ends at the first reached and the cosine spans it
@@ -200,7 +201,7 @@ class TrainConfig:
         ok = isinstance(lrs, (tuple, list)) and all(
             isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in lrs
         )
-        _require(ok, "adapt_lrs", "a list of positive learning rates, e.g. [0.03, 0.05, 0.08], or []")
+        _require(ok, "adapt_lrs", "a list of positive learning rates, e.g. [2e-4, 3e-4], or []")
         self.adapt_lrs = tuple(lrs)
         _require(self.log_every_s > 0, "log_every_s", "positive")
         _require(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")

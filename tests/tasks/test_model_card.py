@@ -58,6 +58,16 @@ def test_a_document_cache_is_stated_with_the_model_alone_beside_it() -> None:
     assert "document cache" not in card().markdown()
 
 
+def test_dynamic_evaluation_is_stated_with_its_rate_and_without_its_scale_table() -> None:
+    scales = {f"layers.{i}.attention.wq.weight": 300.0 + i for i in range(4)}
+    cfg = {"dim": 128, "max_seq_len": 64, "adapt_lr": 2e-4, "adapt_scales": scales}
+    text = card(model_config=cfg).markdown()
+    assert "- model config: dim 128, max_seq_len 64, adapt_lr 0.0002\n" in text
+    assert "reads it (SGD, lr 0.0002 scaled per tensor, every 32 tokens)" in text
+    plain = card(model_config={**cfg, "adapt_scales": None}).markdown()
+    assert "(SGD, lr 0.0002, every 32 tokens)" in plain and "adapt_scales" not in text
+
+
 def test_the_registry_gets_a_description_within_its_column() -> None:
     long = card(samples=[("Prompt", " word" * 400)] * 5)
     assert len(long.markdown()) > MAX_DESCRIPTION_CHARS

@@ -73,7 +73,7 @@ def test_train_publishes_the_best_model_with_its_tokenizer(tmp_path, inputs):
 
 def test_the_experts_are_fitted_on_the_validation_split_and_shipped_with_the_model(tmp_path, inputs):
     tok, enc = inputs
-    cfg = train_config(doc_cache_orders=2, corpus_ngram_orders=3, adapt_lrs=(0.05, 0.2))
+    cfg = train_config(doc_cache_orders=2, corpus_ngram_orders=3, adapt_lrs=(3e-4, 3e-3))
     art = run_train(MODEL, cfg, enc, tok, tmp_path)
     config = json.loads(art.file("model").joinpath("config.json").read_text())
     model = TinyLlama.from_pretrained(art.file("model"))
@@ -91,12 +91,14 @@ def test_the_experts_are_fitted_on_the_validation_split_and_shipped_with_the_mod
     assert stats["val_loss_sliding_corpus_ngrams"] <= cached <= alone
     # a 20-step network has much to learn from each document: one of the rates wins, chosen with both
     # experts mixed in, and written where every use of the model reads it
-    assert stats["adapt_lr"] in (0.05, 0.2) and model.config.adapt_lr == stats["adapt_lr"]
+    assert stats["adapt_lr"] in (3e-4, 3e-3) and model.config.adapt_lr == stats["adapt_lr"]
     assert stats["val_loss_adapt_fit_adapted"] < stats["val_loss_adapt_fit_unadapted"]
+    names = {name for name, _ in model.named_parameters()}
+    assert set(model.config.adapt_scales) == names and all(s > 0 for s in model.config.adapt_scales.values())
     plain = run_train(MODEL, train_config(), enc, tok, tmp_path)
     assert plain.fingerprint != art.fingerprint and "doc_cache_matched" not in plain.stats
     assert "adapt_lr" not in plain.stats
-    assert TinyLlama.from_pretrained(plain.file("model")).config.adapt_lr is None
+    assert TinyLlama.from_pretrained(plain.file("model")).config.adapt_scales is None
     assert not (plain.file("model") / "corpus_tokens.npy").exists()
 
 

@@ -3,12 +3,20 @@ scoring and when generating, without ever seeing a token before predicting it.""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from tinyllama_model import ModelConfig, TinyLlama
-from tinyllama_model.adaptation import Adapter, adapted_logprobs, document_spans, fit_learning_rate
+from tinyllama_model.adaptation import (
+    Adapter,
+    adapted_logprobs,
+    document_spans,
+    fit_learning_rate,
+    gradient_scales,
+)
 from tinyllama_model.data import pack_documents
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import evaluate_stream, sliding_logprobs
@@ -66,10 +74,13 @@ def test_learning_helps_on_a_repeating_document_is_causal_and_resets_at_each_doc
     np.testing.assert_allclose(learned[first2:last2], second_alone, atol=1e-5)  # nothing carried over
 
 
-def test_generation_predicts_each_token_with_the_weights_scoring_used():
+@pytest.mark.parametrize("scaled", [False, True])
+def test_generation_predicts_each_token_with_the_weights_scoring_used(scaled):
     model = make_model(adapt_lr=0.5)
     doc = np.concatenate([[EOS_ID], repeating_docs(1, length=CONTEXT - 2)[0]]).astype(np.int64)
-    scored = adapted_logprobs(model, doc, 0.5)
+    if scaled:  # each tensor at its own rate, read from the config as scoring reads it
+        model.config.adapt_lr, model.config.adapt_scales = 1e-2, gradient_scales(model, doc)
+    scored = adapted_logprobs(model, doc, model.config.adapt_lr, model.config.adapt_scales)
     adapter = Adapter.for_model(model, doc[:1])
     for t in range(1, len(doc)):  # the decode loop's path: the adapter reads token by token
         with torch.no_grad():
@@ -117,6 +128,41 @@ def test_the_fit_picks_the_rate_that_scores_best_and_none_when_learning_hurts():
     assert lr == 0.5 and loss < static
     noise = np.random.default_rng(2).integers(4, VOCAB, size=200)
     assert fit_learning_rate(model, noise, [50.0], loss_of)[0] is None  # a rate that wrecks the network
+
+
+def test_each_tensor_steps_at_the_rate_times_one_over_its_gradients_rms():
+    model = make_model()
+    doc = np.concatenate([[EOS_ID], repeating_docs(1, length=CONTEXT // 2)[0]]).astype(np.int64)  # one chunk
+    probe = Adapter(model, 0.0)
+    probe.learn(doc, len(doc) - 1, len(doc) - 1)
+    grads = {name: p.grad.clone() for name, p in probe.net.named_parameters()}
+    scales = gradient_scales(model, doc)
+    assert set(scales) == set(grads)
+    for name, g in grads.items():
+        assert scales[name] == pytest.approx(1 / float(g.square().mean().sqrt()), rel=1e-4)
+    adapter = Adapter(model, 1e-3, scales)
+    adapter.learn(doc, len(doc) - 1, len(doc) - 1)
+    trained = dict(model.named_parameters())
+    for name, p in adapter.net.named_parameters():  # each tensor moved by about 1e-3 RMS, whatever its grad
+        step = (p.detach() - trained[name].detach()).square().mean().sqrt()
+        assert float(step) == pytest.approx(1e-3, rel=1e-3)
+    stream = pack_documents(repeating_docs(2), EOS_ID).astype(np.int64)
+    adapting = TinyLlama(dataclasses.replace(model.config, adapt_lr=1e-3, adapt_scales=scales)).eval()
+    adapting.load_state_dict(model.state_dict())
+    expected = -adapted_logprobs(model, stream, 1e-3, scales).sum() / np.log(2) / 500
+    assert evaluate_stream(adapting, stream, n_bytes=500)["bpb"] == pytest.approx(expected)
+    assert expected != pytest.approx(-adapted_logprobs(model, stream, 1e-3).sum() / np.log(2) / 500)
+
+
+def test_scales_that_do_not_name_the_networks_parameters_are_refused():
+    with pytest.raises(ConfigError, match=r"unknown \[.layers\.9\.w.\].*delete adapt_scales"):
+        Adapter(make_model(), 0.1, {"layers.9.w": 1.0})
+
+
+@pytest.mark.parametrize("bad", [[1.0], {"w": -1.0}, {"w": float("inf")}, {"w": True}])
+def test_bad_scales_are_refused_with_the_fix(bad):
+    with pytest.raises(ConfigError, match=r"adapt_scales must map parameter names.*train\.adapt_lrs"):
+        ModelConfig(vocab_size=VOCAB, adapt_scales=bad)
 
 
 @pytest.mark.parametrize("bad", [0, -0.1, True, "0.05"])
