@@ -98,7 +98,8 @@ def test_the_experts_are_fitted_on_the_validation_split_and_shipped_with_the_mod
     plain = run_train(MODEL, train_config(), enc, tok, tmp_path)
     assert plain.fingerprint != art.fingerprint and "doc_cache_matched" not in plain.stats
     assert "adapt_lr" not in plain.stats
-    assert TinyLlama.from_pretrained(plain.file("model")).config.adapt_scales is None
+    plain_config = TinyLlama.from_pretrained(plain.file("model")).config
+    assert plain_config.adapt_lr is None and plain_config.adapt_scales is None
     assert not (plain.file("model") / "corpus_tokens.npy").exists()
 
 
