@@ -169,6 +169,10 @@ def main() -> int:
         chosen = f"lr {s.get('adapt_lr')} of {list(train_cfg.adapt_lrs)}"
         shown = f"{chosen}; val loss {fit[0]:.4f} -> {fit[1]:.4f} (its first 32k tokens)"
         report.append(("dynamic evaluation (adaptation.py)", shown))
+    refit = {k.removeprefix("val_loss_refit_"): v for k, v in s.items() if k.startswith("val_loss_refit_")}
+    if refit:  # tasks/train.py::refit_mixture, in the order it mixes them
+        shown = " -> ".join(f"{k} {v:.4f}" for k, v in refit.items())
+        report.append(("mixture refitted on the adapted network (val loss)", shown))
     print("\n| | |\n|---|---|")
     for label, value in report:
         print(f"| {label} | {value} |")

@@ -131,11 +131,19 @@ class ModelCard:
                     "weights (`tinyllama_model/corpus_ngrams.py`)"
                 )
             if cfg.get("adapt_lr"):
+                share = cfg.get("adapt_static_weight")
                 lines.append(
                     f"- dynamic evaluation: a copy of the network learns from each document as it reads it "
                     f"(SGD, lr {cfg['adapt_lr']}{' scaled per tensor' if cfg.get('adapt_scales') else ''}, "
                     f"every {cfg.get('max_seq_len', 0) // 2} tokens), chosen on the validation split "
                     "(`tinyllama_model/adaptation.py`)"
+                    + (f", with {share} of the unadapted network mixed in" if share else "")
+                )
+            if cfg.get("neural_cache_theta"):
+                lines.append(
+                    "- neural cache: earlier states of the document vote for the token that followed them "
+                    f"(softmax of {cfg['neural_cache_theta']} x cosine), mixed in last "
+                    "(`tinyllama_model/neural_cache.py`)"
                 )
         if tr:
             trained = [f"{tr[k]:,} {k}" for k in ("steps", "tokens") if k in tr]

@@ -47,7 +47,8 @@ from tasks.retries import retry_only_on
 from tasks.store_sync import WorkMirror
 from tasks.tokenizer import read_split
 from tasks.train_monitor import TrainingMonitor
-from tinyllama_model.adaptation import FIT_MAX_TOKENS, fit_learning_rate, gradient_scales
+from tinyllama_model import neural_cache
+from tinyllama_model.adaptation import FIT_MAX_TOKENS, document_pass, fit_learning_rate, gradient_scales
 from tinyllama_model.checkpoint import CONFIG_FILE
 from tinyllama_model.corpus_ngrams import MAX_VOCAB, CorpusNgrams
 from tinyllama_model.corpus_ngrams import table_shape as corpus_shape
@@ -158,13 +159,19 @@ def fit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, Any]
 
 def fit_adaptation(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, Any]:
     """Measure each tensor's step scale, then choose the dynamic-evaluation learning rate (adaptation.py)
-    from train.adapt_lrs on the validation split, scored with the experts mixed in as fitted; None (off)
-    when none beats the network unadapted."""
+    from train.adapt_lrs on the validation split, scored as `refit_mixture` will mix it: with its best
+    share of the unadapted network, then the experts as fitted. None (off) when none beats the network
+    unadapted."""
     model = TinyLlama.from_pretrained(model_dir).eval()
     val = np.fromfile(work / "val.bin", dtype=token_dtype(model.config.vocab_size))[:FIT_MAX_TOKENS]
+    unadapted = np.exp(sliding_logprobs(model, val, model.config.max_seq_len, batch_size=32))
+    anywhere = np.zeros(len(val) - 1, dtype=np.int64)  # the share is one weight: every target in bucket 0
 
     def loss_of(tokens: np.ndarray, logprobs: np.ndarray) -> float:
-        return -float(mixture_logprobs(model, tokens, logprobs).mean())
+        share = fit_weights(logprobs, anywhere, unadapted, (1, 1))
+        return -float(
+            mixture_logprobs(model, tokens, mixed_logprobs(logprobs, anywhere, unadapted, share)).mean()
+        )
 
     scales = gradient_scales(model, val)
     lr, loss, static = fit_learning_rate(model, val, cfg.adapt_lrs, loss_of, scales)
@@ -172,6 +179,44 @@ def fit_adaptation(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, A
     config.update(adapt_lr=lr, adapt_scales=scales if lr is not None else None)
     (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return {"adapt_lr": lr, "val_loss_adapt_fit_unadapted": static, "val_loss_adapt_fit_adapted": loss}
+
+
+def refit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """Fit the mixture again on the validation split, now on what the network predicts with: adapted as
+    chosen (weights fitted on the unadapted network trust the experts too much: held-out bpb -0.002 /
+    -0.009), with a share of the unadapted network, the document cache, the corpus n-grams, then the
+    neural cache on the states of the same pass. The summary has the validation loss after each."""
+    model = TinyLlama.from_pretrained(model_dir).eval()
+    mcfg = model.config
+    val = np.fromfile(work / "val.bin", dtype=token_dtype(mcfg.vocab_size))
+    logprobs, states = document_pass(model, val, mcfg.adapt_lr, mcfg.adapt_scales)
+    stats: dict[str, Any] = {"val_loss_refit_network": -float(logprobs.mean())}
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    # (config key, (bucket, probability) per target, the table's shape as fitted, as stored)
+    experts: list[tuple[str, tuple[np.ndarray, np.ndarray], tuple, tuple]] = []
+    if mcfg.adapt_lr is not None:  # one weight: every target in bucket 0, the unadapted network as expert
+        static = sliding_logprobs(model, val, mcfg.max_seq_len, batch_size=32)
+        experts.append(
+            ("adapt_static_weight", (np.zeros(len(val) - 1, np.int64), np.exp(static)), (1, 1), ())
+        )
+    if mcfg.doc_cache_weights is not None:
+        shape = doc_cache_shape(len(mcfg.doc_cache_weights))
+        experts.append(("doc_cache_weights", stream_hits(val, len(mcfg.doc_cache_weights)), shape, shape))
+    if model.corpus_ngrams is not None:
+        shape = corpus_shape(len(mcfg.corpus_ngram_weights))
+        experts.append(("corpus_ngram_weights", model.corpus_ngrams.stream_hits(val), shape, shape))
+    if cfg.neural_cache_theta is not None:
+        hits = neural_cache.stream_hits(val, states, cfg.neural_cache_theta)
+        shape = neural_cache.table_shape()
+        experts.append(("neural_cache_weights", hits, shape, shape[1:]))
+        config["neural_cache_theta"] = cfg.neural_cache_theta
+    for key, (bucket, prob), fitted, stored in experts:
+        weights = fit_weights(logprobs, bucket, prob, fitted)
+        logprobs = mixed_logprobs(logprobs, bucket, prob, weights)
+        config[key] = np.reshape(weights, stored).tolist()
+        stats[f"val_loss_refit_{key.removesuffix('_weights')}"] = -float(logprobs.mean())
+    (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return stats
 
 
 def _share(bucket: np.ndarray) -> float:
@@ -265,6 +310,8 @@ def run_train(
             result.update(fit_mixture(out / "model", work, train_cfg))
         if train_cfg.adapt_lrs:
             result.update(fit_adaptation(out / "model", work, train_cfg))
+        if train_cfg.adapt_lrs or train_cfg.neural_cache_theta is not None:
+            result.update(refit_mixture(out / "model", work, train_cfg))
         shutil.copyfile(work / METRICS_FILE, out / METRICS_FILE)
         (out / RESULT_FILE).write_text(json.dumps(result, indent=2))
         return {**result, "vocab_size": model_cfg.vocab_size}

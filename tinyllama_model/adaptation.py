@@ -22,6 +22,9 @@ The rule, the same for scoring and for generation:
   weights go back to the trained ones. A chunk is learned only when it is complete, so generation
   predicts each token with the weights that scoring would.
 
+The same reading, without learning (lr None), gives the neural cache (neural_cache.py) its states: each
+chunk's final states, from the window that predicts it, are kept with it (`document_pass`).
+
 The trained model is never changed: `Adapter` works on its own copy. The train phase measures the scales,
 then picks `adapt_lr` from `train.adapt_lrs` on the validation split (`fit_learning_rate`); None turns
 adaptation off. Without `adapt_scales` (null) every tensor steps at `adapt_lr` itself: plain SGD.
@@ -53,13 +56,14 @@ def stride_for(config: Any) -> int:
 class Adapter:
     """A copy of a network that learns from one document at a time (module doc); `net` predicts."""
 
-    def __init__(self, model: nn.Module, lr: float, scales: Mapping[str, float] | None = None):
+    def __init__(self, model: nn.Module, lr: float | None, scales: Mapping[str, float] | None = None):
         with torch.inference_mode(False):  # generation runs in inference mode; these weights need grads
             self.net = type(model)(model.config).to(model.rope_cos.device)
             self.net.load_state_dict(model.state_dict())
             self.trained = [p.detach().clone() for p in self.net.parameters()]
         self.net.eval()
-        self.context, self.stride = model.config.max_seq_len, stride_for(model.config)
+        self.net.record_states = True
+        self.lr, self.context, self.stride = lr, model.config.max_seq_len, stride_for(model.config)
         named = dict(self.net.named_parameters())
         if scales is not None and set(scales) != set(named):
             unknown, missing = sorted(set(scales) - set(named)), sorted(set(named) - set(scales))
@@ -67,21 +71,31 @@ class Adapter:
                 f"adapt_scales does not fit the network: unknown {unknown[:3]}, missing {missing[:3]}; "
                 "delete adapt_scales and adapt_lr from config.json, or retrain to refit them"
             )
+        lr = lr or 0.0
         groups = [{"params": [p], "lr": lr * (scales[n] if scales else 1.0)} for n, p in named.items()]
         self.optimizer = torch.optim.SGD(groups, lr=lr)
         self.doc: list[int] = []  # the document so far, from its opening EOS
         self.learned = 0  # the targets doc[1 : learned + 1] have been learned from
+        self.states: list[torch.Tensor] = []  # the final states that predicted them, a tensor per chunk
 
     @classmethod
     def for_model(cls, model: nn.Module, prompt: Sequence[int]) -> Adapter | None:
-        """An adapter that has read `prompt`, or None for a model without `adapt_lr`."""
-        lr = getattr(model.config, "adapt_lr", None)
-        if lr is None:
+        """An adapter that has read `prompt`, or None for a model that neither adapts nor has a neural
+        cache (which reads the states of the document so far: without `adapt_lr` it reads, never learns)."""
+        if not cls.wanted(model.config):
             return None
-        adapter = cls(model, lr, model.config.adapt_scales)
+        adapter = cls(model, model.config.adapt_lr, model.config.adapt_scales)
         for token in prompt:
             adapter.observe(int(token))
         return adapter
+
+    @staticmethod
+    def wanted(config: Any) -> bool:
+        """Whether a model reads its documents through an adapter: it adapts, or has a neural cache."""
+        return (
+            getattr(config, "adapt_lr", None) is not None
+            or getattr(config, "neural_cache_theta", None) is not None
+        )
 
     def reset(self) -> None:
         """Back to the trained weights, for a new document."""
@@ -89,36 +103,52 @@ class Adapter:
             for p, trained in zip(self.net.parameters(), self.trained, strict=True):
                 p.copy_(trained)
         self.optimizer.state.clear()
-        self.doc, self.learned = [], 0
+        self.doc, self.learned, self.states = [], 0, []
 
     def observe(self, token: int) -> bool:
         """Read one token; True when the weights changed (a chunk was learned, or a document ended)."""
         if token == EOS_ID and self.doc:
             self.reset()
             self.doc = [token]
-            return True
+            return self.lr is not None
         self.doc.append(token)
         if len(self.doc) - 1 - self.learned < self.stride:
             return False
         self.learn(self.doc, self.learned + self.stride, self.stride)
         self.learned += self.stride
-        return True
+        return self.lr is not None
 
     def learn(self, doc: Sequence[int] | np.ndarray, last: int, n_targets: int) -> np.ndarray:
-        """Predict the targets doc[last - n_targets + 1 : last + 1], then take one step on their loss.
+        """Predict the targets doc[last - n_targets + 1 : last + 1], then take one step on their loss
+        (none without a learning rate).
 
-        Returns their log-probabilities, as predicted before the step.
+        Returns their log-probabilities, as predicted before the step; their states join `states`.
         """
         begin = max(0, last - self.context)
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.set_grad_enabled(self.lr is not None):
             ids = torch.as_tensor(np.asarray(doc[begin : last + 1], dtype=np.int64))
             ids = ids.to(self.net.rope_cos.device)
             logits, _ = self.net(ids[None, :-1])
             nll = F.cross_entropy(logits[0, -n_targets:].float(), ids[-n_targets:], reduction="none")
-            self.optimizer.zero_grad(set_to_none=True)
-            nll.mean().backward()
-            self.optimizer.step()
+            self.states.append(self.net.states[0, -n_targets:])
+            if self.lr is not None:
+                self.optimizer.zero_grad(set_to_none=True)
+                nll.mean().backward()
+                self.optimizer.step()
         return -nll.detach().cpu().numpy()
+
+    def document_states(self) -> torch.Tensor:
+        """The states that predicted each token of the document so far, doc[1:], (len(doc) - 1, dim), as
+        scoring computes them: the learned chunks' from their steps, the open chunk's from the window it
+        will be learned in (the decode loop's window too)."""
+        rest = len(self.doc) - 1 - self.learned
+        states = list(self.states)
+        if rest > 0:
+            begin = max(0, self.learned + self.stride - self.context)
+            with torch.no_grad():
+                self.net(torch.tensor([self.doc[begin:-1]], device=self.net.rope_cos.device))
+            states.append(self.net.states[0, -rest:])
+        return torch.cat(states) if states else torch.empty(0, self.net.config.dim)
 
 
 def document_spans(tokens: np.ndarray) -> list[tuple[int, int]]:
@@ -130,20 +160,28 @@ def document_spans(tokens: np.ndarray) -> list[tuple[int, int]]:
 
 
 def adapted_logprobs(
-    model: nn.Module, tokens: np.ndarray, lr: float, scales: Mapping[str, float] | None = None
+    model: nn.Module, tokens: np.ndarray, lr: float | None, scales: Mapping[str, float] | None = None
 ) -> np.ndarray:
-    """log p(tokens[t] | what precedes it in its document) for t = 1 .. len-1 under dynamic evaluation.
+    """log p(tokens[t] | what precedes it in its document) for t = 1 .. len-1 under dynamic evaluation
+    (`document_pass`)."""
+    return document_pass(model, tokens, lr, scales)[0]
 
-    Each document is read as the module doc says, from the trained weights; index t - 1 as in
-    `evaluation.sliding_logprobs`.
-    """
+
+def document_pass(
+    model: nn.Module, tokens: np.ndarray, lr: float | None, scales: Mapping[str, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each document read as the module doc says, from the trained weights (lr None: never learning):
+    log p(tokens[t] | what precedes it in its document) and the final state that predicted it (t, dim),
+    for t = 1 .. len-1 at index t - 1, as in `evaluation.sliding_logprobs`."""
     adapter = Adapter(model, lr, scales)
-    out = np.zeros(max(len(tokens) - 1, 0))
+    logprobs = np.zeros(max(len(tokens) - 1, 0))
+    states = np.zeros((len(logprobs), model.config.dim), dtype=np.float32)
     for doc, first, start, end in _chunks(tokens, adapter.stride):
         if start == 0:
             adapter.reset()
-        out[first + start : first + end] = adapter.learn(doc, end, end - start)
-    return out
+        logprobs[first + start : first + end] = adapter.learn(doc, end, end - start)
+        states[first + start : first + end] = adapter.states[-1].float().cpu().numpy()
+    return logprobs, states
 
 
 def _chunks(tokens: np.ndarray, stride: int) -> Iterator[tuple[np.ndarray, int, int, int]]:
@@ -185,7 +223,7 @@ def fit_learning_rate(
     None when no candidate beats the network read the same way without learning (lr 0).
     """
     tokens = tokens[:FIT_MAX_TOKENS]
-    static = loss_of(tokens, adapted_logprobs(model, tokens, 0.0))
+    static = loss_of(tokens, adapted_logprobs(model, tokens, None))
     best: tuple[float | None, float] = (None, static)
     for lr in candidates:
         loss = loss_of(tokens, adapted_logprobs(model, tokens, lr, scales))

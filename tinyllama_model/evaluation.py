@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyllama_model.adaptation import adapted_logprobs
+from tinyllama_model import neural_cache
+from tinyllama_model.adaptation import document_pass
 from tinyllama_model.doc_cache import mixed_logprobs, stream_hits
 
 LN2 = math.log(2.0)
@@ -149,10 +150,11 @@ def evaluate_stream(
 ) -> dict[str, float | int | None]:
     """Loss, perplexity and bpb of every target of a packed stream (`n_bytes`: the text's UTF-8 size).
 
-    A model with a document cache or corpus n-grams is scored as the mixture it predicts with
-    (`mixture_logprobs`); one with `adapt_lr` learns from each document as it reads it
-    (adaptation.py, then without the `stride` and `batch_size` options). The network alone, with
-    neither, is reported beside it as `model_loss` / `model_bpb`.
+    A model with a document cache, corpus n-grams or a neural cache is scored as the mixture it predicts
+    with (`mixture_logprobs`); one with `adapt_lr` learns from each document as it reads it, and one with
+    a neural cache reads it document by document too (adaptation.py, then without the `stride` and
+    `batch_size` options). The network alone, with none of them, is reported beside it as `model_loss` /
+    `model_bpb`.
     """
     if len(tokens) < 2:
         raise ValueError("the token stream has fewer than 2 tokens: there is nothing to predict")
@@ -165,9 +167,12 @@ def evaluate_stream(
         )
     finally:
         model.train(was_training)
-    lr = getattr(model.config, "adapt_lr", None)
-    adapted = logprobs if lr is None else adapted_logprobs(model, tokens, lr, model.config.adapt_scales)
-    mixed = mixture_logprobs(model, tokens, adapted)
+    cfg = model.config
+    lr, states = getattr(cfg, "adapt_lr", None), None
+    adapted = logprobs
+    if lr is not None or getattr(cfg, "neural_cache_theta", None) is not None:
+        adapted, states = document_pass(model, tokens, lr, cfg.adapt_scales)
+    mixed = mixture_logprobs(model, tokens, adapted, static=logprobs, states=states)
     result = summarize(-float(mixed.sum()), len(mixed), n_bytes)
     if mixed is not logprobs:
         alone = summarize(-float(logprobs.sum()), len(logprobs), n_bytes)
@@ -175,10 +180,21 @@ def evaluate_stream(
     return result
 
 
-def mixture_logprobs(model: nn.Module, tokens: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
+def mixture_logprobs(
+    model: nn.Module,
+    tokens: np.ndarray,
+    logprobs: np.ndarray,
+    *,
+    static: np.ndarray | None = None,
+    states: np.ndarray | None = None,
+) -> np.ndarray:
     """The targets' log-probabilities under what the model predicts with: its own (`logprobs`, returned
-    as is), then its document cache mixed in, then its corpus n-grams, for those it has."""
+    as is), with the unadapted network's (`static`) mixed in when it adapts, then its document cache,
+    its corpus n-grams and its neural cache (on `states`, `document_pass`'), for those it has."""
     cfg = model.config
+    share = getattr(cfg, "adapt_static_weight", None)
+    if share and static is not None and getattr(cfg, "adapt_lr", None) is not None:
+        logprobs = np.logaddexp(np.log1p(-share) + logprobs, np.log(share) + static)
     if getattr(cfg, "doc_cache_weights", None) is not None:
         bucket, prob = stream_hits(tokens, len(cfg.doc_cache_weights))
         logprobs = mixed_logprobs(logprobs, bucket, prob, cfg.doc_cache_weights)
@@ -186,4 +202,10 @@ def mixture_logprobs(model: nn.Module, tokens: np.ndarray, logprobs: np.ndarray)
     if corpus is not None:
         bucket, prob = corpus.stream_hits(tokens)
         logprobs = mixed_logprobs(logprobs, bucket, prob, cfg.corpus_ngram_weights)
+    theta = getattr(cfg, "neural_cache_theta", None)
+    if theta is not None:
+        if states is None:
+            raise ValueError("a model with a neural cache is scored on the states of `document_pass`")
+        bucket, prob = neural_cache.stream_hits(tokens, states, theta)
+        logprobs = mixed_logprobs(logprobs, bucket, prob, cfg.neural_cache_weights)
     return logprobs

@@ -59,12 +59,14 @@ _NOT_LLAMA = {
     "doc_cache_weights": (None, "transformers has no document cache"),
     "corpus_ngram_weights": (None, "transformers has no n-gram expert"),
     "adapt_lr": (None, "transformers does not learn from the text it reads"),
+    "neural_cache_theta": (None, "transformers has no neural cache"),
 }
 # how to get an exportable model: retrain, except for what lives outside the weights
 _FIX = {
     name: f"delete {name} from the model's config.json to export the network alone"
     for name in ("doc_cache_weights", "corpus_ngram_weights", "adapt_lr")
 }
+_FIX["neural_cache_theta"] = "delete neural_cache_theta and neural_cache_weights from the model's config.json"
 
 
 def check_llama_expressible(cfg: ModelConfig) -> None:

@@ -21,6 +21,10 @@ Rules (the same with and without the cache, so both give the same tokens):
 - A model with `adapt_lr` (adaptation.py) learns from what it reads: the prompt, then every
   `max_seq_len // 2` tokens what it has generated, on its own copy of the weights, as scoring does.
   Rows of a batch then run one by one, since each has its own weights. `model_only=True` leaves it out.
+  A fitted share of the unadapted network (`adapt_static_weight`) runs beside it on its own KV cache.
+- A model with a neural cache (neural_cache.py) keeps the state that predicted each token of the
+  document: the prompt's as scoring computes them (`Adapter.document_states`), then the decode loop's.
+  It reads through an adapter too, one that never learns when the model has no `adapt_lr`.
 - Sampling order as in Hugging Face: repetition penalty -> temperature (0 = greedy) -> top-k -> top-p.
   Randomness comes from a local `torch.Generator` seeded with `seed`, never the global RNG.
 """
@@ -36,6 +40,7 @@ import torch
 from tinyllama_model.adaptation import Adapter
 from tinyllama_model.corpus_ngrams import mix_corpus
 from tinyllama_model.doc_cache import DocCache, mix_doc_caches
+from tinyllama_model.neural_cache import NeuralCache, mix_neural_caches
 from tinyllama_model.tokenizer import EOS_ID, PAD_ID
 
 if TYPE_CHECKING:
@@ -148,11 +153,19 @@ def _seen_tokens(prompts: Sequence[Sequence[int]], vocab: int, device: torch.dev
 
 
 class _Experts:
-    """What the model predicts with besides its weights: the document cache and the corpus n-grams, for
-    those it has, each following every row's tokens (the whole prompt, then what is generated).
-    `for_model` gives None to a model with neither, so its decode loop does no bookkeeping for them."""
+    """What the model predicts with besides its weights: the unadapted network's share beside an adapting
+    copy, the document cache, the corpus n-grams and the neural cache, for those it has, each following
+    every row's tokens (the whole prompt, then what is generated). `for_model` gives None to a model with
+    none, so its decode loop does no bookkeeping for them. The neural cache and the share need the
+    `adapter` (adaptation.py), which reads the prompt's states; it exists only for a row alone."""
 
-    def __init__(self, model: Decoder, prompts: Sequence[Sequence[int]]):
+    def __init__(
+        self,
+        model: Decoder,
+        prompts: Sequence[Sequence[int]],
+        adapter: Adapter | None,
+        use_cache: bool = True,
+    ):
         self.cfg, self.corpus = model.config, getattr(model, "corpus_ngrams", None)
         weights = getattr(self.cfg, "doc_cache_weights", None)
         self.doc = None if weights is None else [DocCache(len(weights)) for _ in prompts]
@@ -160,26 +173,81 @@ class _Experts:
         for doc, history in zip(self.doc or (), self.histories, strict=False):
             for t in history:
                 doc.observe(t)
+        self.share = _static_share(model) if adapter is not None else None
+        self.static = _StaticNet(model, prompts, use_cache) if self.share else None
+        self.neural = None
+        if adapter is not None and getattr(self.cfg, "neural_cache_theta", None) is not None:
+            self.neural = [NeuralCache(self.cfg.dim, self.cfg.vocab_size)]
+            for token, state in zip(adapter.doc, [None, *adapter.document_states()], strict=True):
+                self.neural[0].observe(state, token)
 
     @classmethod
-    def for_model(cls, model: Decoder, prompts: Sequence[Sequence[int]]) -> _Experts | None:
-        has_cache = getattr(model.config, "doc_cache_weights", None) is not None
-        return cls(model, prompts) if has_cache or getattr(model, "corpus_ngrams", None) else None
+    def for_model(
+        cls, model: Decoder, prompts: Sequence[Sequence[int]], adapter: Adapter | None, use_cache: bool
+    ) -> _Experts | None:
+        cfg = model.config
+        has_cache = getattr(cfg, "doc_cache_weights", None) is not None or getattr(
+            model, "corpus_ngrams", None
+        )
+        reads = adapter is not None and (_static_share(model) or getattr(cfg, "neural_cache_theta", None))
+        return cls(model, prompts, adapter, use_cache) if has_cache or reads else None
 
-    def observe(self, tokens: list[int]) -> None:
+    def observe(self, tokens: list[int], states: torch.Tensor | None) -> None:
+        """The tokens just sampled, one per row, and the states (B, dim) that predicted them."""
         for row, t in enumerate(tokens):
             self.histories[row].append(t)
             if self.doc is not None:
                 self.doc[row].observe(t)
+            if self.neural is not None:
+                self.neural[row].observe(states[row], t)
+        if self.static is not None:
+            self.static.step(tokens)
 
-    def mix(self, logits: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities (B, V) of the mixture: one softmax, each expert mixed in, one log."""
+    def mix(self, logits: torch.Tensor, states: torch.Tensor | None) -> torch.Tensor:
+        """Log-probabilities (B, V) of the mixture: one softmax (two with the unadapted network's share),
+        each expert mixed in, one log; `states` (B, dim) predict this step."""
         probs = logits.float().softmax(dim=-1)
+        if self.static is not None:
+            probs = (1.0 - self.share) * probs + self.share * self.static.logits.float().softmax(dim=-1)
         if self.doc is not None:
             mix_doc_caches(probs, self.doc, self.cfg.doc_cache_weights)
         if self.corpus is not None:
             mix_corpus(probs, self.corpus, self.histories, self.cfg.corpus_ngram_weights)
+        if self.neural is not None:
+            theta, weights = self.cfg.neural_cache_theta, self.cfg.neural_cache_weights
+            mix_neural_caches(probs, self.neural, states, theta, weights)
         return probs.log()
+
+
+def _static_share(model: Decoder) -> float | None:
+    """The unadapted network's share of an adapting model's prediction (model_config.adapt_static_weight)."""
+    cfg = model.config
+    return getattr(cfg, "adapt_static_weight", None) if getattr(cfg, "adapt_lr", None) is not None else None
+
+
+class _StaticNet:
+    """The unadapted network beside the adapting copy, on its own KV cache, for its share of the mixture:
+    its window follows the decode loop's rule, so its logits are what sliding-window scoring computes."""
+
+    def __init__(self, model: Decoder, prompts: Sequence[Sequence[int]], use_cache: bool):
+        self.model, self.window_len = model, model.config.max_seq_len
+        self.window, self.pad = _left_pad([p[-self.window_len :] for p in prompts], model.rope_cos.device)
+        self.cache = model.new_cache(len(prompts), self.pad) if use_cache else None
+        self.logits = _window_logits(model, self.window, self.pad, self.cache)
+
+    def step(self, tokens: list[int]) -> None:
+        token = torch.tensor(tokens, device=self.window.device)
+        self.window, self.pad, slid = _append(self.window, self.pad, token, self.window_len)
+        if slid or self.cache is None:
+            self.logits = _window_logits(self.model, self.window, self.pad, self.cache)
+        else:
+            self.logits = self.model.forward_cached(token[:, None], self.cache)[:, -1]
+
+
+def _last_states(net: Decoder, rows: int) -> torch.Tensor | None:
+    """The final states (rows, dim) of the forward that gave the latest logits (a recording network)."""
+    states = getattr(net, "states", None)
+    return None if states is None else states.reshape(rows, -1)
 
 
 def _one_row_at_a_time(
@@ -250,17 +318,17 @@ def decode_steps(
         window, pad = _left_pad([p[-window_len:] for p in prompts], device)  # (B, W)
         generator = s.generator(device)
         active = torch.ones(b, dtype=torch.bool, device=device)
-        if b > 1 and not s.model_only and getattr(model.config, "adapt_lr", None) is not None:
+        if b > 1 and not s.model_only and Adapter.wanted(model.config):
             yield from _one_row_at_a_time(model, prompts, max_new_tokens, s, use_cache)  # own weights each
             return
         adapter = None if s.model_only else Adapter.for_model(model, prompts[0])
         net = model if adapter is None else adapter.net
         cache = net.new_cache(b, pad) if use_cache else None
-        experts = None if s.model_only else _Experts.for_model(model, prompts)
+        experts = None if s.model_only else _Experts.for_model(model, prompts, adapter, use_cache)
         logits = _window_logits(net, window, pad, cache)
         for step in range(max_new_tokens):
             if experts is not None:
-                logits = experts.mix(logits)
+                logits = experts.mix(logits, _last_states(net, b))
             token = sample_next(logits, s, generator, seen)  # (B,)
             token = torch.where(active, token, torch.full_like(token, PAD_ID))
             yield token, active.clone()
@@ -271,7 +339,7 @@ def decode_steps(
             if seen is not None:
                 seen[torch.arange(b, device=device), token] = True
             if experts is not None:
-                experts.observe(token.tolist())
+                experts.observe(token.tolist(), _last_states(net, b))
             window, pad, slid = _append(window, pad, token, window_len)
             relearned = adapter is not None and adapter.observe(int(token[0]))
             if relearned and use_cache:  # new weights: the cached keys and values are stale

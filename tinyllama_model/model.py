@@ -270,6 +270,8 @@ class TinyLlama(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self._decode_weights: DecodeWeights | None = None  # packed by the first new_cache()
         self.corpus_ngrams: CorpusNgrams | None = None  # with config.corpus_ngram_weights (from_pretrained)
+        # with record_states, every forward keeps the final states its head read (neural_cache.py)
+        self.record_states, self.states = False, None
         # RoPE tables computed once; not saved (persistent=False) because they follow from the config
         cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq_len, 2, hd/2)
@@ -378,6 +380,8 @@ class TinyLlama(nn.Module):
 
         output_t: the head's weight transposed (decode_weights), instead of `self.output`.
         """
+        if self.record_states:
+            self.states = h.detach()
         logits = (self.output(h) if output_t is None else h @ output_t).to(
             torch.promote_types(h.dtype, torch.float32)
         )

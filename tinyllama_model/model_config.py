@@ -50,8 +50,19 @@ class ModelConfig:
     # and each parameter tensor's multiplier of it, {name: 1 / its gradient's RMS on the validation
     # split}, measured with it; None: every tensor at adapt_lr (plain SGD)
     adapt_scales: dict[str, float] | None = None
+    # the unadapted network's share of the prediction beside the adapted one's, fitted with the experts
+    # after adaptation (README, "Benchmarks"); None or 0: the adapted network alone
+    adapt_static_weight: float | None = None
+    # the neural cache (neural_cache.py): its softmax temperature on cosines (train.neural_cache_theta) and
+    # its mixture weight per bucket of the best similarity, fitted after training; None: no neural cache
+    neural_cache_theta: float | None = None
+    neural_cache_weights: list[float] | None = None
 
     def __post_init__(self) -> None:
+        self._check_shape()
+        self._check_experts()
+
+    def _check_shape(self) -> None:
         for name in ("dim", "n_layers", "n_heads", "vocab_size", "max_seq_len", "multiple_of"):
             _require_positive_int(name, getattr(self, name))
         for name in ("n_kv_heads", "ffn_hidden_dim"):
@@ -90,6 +101,8 @@ class ModelConfig:
         cap = self.logit_softcap
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
             raise ConfigError(f"logit_softcap={cap!r} must be a positive number (15 in nanochat) or None")
+
+    def _check_experts(self) -> None:
         if self.doc_cache_weights is not None:
             _require_cache_weights(self.doc_cache_weights)
         if self.corpus_ngram_weights is not None:
@@ -107,6 +120,24 @@ class ModelConfig:
             raise ConfigError(
                 f"adapt_scales must map parameter names to finite numbers >= 0 (got {str(scales)[:80]}); "
                 "leave it null and set train.adapt_lrs to have it measured after training"
+            )
+        if self.adapt_static_weight is not None and not _is_weight(self.adapt_static_weight):
+            raise ConfigError(
+                f"adapt_static_weight={self.adapt_static_weight!r} must be in [0, 1) or null; "
+                "leave it null to have it fitted with the experts after training"
+            )
+        theta, weights = self.neural_cache_theta, self.neural_cache_weights
+        if (theta is None) != (weights is None) or (
+            theta is not None and not (_is_scale(theta) and theta > 0)
+        ):
+            raise ConfigError(
+                f"neural_cache_theta={theta!r} must be a positive number, set together with "
+                "neural_cache_weights (or both null); set train.neural_cache_theta to have them fitted"
+            )
+        if weights is not None and not _is_row(weights, NEURAL_CACHE_BUCKETS):
+            raise ConfigError(
+                f"neural_cache_weights={weights!r} must be a list of {NEURAL_CACHE_BUCKETS} weights in "
+                "[0, 1), one per bucket of the best similarity; leave it null, set train.neural_cache_theta"
             )
 
     # -- derived sizes ------------------------------------------------------------------------------
@@ -192,6 +223,7 @@ class ModelConfig:
 
 MLPS = ("swiglu", "relu2")
 CORPUS_MAX_ORDER, CORPUS_COUNT_BUCKETS = 4, 10  # corpus n-grams: 4 tokens fill a uint64; log2 count 0..9
+NEURAL_CACHE_BUCKETS = 7  # neural_cache weights: one per bucket of the best earlier state's cosine
 CACHE_COUNT_BUCKETS = 4  # doc_cache weights per (order, one continuation): n = 1, 2, 3, 4 or more
 VE_GATE_CHANNELS = 32  # the value-embedding gate reads this many leading channels of the block input
 

@@ -82,6 +82,14 @@ class TrainConfig:
             "rates are ~1e-4, not SGD's ~0.03; (): no adaptation."
         ),
     )
+    neural_cache_theta: float | None = field(
+        default=None,
+        metadata=_doc(
+            "After training, fit a neural cache with this temperature on cosines (15 is tuned): earlier "
+            "states of the document vote for the token that followed them (tinyllama_model/neural_cache.py); "
+            "null: none."
+        ),
+    )
     # budget: set one or more; training ends at the first reached and the cosine spans it
     max_steps: int | None = field(default=None, metadata=_doc("Budget in optimizer steps."))
     max_tokens: int | None = field(default=None, metadata=_doc("Budget in training tokens."))
@@ -203,6 +211,9 @@ class TrainConfig:
         )
         _require(ok, "adapt_lrs", "a list of positive learning rates, e.g. [2e-4, 3e-4], or []")
         self.adapt_lrs = tuple(lrs)
+        theta = self.neural_cache_theta
+        ok = theta is None or (isinstance(theta, (int, float)) and not isinstance(theta, bool) and theta > 0)
+        _require(ok, "neural_cache_theta", "a positive temperature (15 is tuned) or null")
         _require(self.log_every_s > 0, "log_every_s", "positive")
         _require(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")
         if not any(getattr(self, b) is not None for b in BUDGETS):

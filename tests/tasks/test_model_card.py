@@ -66,6 +66,20 @@ def test_dynamic_evaluation_is_stated_with_its_rate_and_without_its_scale_table(
     assert "reads it (SGD, lr 0.0002 scaled per tensor, every 32 tokens)" in text
     plain = card(model_config={**cfg, "adapt_scales": None}).markdown()
     assert "(SGD, lr 0.0002, every 32 tokens)" in plain and "adapt_scales" not in text
+    assert "unadapted" not in text and "neural cache" not in text
+
+
+def test_the_unadapted_share_and_the_neural_cache_are_stated() -> None:
+    cfg = {"max_seq_len": 64, "adapt_lr": 2e-4, "adapt_static_weight": 0.15, "neural_cache_theta": 15.0}
+    text = card(model_config={**cfg, "neural_cache_weights": [0.1] * 7}).markdown()
+    assert (
+        "every 32 tokens), chosen on the validation split (`tinyllama_model/adaptation.py`), with 0.15 of"
+        in text
+    )
+    assert (
+        "- neural cache: earlier states of the document vote" in text and "(softmax of 15.0 x cosine)" in text
+    )
+    assert "neural_cache_weights" not in text  # a fitted table, not a config line
 
 
 def test_the_registry_gets_a_description_within_its_column() -> None:

@@ -71,9 +71,14 @@ def test_train_publishes_the_best_model_with_its_tokenizer(tmp_path, inputs):
     assert calls == []  # cached: nothing retrained
 
 
+REFIT_STEPS = ("network", "adapt_static_weight", "doc_cache", "corpus_ngram", "neural_cache")
+
+
 def test_the_experts_are_fitted_on_the_validation_split_and_shipped_with_the_model(tmp_path, inputs):
     tok, enc = inputs
-    cfg = train_config(doc_cache_orders=2, corpus_ngram_orders=3, adapt_lrs=(3e-4, 3e-3))
+    cfg = train_config(
+        doc_cache_orders=2, corpus_ngram_orders=3, adapt_lrs=(3e-4, 3e-3), neural_cache_theta=15
+    )
     art = run_train(MODEL, cfg, enc, tok, tmp_path)
     config = json.loads(art.file("model").joinpath("config.json").read_text())
     model = TinyLlama.from_pretrained(art.file("model"))
@@ -95,11 +100,17 @@ def test_the_experts_are_fitted_on_the_validation_split_and_shipped_with_the_mod
     assert stats["val_loss_adapt_fit_adapted"] < stats["val_loss_adapt_fit_unadapted"]
     names = {name for name, _ in model.named_parameters()}
     assert set(model.config.adapt_scales) == names and all(s > 0 for s in model.config.adapt_scales.values())
+    # then the mixture again on the adapted network: its unadapted self, the caches, the neural cache last
+    refit = [stats[f"val_loss_refit_{k}"] for k in REFIT_STEPS]
+    assert refit == sorted(refit, reverse=True) and refit[-1] < refit[0]
+    assert model.config.neural_cache_theta == 15 and len(model.config.neural_cache_weights) == 7
+    assert model.config.adapt_static_weight == config["adapt_static_weight"] is not None
     plain = run_train(MODEL, train_config(), enc, tok, tmp_path)
     assert plain.fingerprint != art.fingerprint and "doc_cache_matched" not in plain.stats
     assert "adapt_lr" not in plain.stats
     plain_config = TinyLlama.from_pretrained(plain.file("model")).config
     assert plain_config.adapt_lr is None and plain_config.adapt_scales is None
+    assert plain_config.neural_cache_theta is None and plain_config.adapt_static_weight is None
     assert not (plain.file("model") / "corpus_tokens.npy").exists()
 
 

@@ -103,14 +103,14 @@ def test_scoring_and_generation_mix_the_same_experts_in_the_same_order(model):
     out = evaluate_stream(mixed, stream, n_bytes=100)
     assert out["bpb"] == pytest.approx(-scored.sum() / math.log(2) / 100)
     assert out["model_bpb"] == pytest.approx(-lp.sum() / math.log(2) / 100) and out["bpb"] < out["model_bpb"]
-    experts = _Experts(mixed, [stream[:1].tolist()])
+    experts = _Experts(mixed, [stream[:1].tolist()], adapter=None)
     with torch.no_grad():
         logits = model(torch.from_numpy(stream[None, :-1]))[0][0]
     for t in range(1, len(stream)):
-        step = experts.mix(logits[t - 1 : t].clone())[0]
+        step = experts.mix(logits[t - 1 : t].clone(), None)[0]
         assert float(step.exp().sum()) == pytest.approx(1.0, abs=1e-5)
         assert float(step[stream[t]]) == pytest.approx(scored[t - 1], abs=1e-5)
-        experts.observe([int(stream[t])])
+        experts.observe([int(stream[t])], None)
 
 
 def test_generation_follows_the_corpus_and_model_only_leaves_it_out(model):

@@ -1,0 +1,112 @@
+"""The neural cache: earlier positions of this document whose state resembles the current one vote for
+the token that followed them.
+
+Why: the document cache (doc_cache.py) copies a continuation only after the same 1-3 tokens. A network's
+final state (what its head reads) also matches where the words differ but the situation is the same: a
+name that recurs after a different verb, a term after a paraphrase. Grave et al. (2017, "Improving Neural
+Language Models with a Continuous Cache") keep the states h_i of the document so far with the token
+x_{i+1} that followed each, and predict
+
+    p_cache(x) = sum over i with x_{i+1} = x of softmax_i(theta * cos(h_t, h_i))
+
+mixed in last, after the document cache and the corpus n-grams, with a weight that grows with the best
+match's similarity (`SIMILARITY_EDGES`; fitted on the validation split by `doc_cache.fit_weights`). The
+states are the ones the predicting network computed at each position (the adapted one under dynamic
+evaluation); they are unit-normalised, so theta is a temperature on cosines. The cache reads only earlier
+positions of the same document and empties at EOS, so it never sees what it predicts, and the mixture
+stays a distribution. Held-out bits per byte -0.011 / -0.020 on the two splits of the 10-minute preset
+(README, "Benchmarks"); it costs a (positions x dim) product per token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from tinyllama_model.adaptation import document_spans
+from tinyllama_model.model_config import NEURAL_CACHE_BUCKETS as N_BUCKETS
+from tinyllama_model.tokenizer import EOS_ID
+
+# the weight's buckets: cosine of the best earlier state < 0.6, 0.6-0.7, ... , >= 0.95
+SIMILARITY_EDGES = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95)  # N_BUCKETS - 1 edges
+QUERY_BLOCK = 1024  # positions scored at once: a (1024 x document) similarity matrix, 128 MB at 32k tokens
+
+
+def table_shape() -> tuple[int, int]:
+    """Weights are indexed [0][bucket of the best similarity] (one row, for `doc_cache.fit_weights`)."""
+    return (1, N_BUCKETS)
+
+
+def _unit(states: torch.Tensor) -> torch.Tensor:
+    states = states.float()
+    return states / states.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _bucket(best: torch.Tensor) -> torch.Tensor:
+    return torch.bucketize(best, torch.tensor(SIMILARITY_EDGES, dtype=best.dtype), right=True)
+
+
+def stream_hits(tokens: np.ndarray, states: np.ndarray, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per target position t (1 .. len-1, index t - 1): the cache's bucket (-1: no earlier state in the
+    document) and its probability of tokens[t], from `states[t - 1]`, the state that predicted it."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    bucket = np.full(max(len(tokens) - 1, 0), -1, dtype=np.int64)
+    prob = np.zeros(len(bucket))
+    for first, last in document_spans(tokens):  # rows first .. last-1 predict first+1 .. last
+        keys = _unit(torch.from_numpy(np.ascontiguousarray(states[first:last])))
+        nexts = torch.from_numpy(tokens[first + 1 : last + 1])
+        for lo in range(1, len(keys), QUERY_BLOCK):  # row 0 has no earlier state
+            hi = min(lo + QUERY_BLOCK, len(keys))
+            sim = keys[lo:hi] @ keys[:hi].T  # (rows, keys): a block bounds the memory of a long document
+            earlier = torch.arange(hi)[None, :] < torch.arange(lo, hi)[:, None]
+            sim = sim.masked_fill(~earlier, float("-inf"))
+            weights = torch.softmax(theta * sim, dim=1)
+            hit = nexts[None, :hi] == nexts[lo:hi, None]
+            prob[first + lo : first + hi] = (weights * hit).sum(1).double().numpy()
+            bucket[first + lo : first + hi] = _bucket(sim.max(1).values).numpy()
+    return bucket, prob
+
+
+class NeuralCache:
+    """One sequence's document so far: its unit states and the token that followed each, in buffers that
+    double when full (a decode step appends one row; it does not copy the document)."""
+
+    def __init__(self, dim: int, vocab_size: int):
+        self.keys, self.nexts, self.n = torch.empty(64, dim), torch.empty(64, dtype=torch.long), 0
+        self.vocab_size = vocab_size
+
+    def observe(self, state: torch.Tensor | None, token: int) -> None:
+        """`state` predicted `token` (None: it predicted nothing, a prompt's first position); EOS empties."""
+        if token == EOS_ID:
+            self.n = 0
+        elif state is not None:
+            if self.n == len(self.keys):
+                self.keys = torch.cat([self.keys, torch.empty_like(self.keys)])
+                self.nexts = torch.cat([self.nexts, torch.empty_like(self.nexts)])
+            self.keys[self.n], self.nexts[self.n] = _unit(state.detach().cpu()), token
+            self.n += 1
+
+    def predict(self, state: torch.Tensor, theta: float) -> tuple[int, torch.Tensor] | None:
+        """(bucket, probabilities over the vocabulary (V,), float64) for the position `state` predicts, or
+        None with no earlier state."""
+        if self.n == 0:
+            return None
+        sim = self.keys[: self.n] @ _unit(state.detach().cpu())
+        weights = torch.softmax(theta * sim, 0).double()
+        probs = torch.zeros(self.vocab_size, dtype=torch.float64).index_add_(0, self.nexts[: self.n], weights)
+        return int(_bucket(sim.max())), probs
+
+
+def mix_neural_caches(
+    probs: torch.Tensor, caches: Sequence[NeuralCache], states: torch.Tensor, theta: float, weights: list
+) -> None:
+    """Mix each row's cache into its next-token probabilities (B, V), in place; `states` (B, dim)."""
+    flat = np.asarray(weights, dtype=np.float64).ravel()
+    for row, cache in enumerate(caches):
+        hit = cache.predict(states[row], theta)
+        if hit is not None:
+            bucket, q = hit
+            weight = float(flat[bucket])
+            probs[row] = (1.0 - weight) * probs[row] + weight * q.to(probs.device, probs.dtype)
