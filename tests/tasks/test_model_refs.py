@@ -59,7 +59,10 @@ def test_a_failed_download_leaves_no_temporary_folder(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.MlflowClient(store).search_registered_models()  # an existing store without that model
+    # a store without that model, created through the tracking store first: its set-up holds MLflow's
+    # file lock, while the registry store's own set-up of a fresh file can race it (seen under load)
+    mlflow.MlflowClient(store).search_experiments()
+    mlflow.MlflowClient(store).search_registered_models()
     with pytest.raises(
         ValueError, match=r"cannot resolve models:/nope@champion .*not found.*MLFLOW_TRACKING_URI"
     ):
