@@ -220,7 +220,7 @@ def fit_learning_rate(
     steps scaled by `scales`.
 
     `loss_of(tokens, logprobs)` scores a candidate (the train phase mixes the experts in first). lr is
-    None when no candidate beats the network read the same way without learning (lr 0).
+    None when no candidate beats the network read the same way without learning (lr None).
     """
     tokens = tokens[:FIT_MAX_TOKENS]
     static = loss_of(tokens, adapted_logprobs(model, tokens, None))

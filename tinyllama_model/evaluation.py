@@ -192,8 +192,8 @@ def mixture_logprobs(
     as is), with the unadapted network's (`static`) mixed in when it adapts, then its document cache,
     its corpus n-grams and its neural cache (on `states`, `document_pass`'), for those it has."""
     cfg = model.config
-    share = getattr(cfg, "adapt_static_weight", None)
-    if share and static is not None and getattr(cfg, "adapt_lr", None) is not None:
+    share = getattr(cfg, "unadapted_share", 0.0)
+    if share and static is not None:
         logprobs = np.logaddexp(np.log1p(-share) + logprobs, np.log(share) + static)
     if getattr(cfg, "doc_cache_weights", None) is not None:
         bucket, prob = stream_hits(tokens, len(cfg.doc_cache_weights))

@@ -173,7 +173,7 @@ class _Experts:
         for doc, history in zip(self.doc or (), self.histories, strict=False):
             for t in history:
                 doc.observe(t)
-        self.share = _static_share(model) if adapter is not None else None
+        self.share = getattr(self.cfg, "unadapted_share", 0.0) if adapter is not None else 0.0
         self.static = _StaticNet(model, prompts, use_cache) if self.share else None
         self.neural = None
         if adapter is not None and getattr(self.cfg, "neural_cache_theta", None) is not None:
@@ -189,7 +189,9 @@ class _Experts:
         has_cache = getattr(cfg, "doc_cache_weights", None) is not None or getattr(
             model, "corpus_ngrams", None
         )
-        reads = adapter is not None and (_static_share(model) or getattr(cfg, "neural_cache_theta", None))
+        reads = adapter is not None and (
+            getattr(cfg, "unadapted_share", 0.0) or getattr(cfg, "neural_cache_theta", None) is not None
+        )
         return cls(model, prompts, adapter, use_cache) if has_cache or reads else None
 
     def observe(self, tokens: list[int], states: torch.Tensor | None) -> None:
@@ -217,12 +219,6 @@ class _Experts:
             theta, weights = self.cfg.neural_cache_theta, self.cfg.neural_cache_weights
             mix_neural_caches(probs, self.neural, states, theta, weights)
         return probs.log()
-
-
-def _static_share(model: Decoder) -> float | None:
-    """The unadapted network's share of an adapting model's prediction (model_config.adapt_static_weight)."""
-    cfg = model.config
-    return getattr(cfg, "adapt_static_weight", None) if getattr(cfg, "adapt_lr", None) is not None else None
 
 
 class _StaticNet:

@@ -140,6 +140,11 @@ class ModelConfig:
                 "[0, 1), one per bucket of the best similarity; leave it null, set train.neural_cache_theta"
             )
 
+    @property
+    def unadapted_share(self) -> float:
+        """The unadapted network's share of the prediction: adapt_static_weight when the model adapts."""
+        return (self.adapt_static_weight or 0.0) if self.adapt_lr is not None else 0.0
+
     # -- derived sizes ------------------------------------------------------------------------------
 
     @property
