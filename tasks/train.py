@@ -53,7 +53,7 @@ from tinyllama_model.checkpoint import CONFIG_FILE
 from tinyllama_model.corpus_ngrams import MAX_VOCAB, CorpusNgrams
 from tinyllama_model.corpus_ngrams import table_shape as corpus_shape
 from tinyllama_model.data import token_dtype, write_packed
-from tinyllama_model.doc_cache import fit_weights, mixed_logprobs, stream_hits
+from tinyllama_model.doc_cache import chain_logprobs, fit_weights, mixed_logprobs, refit_chain, stream_hits
 from tinyllama_model.doc_cache import table_shape as doc_cache_shape
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import mixture_logprobs, sliding_logprobs
@@ -184,8 +184,8 @@ def refit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, An
     """Fit the mixture again on the validation split, now on what the network predicts with: adapted as
     chosen (weights fitted on the unadapted network trust the experts too much: held-out bpb -0.009 /
     -0.002 on splits 0 / 1), with a share of the unadapted network, the document cache, the corpus
-    n-grams, then the neural cache on the states of the same pass. The summary has the validation loss
-    after each."""
+    n-grams, then the neural cache on the states of the same pass; then each expert's weights once more
+    with the others fixed (`refit_chain`). The summary has the validation loss after each."""
     model = TinyLlama.from_pretrained(model_dir).eval()
     mcfg = model.config
     val = np.fromfile(work / "val.bin", dtype=token_dtype(mcfg.vocab_size))
@@ -207,11 +207,16 @@ def refit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, An
         shape = neural_cache.table_shape()
         experts.append(("neural_cache_weights", hits, shape, shape[1:]))
         config["neural_cache_theta"] = cfg.neural_cache_theta
-    for key, (bucket, prob), fitted, stored in experts:
-        weights = fit_weights(logprobs, bucket, prob, fitted)
-        logprobs = mixed_logprobs(logprobs, bucket, prob, weights)
-        config[key] = np.reshape(weights, stored).tolist()
+    chain = [(bucket, prob, fitted) for _, (bucket, prob), fitted, _ in experts]
+    network, fits = logprobs, []
+    for (key, *_), (bucket, prob, fitted) in zip(experts, chain, strict=True):
+        fits.append(fit_weights(logprobs, bucket, prob, fitted))
+        logprobs = mixed_logprobs(logprobs, bucket, prob, fits[-1])
         stats[f"val_loss_refit_{key.removesuffix('_weights')}"] = -float(logprobs.mean())
+    fits = refit_chain(network, chain, fits)
+    stats["val_loss_refit_jointly"] = -float(chain_logprobs(network, chain, fits).mean())
+    for (key, _, _, stored), weights in zip(experts, fits, strict=True):
+        config[key] = np.reshape(weights, stored).tolist()
     (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return stats
 

@@ -71,7 +71,7 @@ def test_train_publishes_the_best_model_with_its_tokenizer(tmp_path, inputs):
     assert calls == []  # cached: nothing retrained
 
 
-REFIT_STEPS = ("network", "adapt_static_weight", "doc_cache", "corpus_ngram", "neural_cache")
+REFIT_STEPS = ("network", "adapt_static_weight", "doc_cache", "corpus_ngram", "neural_cache", "jointly")
 
 
 def test_the_experts_are_fitted_on_the_validation_split_and_shipped_with_the_model(tmp_path, inputs):
@@ -100,7 +100,8 @@ def test_the_experts_are_fitted_on_the_validation_split_and_shipped_with_the_mod
     assert stats["val_loss_adapt_fit_adapted"] < stats["val_loss_adapt_fit_unadapted"]
     names = {name for name, _ in model.named_parameters()}
     assert set(model.config.adapt_scales) == names and all(s > 0 for s in model.config.adapt_scales.values())
-    # then the mixture again on the adapted network: its unadapted self, the caches, the neural cache last
+    # then the mixture again on the adapted network: its unadapted self, the caches, the neural cache last,
+    # then every weight once more with the others fixed
     refit = [stats[f"val_loss_refit_{k}"] for k in REFIT_STEPS]
     assert refit == sorted(refit, reverse=True) and refit[-1] < refit[0]
     assert model.config.neural_cache_theta == 15 and len(model.config.neural_cache_weights) == 7

@@ -11,11 +11,14 @@ import torch
 from tinyllama_model import ModelConfig, TinyLlama
 from tinyllama_model.data import pack_documents
 from tinyllama_model.doc_cache import (
+    FIT_GRID,
     DocCache,
     bucket_index,
+    chain_logprobs,
     fit_weights,
     mix_doc_caches,
     mixed_logprobs,
+    refit_chain,
     stream_hits,
     table_shape,
 )
@@ -160,3 +163,60 @@ def test_the_weights_travel_with_the_checkpoint(tmp_path, model):
     cfg = ModelConfig(**{**model.config.to_dict(), "doc_cache_weights": weights_table(2, 0.25)})
     TinyLlama(cfg).save_pretrained(tmp_path / "m")
     assert TinyLlama.from_pretrained(tmp_path / "m").config.doc_cache_weights == weights_table(2, 0.25)
+
+
+def overlapping_experts(n: int = 4000) -> tuple[np.ndarray, list]:
+    """A base model and two experts for the same targets, the second knowing more than the first: fitted
+    one after the other, the first's weights are chosen before anyone knows what the second will add."""
+    rng = np.random.default_rng(0)
+    base = np.log(rng.uniform(0.01, 0.3, size=n))
+    knows = rng.random(n) < 0.5  # targets both experts predict well
+    first = (rng.integers(0, 2, size=n), np.where(knows, 0.9, 0.0), (1, 2))
+    second = (rng.integers(0, 3, size=n), np.where(knows, 0.95, 0.3), (1, 3))
+    return base, [first, second]
+
+
+def grid_best(base: np.ndarray, experts: list, weights: list, k: int, b: int) -> float:
+    """Expert k's weight in bucket b that minimises the whole chain's loss, the rest as given: by brute
+    force through `chain_logprobs`, with none of `refit_chain`'s scale-and-offset algebra."""
+    losses = []
+    for w in FIT_GRID:
+        trial = [np.array(x, dtype=float) for x in weights]
+        trial[k].ravel()[b] = w
+        losses.append(-chain_logprobs(base, experts, trial).sum())
+    return float(FIT_GRID[int(np.argmin(losses))])
+
+
+def test_refit_chain_fits_each_weight_against_the_whole_chain():
+    base, experts = overlapping_experts()
+    one_by_one, lp = [], base
+    for expert in experts:
+        one_by_one.append(fit_weights(lp, *expert))
+        lp = chain_logprobs(lp, [expert], one_by_one[-1:])
+    refit = refit_chain(base, experts, one_by_one)
+    # the first expert is refitted against the second as it was fitted, then the second against that
+    for b in range(2):
+        assert refit[0][0][b] == pytest.approx(grid_best(base, experts, [refit[0], one_by_one[1]], 0, b))
+    for b in range(3):
+        assert refit[1][0][b] == pytest.approx(grid_best(base, experts, refit, 1, b))
+    assert refit[0] != one_by_one[0]
+    sequential, joint = -lp.mean(), -chain_logprobs(base, experts, refit).mean()
+    assert joint < sequential - 0.002  # 0.6649 -> 0.6615 nats per target
+
+
+@pytest.mark.parametrize("seed", [189, 194])
+def test_refit_chain_keeps_a_weight_whose_refit_would_score_worse(seed):
+    """Buckets of about ten targets take their row's weight, which can lose on them: on these two
+    (found among 200 random draws) a refit taken blindly scored the chain 0.0003-0.0004 nats worse."""
+    rng = np.random.default_rng(seed)
+    base = np.log(rng.uniform(0.01, 0.5, size=300))
+    experts = []
+    for buckets in (30, 25):
+        bucket = rng.integers(-1, buckets, size=300)
+        known = rng.random(300) < rng.uniform(0.2, 0.8)
+        experts.append((bucket, np.where(known, rng.uniform(0.3, 1.0, size=300), 0.0), (1, buckets)))
+    one_by_one, lp = [], base
+    for expert in experts:
+        one_by_one.append(fit_weights(lp, *expert))
+        lp = chain_logprobs(lp, [expert], one_by_one[-1:])
+    assert chain_logprobs(base, experts, refit_chain(base, experts, one_by_one)).sum() >= lp.sum()
