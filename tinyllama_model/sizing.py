@@ -236,7 +236,8 @@ def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, Train
         # (chosen with a share of the unadapted network mixed in, as refitted below, 4e-4 can win)
         adapt_lrs=(2e-4, 3e-4, 4e-4),
         # then the mixture refitted on the adapted network, with that share, and the neural cache last:
-        # 1.4393 / 1.4997 held out end to end, from 1.4654 / 1.5253 (README, "Benchmarks")
+        # 1.4393 / 1.4997 held out end to end, from 1.4654 / 1.5253; every weight refitted jointly after
+        # (doc_cache.refit_chain): 1.4334 / 1.4977 (README, "Benchmarks")
         neural_cache_theta=15.0,
     )
     return model, train, vocab
