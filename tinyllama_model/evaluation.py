@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyllama_model import neural_cache
-from tinyllama_model.adaptation import document_pass
+from tinyllama_model.adaptation import Adapter, document_pass
 from tinyllama_model.doc_cache import mixed_logprobs, stream_hits
 
 LN2 = math.log(2.0)
@@ -168,10 +168,9 @@ def evaluate_stream(
     finally:
         model.train(was_training)
     cfg = model.config
-    lr, states = getattr(cfg, "adapt_lr", None), None
-    adapted = logprobs
-    if lr is not None or getattr(cfg, "neural_cache_theta", None) is not None:
-        adapted, states = document_pass(model, tokens, lr, cfg.adapt_scales)
+    adapted, states = logprobs, None
+    if Adapter.wanted(cfg):
+        adapted, states = document_pass(model, tokens, cfg.adapt_lr, cfg.adapt_scales)
     mixed = mixture_logprobs(model, tokens, adapted, static=logprobs, states=states)
     result = summarize(-float(mixed.sum()), len(mixed), n_bytes)
     if mixed is not logprobs:

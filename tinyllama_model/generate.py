@@ -185,14 +185,9 @@ class _Experts:
     def for_model(
         cls, model: Decoder, prompts: Sequence[Sequence[int]], adapter: Adapter | None, use_cache: bool
     ) -> _Experts | None:
-        cfg = model.config
-        has_cache = getattr(cfg, "doc_cache_weights", None) is not None or getattr(
-            model, "corpus_ngrams", None
-        )
-        reads = adapter is not None and (
-            getattr(cfg, "unadapted_share", 0.0) or getattr(cfg, "neural_cache_theta", None) is not None
-        )
-        return cls(model, prompts, adapter, use_cache) if has_cache or reads else None
+        experts = cls(model, prompts, adapter, use_cache)
+        present = (experts.doc, experts.corpus, experts.static, experts.neural)
+        return experts if any(e is not None for e in present) else None
 
     def observe(self, tokens: list[int], states: torch.Tensor | None) -> None:
         """The tokens just sampled, one per row, and the states (B, dim) that predicted them."""
