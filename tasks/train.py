@@ -124,16 +124,17 @@ def check_experts(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
         )
 
 
-def fit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, Any]:
+def fit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> tuple[dict[str, Any], np.ndarray]:
     """Fit the document cache, then the corpus n-grams, on the validation split, as the train config asks.
 
     Their weights go into the model's config.json, the training tokens beside it (corpus n-grams). The
-    summary has the validation loss (nats per token, sliding windows) of the model alone and after each.
+    summary has the validation loss (nats per token, sliding windows) of the model alone and after each;
+    the model's sliding-window log-probabilities of the split come back beside it, for `refit_mixture`.
     """
     model = TinyLlama.from_pretrained(model_dir).eval()
     dtype = token_dtype(model.config.vocab_size)
     val = np.fromfile(work / "val.bin", dtype=dtype)
-    logprobs = sliding_logprobs(model, val, model.config.max_seq_len, batch_size=32)
+    logprobs = network = sliding_logprobs(model, val, model.config.max_seq_len, batch_size=32)
     stats: dict[str, Any] = {"val_loss_sliding_model_alone": -float(logprobs.mean())}
     config = json.loads((model_dir / CONFIG_FILE).read_text())
     if cfg.doc_cache_orders:
@@ -154,7 +155,7 @@ def fit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, Any]
             val_loss_sliding_corpus_ngrams=-float(logprobs.mean()), corpus_ngrams_matched=_share(bucket)
         )
     (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return stats
+    return stats, network
 
 
 def fit_adaptation(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, Any]:
@@ -180,12 +181,15 @@ def fit_adaptation(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, A
     return {"adapt_lr": lr, "val_loss_adapt_fit_unadapted": static, "val_loss_adapt_fit_adapted": loss}
 
 
-def refit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, Any]:
+def refit_mixture(
+    model_dir: Path, work: Path, cfg: TrainConfig, unadapted: np.ndarray | None = None
+) -> dict[str, Any]:
     """Fit the mixture again on the validation split, now on what the network predicts with: adapted as
     chosen (weights fitted on the unadapted network trust the experts too much: held-out bpb -0.009 /
     -0.002 on splits 0 / 1), with a share of the unadapted network, the document cache, the corpus
     n-grams, then the neural cache on the states of the same pass; then each expert's weights once more
-    with the others fixed (`refit_chain`). The summary has the validation loss after each."""
+    with the others fixed (`refit_chain`). The summary has the validation loss after each. `unadapted`:
+    the network's sliding-window log-probabilities of the split, when `fit_mixture` has computed them."""
     model = TinyLlama.from_pretrained(model_dir).eval()
     mcfg = model.config
     val = np.fromfile(work / "val.bin", dtype=token_dtype(mcfg.vocab_size))
@@ -195,7 +199,7 @@ def refit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, An
     # (config key, (bucket, probability) per target, the table's shape as fitted, as stored)
     experts: list[tuple[str, tuple[np.ndarray, np.ndarray], tuple, tuple]] = []
     if mcfg.adapt_lr is not None:
-        experts.append(("adapt_static_weight", _unadapted_expert(model, val), (1, 1), ()))
+        experts.append(("adapt_static_weight", _unadapted_expert(model, val, unadapted), (1, 1), ()))
     if mcfg.doc_cache_weights is not None:
         shape = doc_cache_shape(len(mcfg.doc_cache_weights))
         experts.append(("doc_cache_weights", stream_hits(val, len(mcfg.doc_cache_weights)), shape, shape))
@@ -221,11 +225,14 @@ def refit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, An
     return stats
 
 
-def _unadapted_expert(model: TinyLlama, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _unadapted_expert(
+    model: TinyLlama, val: np.ndarray, static: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The unadapted network as an expert beside the adapted one, in `fit_weights`' terms: every target
     in bucket 0 (its share is one weight), and its probability of each, read as sliding-window scoring
-    reads it."""
-    static = sliding_logprobs(model, val, model.config.max_seq_len, batch_size=32)
+    reads it (`static`, when already read so)."""
+    if static is None:
+        static = sliding_logprobs(model, val, model.config.max_seq_len, batch_size=32)
     return np.zeros(len(static), dtype=np.int64), np.exp(static)
 
 
@@ -316,12 +323,14 @@ def run_train(
             result = trainer_from_run_dir(work, on_metrics=mirror.watch(on_metrics)).fit()
         mirror.push()
         shutil.copytree(work / BEST_DIR, out / "model")
+        unadapted = None  # the network's sliding-window log-probabilities of the validation split
         if train_cfg.doc_cache_orders or train_cfg.corpus_ngram_orders:
-            result.update(fit_mixture(out / "model", work, train_cfg))
+            stats, unadapted = fit_mixture(out / "model", work, train_cfg)
+            result.update(stats)
         if train_cfg.adapt_lrs:
             result.update(fit_adaptation(out / "model", work, train_cfg))
         if train_cfg.adapt_lrs or train_cfg.neural_cache_theta is not None:
-            result.update(refit_mixture(out / "model", work, train_cfg))
+            result.update(refit_mixture(out / "model", work, train_cfg, unadapted))
         shutil.copyfile(work / METRICS_FILE, out / METRICS_FILE)
         (out / RESULT_FILE).write_text(json.dumps(result, indent=2))
         return {**result, "vocab_size": model_cfg.vocab_size}
