@@ -159,10 +159,14 @@ def main() -> int:
     ]
     if "model_bpb" in result:  # the held-out bpb above is the network with its experts mixed in
         report.append(("held-out bpb, the network alone (`--model-only`)", f"{result['model_bpb']:.4f}"))
-        losses = [s.get(f"val_loss_sliding_{k}") for k in ("model_alone", "doc_cache", "corpus_ngrams")]
+        steps = ("model_alone", "calibrated", "doc_cache", "corpus_ngrams")
+        losses = [s.get(f"val_loss_sliding_{k}") for k in steps]
         shown = " -> ".join(f"{x:.4f}" for x in losses if x is not None)
         orders = (train_cfg.doc_cache_orders, train_cfg.corpus_ngram_orders)
         experts = "doc cache orders {}, corpus n-gram orders {}".format(*orders)
+        if "calibration_temperature" in s:  # tasks/train.py::fit_mixture, before the experts
+            grid = list(train_cfg.calibration_temperatures)
+            experts = f"temperature {s['calibration_temperature']} of {grid}, {experts}"
         report.append(("experts, fitted on the validation split", f"{experts}; its val loss {shown}"))
     if s.get("adapt_lr") is not None or train_cfg.adapt_lrs:
         fit = [s.get(f"val_loss_adapt_fit_{k}") for k in ("unadapted", "adapted")]

@@ -53,10 +53,17 @@ from tinyllama_model.checkpoint import CONFIG_FILE
 from tinyllama_model.corpus_ngrams import MAX_VOCAB, CorpusNgrams
 from tinyllama_model.corpus_ngrams import table_shape as corpus_shape
 from tinyllama_model.data import token_dtype, write_packed
-from tinyllama_model.doc_cache import chain_logprobs, fit_weights, mixed_logprobs, refit_chain, stream_hits
+from tinyllama_model.doc_cache import (
+    chain_logprobs,
+    fit_chain,
+    fit_weights,
+    mixed_logprobs,
+    refit_chain,
+    stream_hits,
+)
 from tinyllama_model.doc_cache import table_shape as doc_cache_shape
 from tinyllama_model.errors import ConfigError
-from tinyllama_model.evaluation import mixture_logprobs, sliding_logprobs
+from tinyllama_model.evaluation import mixture_logprobs, sliding_logprobs, tempered_logprobs
 from tinyllama_model.launch import trainer_from_run_dir, write_run_spec
 from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.run_state import BEST_DIR, METRICS_FILE, RESULT_FILE
@@ -122,40 +129,62 @@ def check_experts(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
             f"{MAX_VOCAB:,} ids (16 bits a token), and the tokenizer has {model_cfg.vocab_size:,}; "
             "set train.corpus_ngram_orders=0 or a smaller tokenizer.vocab_size"
         )
+    if train_cfg.calibration_temperatures and model_cfg.logit_softcap is not None:
+        raise ConfigError(
+            f"train.calibration_temperatures={list(train_cfg.calibration_temperatures)} divides the logits "
+            f"by scaling the final norm, which model.logit_softcap={model_cfg.logit_softcap} would cap "
+            "afterwards; set train.calibration_temperatures=[] or model.logit_softcap=null"
+        )
 
 
 def fit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> tuple[dict[str, Any], np.ndarray]:
-    """Fit the document cache, then the corpus n-grams, on the validation split, as the train config asks.
+    """Calibrate the network's temperature, then fit the document cache and the corpus n-grams on the
+    validation split, as the train config asks.
 
-    Their weights go into the model's config.json, the training tokens beside it (corpus n-grams). The
-    summary has the validation loss (nats per token, sliding windows) of the model alone and after each;
-    the model's sliding-window log-probabilities of the split come back beside it, for `refit_mixture`.
+    Each temperature (1 and `calibration_temperatures`) is scored with both experts fitted on it, and the
+    best is folded into the weights (`TinyLlama.scale_logits`): the caches take the repeated tokens, so
+    the network's confidence is chosen for the ones they leave. The experts' weights go into config.json,
+    the training tokens beside it (corpus n-grams). The summary has the validation loss (nats per token,
+    sliding windows) of the network alone and after each step; the calibrated network's sliding-window
+    log-probabilities of the split come back beside it, for `refit_mixture`.
     """
     model = TinyLlama.from_pretrained(model_dir).eval()
     dtype = token_dtype(model.config.vocab_size)
     val = np.fromfile(work / "val.bin", dtype=dtype)
-    logprobs = network = sliding_logprobs(model, val, model.config.max_seq_len, batch_size=32)
-    stats: dict[str, Any] = {"val_loss_sliding_model_alone": -float(logprobs.mean())}
-    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    temperatures = sorted({1.0, *cfg.calibration_temperatures})
+    tempered = tempered_logprobs(model, val, model.config.max_seq_len, temperatures, batch_size=32)
+    names, experts = [], []  # the summary's name of each; (bucket, probability, weight-table shape)
     if cfg.doc_cache_orders:
-        bucket, prob = stream_hits(val, cfg.doc_cache_orders)
-        weights = fit_weights(logprobs, bucket, prob, doc_cache_shape(cfg.doc_cache_orders))
-        logprobs = mixed_logprobs(logprobs, bucket, prob, weights)
-        config["doc_cache_weights"] = weights
-        stats.update(val_loss_sliding_doc_cache=-float(logprobs.mean()), doc_cache_matched=_share(bucket))
+        names.append("doc_cache")
+        experts.append((*stream_hits(val, cfg.doc_cache_orders), doc_cache_shape(cfg.doc_cache_orders)))
+    corpus = None
     if cfg.corpus_ngram_orders:
         train = np.fromfile(work / "train.bin", dtype=dtype)
         corpus = CorpusNgrams(train, model.config.vocab_size, cfg.corpus_ngram_orders)
-        bucket, prob = corpus.stream_hits(val)
-        weights = fit_weights(logprobs, bucket, prob, corpus_shape(cfg.corpus_ngram_orders))
-        logprobs = mixed_logprobs(logprobs, bucket, prob, weights)
-        config["corpus_ngram_weights"] = weights
+        names.append("corpus_ngrams")
+        experts.append((*corpus.stream_hits(val), corpus_shape(cfg.corpus_ngram_orders)))
+    fits = [fit_chain(network, experts) for network in tempered]
+    best = min(range(len(temperatures)), key=lambda k: -fits[k][1][-1].mean())
+    stats: dict[str, Any] = {"val_loss_sliding_model_alone": -float(tempered[temperatures.index(1.0)].mean())}
+    if cfg.calibration_temperatures:
+        stats["calibration_temperature"] = temperatures[best]
+        stats["val_loss_sliding_calibrated"] = -float(tempered[best].mean())
+        if temperatures[best] != 1.0:
+            model.scale_logits(temperatures[best])
+            model.save_pretrained(model_dir, model_dir / TOKENIZER_FILE)
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    weights, after = fits[best]
+    for name, (bucket, _, _), fitted, logprobs in zip(names, experts, weights, after[1:], strict=True):
+        config[CONFIG_KEYS[name]] = fitted
+        stats.update({f"val_loss_sliding_{name}": -float(logprobs.mean()), f"{name}_matched": _share(bucket)})
+    if corpus is not None:
         corpus.save(model_dir)
-        stats.update(
-            val_loss_sliding_corpus_ngrams=-float(logprobs.mean()), corpus_ngrams_matched=_share(bucket)
-        )
     (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return stats, network
+    return stats, tempered[best]
+
+
+# fit_mixture's experts by their name in the summary
+CONFIG_KEYS = {"doc_cache": "doc_cache_weights", "corpus_ngrams": "corpus_ngram_weights"}
 
 
 def fit_adaptation(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, Any]:
@@ -212,13 +241,11 @@ def refit_mixture(
         experts.append(("neural_cache_weights", hits, shape, shape[1:]))
         config["neural_cache_theta"] = cfg.neural_cache_theta
     chain = [(bucket, prob, fitted) for _, (bucket, prob), fitted, _ in experts]
-    network, fits = logprobs, []
-    for (key, *_), (bucket, prob, fitted) in zip(experts, chain, strict=True):
-        fits.append(fit_weights(logprobs, bucket, prob, fitted))
-        logprobs = mixed_logprobs(logprobs, bucket, prob, fits[-1])
-        stats[f"val_loss_refit_{key.removesuffix('_weights')}"] = -float(logprobs.mean())
-    fits = refit_chain(network, chain, fits)
-    stats["val_loss_refit_jointly"] = -float(chain_logprobs(network, chain, fits).mean())
+    fits, after = fit_chain(logprobs, chain)
+    for (key, *_), mixed in zip(experts, after[1:], strict=True):
+        stats[f"val_loss_refit_{key.removesuffix('_weights')}"] = -float(mixed.mean())
+    fits = refit_chain(logprobs, chain, fits)
+    stats["val_loss_refit_jointly"] = -float(chain_logprobs(logprobs, chain, fits).mean())
     for (key, _, _, stored), weights in zip(experts, fits, strict=True):
         config[key] = np.reshape(weights, stored).tolist()
     (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -324,7 +351,7 @@ def run_train(
         mirror.push()
         shutil.copytree(work / BEST_DIR, out / "model")
         unadapted = None  # the network's sliding-window log-probabilities of the validation split
-        if train_cfg.doc_cache_orders or train_cfg.corpus_ngram_orders:
+        if train_cfg.calibration_temperatures or train_cfg.doc_cache_orders or train_cfg.corpus_ngram_orders:
             stats, unadapted = fit_mixture(out / "model", work, train_cfg)
             result.update(stats)
         if train_cfg.adapt_lrs:
@@ -351,6 +378,8 @@ SUMMARY_ROWS = (
     ("best val bpb", "best_val_bpb"),
     ("final val bpb", "final_val_bpb"),
     ("val loss, model alone (sliding windows)", "val_loss_sliding_model_alone"),
+    ("calibration: temperature", "calibration_temperature"),
+    ("... val loss, model calibrated", "val_loss_sliding_calibrated"),
     ("... with the document cache", "val_loss_sliding_doc_cache"),
     ("... and the corpus n-grams", "val_loss_sliding_corpus_ngrams"),
     ("dynamic evaluation: learning rate", "adapt_lr"),

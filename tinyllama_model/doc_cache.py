@@ -158,6 +158,16 @@ def _chain_probs(p: np.ndarray, experts: Sequence[Expert], weights: Sequence[Any
     return p
 
 
+def fit_chain(base_logprobs: np.ndarray, experts: Sequence[Expert]) -> tuple[list, list[np.ndarray]]:
+    """Each expert's weights fitted in turn on the mixture of the ones before it (the first fit, before
+    `refit_chain`): the weights, and the log-probabilities before the first expert and after each."""
+    weights, after = [], [base_logprobs]
+    for bucket, prob, shape in experts:
+        weights.append(fit_weights(after[-1], bucket, prob, shape))
+        after.append(mixed_logprobs(after[-1], bucket, prob, weights[-1]))
+    return weights, after
+
+
 def refit_chain(base_logprobs: np.ndarray, experts: Sequence[Expert], weights: Sequence[Any]) -> list:
     """Each expert's weights fitted again, in order, with every other expert's fixed; one pass.
 

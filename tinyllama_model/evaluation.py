@@ -14,7 +14,7 @@ Two ways to cover a stream:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -93,7 +93,6 @@ def sliding_windows(n_tokens: int, context: int, stride: int) -> Iterator[tuple[
         begin = max(0, min(begin + stride, n_tokens - 1 - context))
 
 
-@torch.no_grad()
 def sliding_logprobs(
     model: nn.Module,
     tokens: np.ndarray,
@@ -105,9 +104,27 @@ def sliding_logprobs(
     autocast: AbstractContextManager | None = None,
 ) -> np.ndarray:
     """log p(tokens[t] | what precedes it) for t = 1 .. len-1 (index t - 1), each scored once (module doc)."""
+    kwargs = {"stride": stride, "batch_size": batch_size, "device": device, "autocast": autocast}
+    return tempered_logprobs(model, tokens, context, (1.0,), **kwargs)[0]
+
+
+@torch.no_grad()
+def tempered_logprobs(
+    model: nn.Module,
+    tokens: np.ndarray,
+    context: int,
+    temperatures: Sequence[float],
+    *,
+    stride: int | None = None,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    autocast: AbstractContextManager | None = None,
+) -> np.ndarray:
+    """`sliding_logprobs` with the logits divided by each temperature, (len(temperatures), len - 1), from
+    one pass: what calibrating the network's confidence on a split costs (`TinyLlama.scale_logits`)."""
     autocast = autocast or nullcontext()
     stride = stride or max(1, context // 2)
-    out = np.zeros(max(len(tokens) - 1, 0))
+    out = np.zeros((len(temperatures), max(len(tokens) - 1, 0)))
     batch: list[tuple[int, int, int]] = []
 
     def flush() -> None:
@@ -117,9 +134,12 @@ def sliding_logprobs(
         )
         with autocast:
             logits, _ = model(x.to(device))  # (B, length, V), float32
-        nll = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), reduction="none")
-        for row, (begin, end, first) in zip(nll.view(len(batch), -1).cpu().numpy(), batch, strict=True):
-            out[first - 1 : end] = -row[first - begin - 1 :]  # targets an earlier window scored are left
+        logits, y = logits.flatten(0, 1), y.to(device).flatten()
+        for k, temperature in enumerate(temperatures):
+            scaled = logits if temperature == 1.0 else logits / temperature
+            nll = F.cross_entropy(scaled, y, reduction="none").view(len(batch), -1).cpu().numpy()
+            for row, (begin, end, first) in zip(nll, batch, strict=True):  # earlier windows' targets stay
+                out[k, first - 1 : end] = -row[first - begin - 1 :]
         batch.clear()
 
     for window in sliding_windows(len(tokens), context, stride):

@@ -73,6 +73,14 @@ class TrainConfig:
             "(1-4) on the validation split and predict with them (tinyllama_model/corpus_ngrams.py); 0: none."
         ),
     )
+    calibration_temperatures: tuple[float, ...] = field(
+        default=(),
+        metadata=_doc(
+            "After training, divide the network's logits by the one of these temperatures (and 1) that "
+            "scores the validation split best with the document cache and corpus n-grams fitted on it; "
+            "folded into the final norm's weight (TinyLlama.scale_logits); (): none."
+        ),
+    )
     adapt_lrs: tuple[float, ...] = field(
         default=(),
         metadata=_doc(
@@ -205,11 +213,11 @@ class TrainConfig:
         orders = self.corpus_ngram_orders
         is_int = isinstance(orders, int) and not isinstance(orders, bool)
         _require(is_int and 0 <= orders <= 4, "corpus_ngram_orders", "an integer in 0..4 (4 is tuned)")
+        temps = self.calibration_temperatures
+        _require(_positives(temps), "calibration_temperatures", "positive numbers, e.g. [1.1], or []")
+        self.calibration_temperatures = tuple(temps)
         lrs = self.adapt_lrs
-        ok = isinstance(lrs, (tuple, list)) and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in lrs
-        )
-        _require(ok, "adapt_lrs", "a list of positive learning rates, e.g. [2e-4, 3e-4], or []")
+        _require(_positives(lrs), "adapt_lrs", "a list of positive learning rates, e.g. [2e-4, 3e-4], or []")
         self.adapt_lrs = tuple(lrs)
         theta = self.neural_cache_theta
         ok = theta is None or (isinstance(theta, (int, float)) and not isinstance(theta, bool) and theta > 0)
@@ -233,6 +241,13 @@ class TrainConfig:
 # Knobs marked operational change how a run is watched or where it runs, never what it computes; every
 # other field must match for a checkpoint to resume, and only those make the train fingerprint.
 OPERATIONAL = operational_fields(TrainConfig)
+
+
+def _positives(values: Any) -> bool:
+    """A list or tuple of positive numbers (not bools), as JSON or a preset gives it."""
+    return isinstance(values, (tuple, list)) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in values
+    )
 
 
 def _require(ok: bool, name: str, what: str) -> None:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tasks.artifacts import verify
 from tasks.tokenizer import read_split, run_encode, run_tokenizer
-from tasks.train import MetricsTail, check_experts, run_train
+from tasks.train import MetricsTail, check_experts, pack_split, run_train
 from tests.tasks.test_tokenizer_task import SMALL, doc_texts, write_clean
 from tinyllama_model import ModelConfig, TinyLlama
-from tinyllama_model.data import CorpusTooSmallError
+from tinyllama_model.data import CorpusTooSmallError, token_dtype
+from tinyllama_model.doc_cache import fit_weights, mixed_logprobs, stream_hits
+from tinyllama_model.doc_cache import table_shape as doc_cache_shape
 from tinyllama_model.errors import ConfigError
+from tinyllama_model.evaluation import tempered_logprobs
 from tinyllama_model.run_state import METRICS_FILE, truncate_metrics
 from tinyllama_model.tokenizer import Tokenizer
 from tinyllama_model.train_config import TrainConfig
@@ -113,6 +117,41 @@ def test_the_experts_are_fitted_on_the_validation_split_and_shipped_with_the_mod
     assert plain_config.adapt_lr is None and plain_config.adapt_scales is None
     assert plain_config.neural_cache_theta is None and plain_config.adapt_static_weight is None
     assert not (plain.file("model") / "corpus_tokens.npy").exists()
+
+
+def test_calibration_folds_the_temperature_that_scores_the_split_best_into_the_weights(tmp_path, inputs):
+    tok, enc = inputs
+    temperatures = (0.25, 0.4, 0.6, 0.8, 1.25)
+    calibrated = train_config(doc_cache_orders=2, calibration_temperatures=temperatures)
+    art = run_train(MODEL, calibrated, enc, tok, tmp_path)
+    plain = run_train(MODEL, train_config(doc_cache_orders=2), enc, tok, tmp_path)  # the same network
+    chosen, stats = art.stats["calibration_temperature"], art.stats
+    model = TinyLlama.from_pretrained(art.file("model"))
+    network = TinyLlama.from_pretrained(plain.file("model"))
+    assert "calibration_temperature" not in plain.stats
+    # by brute force: each temperature (and 1) with the document cache fitted on it, scored on the split
+    pack_split(enc, "val", tmp_path / "val.bin", 400)
+    val = np.fromfile(tmp_path / "val.bin", dtype=token_dtype(400))
+    bucket, prob = stream_hits(val, 2)
+    losses = {}
+    for temperature in (1.0, *temperatures):
+        lp = tempered_logprobs(network, val, MODEL.max_seq_len, (temperature,), batch_size=32)[0]
+        weights = fit_weights(lp, bucket, prob, doc_cache_shape(2))
+        losses[temperature] = -mixed_logprobs(lp, bucket, prob, weights).mean()
+    assert chosen == min(losses, key=losses.get) and chosen != 1.0  # a 20-step network is far from calibrated
+    assert stats["val_loss_sliding_doc_cache"] == pytest.approx(losses[chosen])
+    assert stats["val_loss_sliding_calibrated"] < stats["val_loss_sliding_model_alone"]
+    x = torch.randint(0, model.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], network(x)[0] / chosen, rtol=1e-4, atol=1e-5)
+    assert model.config.doc_cache_weights != network.config.doc_cache_weights  # fitted on the calibrated one
+
+
+def test_calibration_of_a_soft_capped_model_is_refused_before_training():
+    capped = ModelConfig(dim=32, n_layers=2, n_heads=2, vocab_size=400, max_seq_len=32, logit_softcap=15.0)
+    check_experts(capped, train_config(doc_cache_orders=3))
+    with pytest.raises(ConfigError, match=r"calibration_temperatures=\[1.1\].*logit_softcap=15.0.*=\[\]"):
+        check_experts(capped, train_config(calibration_temperatures=(1.1,)))
 
 
 def test_corpus_ngrams_past_16_bit_vocabularies_are_refused_before_training():

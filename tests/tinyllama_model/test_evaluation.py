@@ -13,9 +13,11 @@ from tinyllama_model import ModelConfig, TinyLlama
 from tinyllama_model.evaluation import (
     bits_per_byte,
     evaluate_stream,
+    sliding_logprobs,
     sliding_nll,
     sliding_windows,
     summarize,
+    tempered_logprobs,
     windows_nll,
 )
 
@@ -72,6 +74,19 @@ def test_a_short_stream_is_one_causal_window(model):
     with torch.no_grad():
         _, loss = model(x[:, :-1], x[:, 1:])
     assert count == 9 and nll == pytest.approx(float(loss) * 9, rel=1e-5)
+
+
+def test_tempered_logprobs_divide_the_logits_before_the_softmax(model, stream):
+    rows = tempered_logprobs(model, stream, 16, (1.0, 0.5, 2.0), stride=4, batch_size=3)
+    assert rows.shape == (3, len(stream) - 1)
+    assert np.array_equal(rows[0], sliding_logprobs(model, stream, 16, stride=4, batch_size=3))
+    tokens = torch.from_numpy(stream[:12].astype(np.int64))  # one window: every target, full left context
+    with torch.no_grad():
+        logits = model(tokens[None, :-1])[0][0]
+    for row, temperature in zip(rows, (1.0, 0.5, 2.0), strict=True):
+        expected = F.log_softmax(logits / temperature, -1).gather(1, tokens[1:, None])[:, 0]
+        np.testing.assert_allclose(row[:11], expected.numpy(), rtol=1e-5)
+    assert not np.allclose(rows[1], rows[2])
 
 
 def test_larger_strides_only_lose_context_never_targets(model, stream):

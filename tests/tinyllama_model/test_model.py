@@ -136,6 +136,23 @@ def test_tied_embeddings_share_storage():
     assert make().output.weight is not make().tok_embeddings.weight
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_scale_logits_divides_every_logit_by_the_temperature(tied):
+    model, calibrated = make(tie_embeddings=tied).double(), make(tie_embeddings=tied).double()
+    calibrated.scale_logits(1.25)
+    x = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(calibrated(x)[0], model(x)[0] / 1.25)
+    assert torch.equal(calibrated.tok_embeddings.weight, model.tok_embeddings.weight)  # a tied head too
+
+
+def test_scale_logits_refuses_what_is_not_a_temperature():
+    with pytest.raises(ValueError, match=r"logit_softcap=15.*calibrate a model without a soft cap"):
+        make(logit_softcap=15.0).scale_logits(1.1)
+    with pytest.raises(ValueError, match=r"temperature=0: must be positive"):
+        make().scale_logits(0)
+
+
 def test_scaled_init():
     torch.manual_seed(0)
     cfg = ModelConfig(dim=256, n_layers=8, n_heads=4, vocab_size=1000, max_seq_len=16)

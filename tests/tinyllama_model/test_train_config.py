@@ -25,6 +25,8 @@ from tinyllama_model.train_config import OPERATIONAL, TrainConfig, lr_at
         ("corpus_ngram_orders", 5, r"train.corpus_ngram_orders must be an integer in 0..4"),
         ("adapt_lrs", (0.05, 0), r"train.adapt_lrs must be a list of positive learning rates"),
         ("adapt_lrs", 0.05, r"train.adapt_lrs must be a list of positive learning rates"),
+        ("calibration_temperatures", (1.1, -1), r"train.calibration_temperatures must be positive numbers"),
+        ("calibration_temperatures", (True,), r"train.calibration_temperatures must be positive numbers"),
     ],
 )
 def test_bad_train_config_names_the_field(field, value, message):
