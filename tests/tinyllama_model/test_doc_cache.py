@@ -15,6 +15,7 @@ from tinyllama_model.doc_cache import (
     DocCache,
     bucket_index,
     chain_logprobs,
+    fit_chain,
     fit_weights,
     mix_doc_caches,
     mixed_logprobs,
@@ -176,16 +177,6 @@ def overlapping_experts(n: int = 4000) -> tuple[np.ndarray, list]:
     return base, [first, second]
 
 
-def fit_one_by_one(base: np.ndarray, experts: list) -> tuple[list, np.ndarray]:
-    """Each expert's weights fitted in turn on what came before, as the train phase first fits them; and
-    the chain's log-probabilities."""
-    weights, lp = [], base
-    for expert in experts:
-        weights.append(fit_weights(lp, *expert))
-        lp = chain_logprobs(lp, [expert], weights[-1:])
-    return weights, lp
-
-
 def grid_best(base: np.ndarray, experts: list, weights: list, k: int, b: int) -> float:
     """Expert k's weight in bucket b that minimises the whole chain's loss, the rest as given: by brute
     force through `chain_logprobs`, with none of `refit_chain`'s scale-and-offset algebra."""
@@ -199,7 +190,7 @@ def grid_best(base: np.ndarray, experts: list, weights: list, k: int, b: int) ->
 
 def test_refit_chain_fits_each_weight_against_the_whole_chain():
     base, experts = overlapping_experts()
-    one_by_one, lp = fit_one_by_one(base, experts)
+    one_by_one, after = fit_chain(base, experts)
     refit = refit_chain(base, experts, one_by_one)
     # the first expert is refitted against the second as it was fitted, then the second against that
     for b in range(2):
@@ -207,7 +198,10 @@ def test_refit_chain_fits_each_weight_against_the_whole_chain():
     for b in range(3):
         assert refit[1][0][b] == pytest.approx(grid_best(base, experts, refit, 1, b))
     assert refit[0] != one_by_one[0]
-    sequential, joint = -lp.mean(), -chain_logprobs(base, experts, refit).mean()
+    # the first fit: each expert on the mixture of the ones before it, as the train phase first fits them
+    assert one_by_one == [fit_weights(base, *experts[0]), fit_weights(after[1], *experts[1])]
+    assert np.allclose(after[-1], chain_logprobs(base, experts, one_by_one))
+    sequential, joint = -after[-1].mean(), -chain_logprobs(base, experts, refit).mean()
     assert joint < sequential - 0.002  # 0.6649 -> 0.6615 nats per target
 
 
@@ -222,5 +216,5 @@ def test_refit_chain_keeps_a_weight_whose_refit_would_score_worse(seed):
         bucket = rng.integers(-1, buckets, size=300)
         known = rng.random(300) < rng.uniform(0.2, 0.8)
         experts.append((bucket, np.where(known, rng.uniform(0.3, 1.0, size=300), 0.0), (1, buckets)))
-    one_by_one, lp = fit_one_by_one(base, experts)
-    assert chain_logprobs(base, experts, refit_chain(base, experts, one_by_one)).sum() >= lp.sum()
+    one_by_one, after = fit_chain(base, experts)
+    assert chain_logprobs(base, experts, refit_chain(base, experts, one_by_one)).sum() >= after[-1].sum()
