@@ -220,7 +220,7 @@ class TrainConfig:
         _require(_positives(lrs), "adapt_lrs", "a list of positive learning rates, e.g. [2e-4, 3e-4], or []")
         self.adapt_lrs = tuple(lrs)
         theta = self.neural_cache_theta
-        ok = theta is None or (isinstance(theta, (int, float)) and not isinstance(theta, bool) and theta > 0)
+        ok = theta is None or _positive(theta)
         _require(ok, "neural_cache_theta", "a positive temperature (15 is tuned) or null")
         _require(self.log_every_s > 0, "log_every_s", "positive")
         _require(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")
@@ -243,11 +243,14 @@ class TrainConfig:
 OPERATIONAL = operational_fields(TrainConfig)
 
 
+def _positive(x: Any) -> bool:
+    """A positive number, not a bool (which Python counts as an int)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+
+
 def _positives(values: Any) -> bool:
-    """A list or tuple of positive numbers (not bools), as JSON or a preset gives it."""
-    return isinstance(values, (tuple, list)) and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in values
-    )
+    """A list or tuple of positive numbers, as JSON or a preset gives it."""
+    return isinstance(values, (tuple, list)) and all(_positive(x) for x in values)
 
 
 def _require(ok: bool, name: str, what: str) -> None:
