@@ -59,6 +59,14 @@ class TrainConfig:
     muon_lr: float = field(default=0.02, metadata=_doc("Muon's peak learning rate (optimizer=muon)."))
     muon_momentum: float = field(default=0.95, metadata=_doc("Muon's Nesterov momentum (optimizer=muon)."))
     grad_clip: float = field(default=1.0, metadata=_doc("Clip the global gradient norm to this (0: off)."))
+    ema_decay: float | None = field(
+        default=None,
+        metadata=_doc(
+            "Keep an exponential moving average of the weights, this much of the old average kept per step "
+            "(0.995: the last ~200 steps); validation, the best checkpoint and the published model are the "
+            "average. null: the weights as trained."
+        ),
+    )
     doc_cache_orders: int = field(
         default=0,
         metadata=_doc(
@@ -207,6 +215,9 @@ class TrainConfig:
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)"
         )
         _require(self.grad_clip >= 0, "grad_clip", ">= 0 (0 turns clipping off)")
+        decay = self.ema_decay
+        ok = decay is None or (_positive(decay) and decay < 1)
+        _require(ok, "ema_decay", "a number in (0, 1), e.g. 0.995, or null")
         orders = self.doc_cache_orders
         is_int = isinstance(orders, int) and not isinstance(orders, bool)
         _require(is_int and 0 <= orders <= 8, "doc_cache_orders", "an integer in 0..8 (3 is tuned)")

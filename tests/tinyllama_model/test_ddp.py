@@ -35,8 +35,8 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path, o
     common = dict(
         grad_accum=2, max_steps=steps, eval_every=6, checkpoint_every=6, optimizer=optimizer, dtype="float64"
     )
-    if levers:
-        common["head_lr"] = 4e-3
+    if levers:  # and the weights' average, which validation scores and the best checkpoint holds
+        common.update(head_lr=4e-3, ema_decay=0.8)
     model_cfg = TINY.__class__(**{**TINY.to_dict(), **levers})
     single_cfg = tiny_train_config(batch_size=4, **common)
     ddp_cfg = tiny_train_config(batch_size=2, nproc_per_node=2, **common)
@@ -52,6 +52,9 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path, o
     for name, p in a["model"].items():
         assert p.dtype == torch.float64
         torch.testing.assert_close(b["model"][name], p, **EQUIVALENT, msg=name)
+    assert (a["averaged"] is None) == (not levers)
+    for name, p in (a["averaged"] or {}).items():
+        torch.testing.assert_close(b["averaged"][name], p, **EQUIVALENT, msg=name)
 
     # rank 0 alone logged: one row per step and per evaluation, forwarded to the callback
     train_rows = [r for r in rows if "train_loss" in r]

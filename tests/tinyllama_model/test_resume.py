@@ -56,6 +56,7 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert a["sampler"] == b["sampler"]
     assert_same_tree(a["model"], b["model"], "model")
     assert_same_tree(a["optimizer"], b["optimizer"], "optimizer")
+    assert_same_tree(a["averaged"], b["averaged"], "averaged")  # the weights' average (train.ema_decay)
     assert any(s["state"] for s in a["optimizer"].values())  # moments exist, so they were compared
 
 
@@ -105,10 +106,11 @@ def test_resume_after_a_crash_is_bit_exact(tmp_path, optimizer):
     ids=["levers-fp32", "levers-bf16", "levers-auto-bf16"],
 )
 def test_resume_with_every_lever_is_bit_exact(tmp_path, dtype, extra):
-    """fp32 anywhere; bf16 autocast on the same machine (asked for, or picked by the probe under auto)."""
+    """fp32 anywhere; bf16 autocast on the same machine (asked for, or picked by the probe under auto).
+    The weights' average is among the levers: a resume that restarted it would differ."""
     model_cfg = TINY.__class__(**{**TINY.to_dict(), **LEVERS})
     cfg = tiny_train_config(
-        max_steps=12, checkpoint_every=4, eval_every=4, optimizer="muon", dtype=dtype, **extra
+        max_steps=12, checkpoint_every=4, eval_every=4, optimizer="muon", dtype=dtype, ema_decay=0.9, **extra
     )
     straight = make_trainer(tmp_path / "straight", cfg, model_cfg=model_cfg)
     assert straight.compute_dtype == ("float32" if dtype == "float32" else "bfloat16")
@@ -118,6 +120,7 @@ def test_resume_with_every_lever_is_bit_exact(tmp_path, dtype, extra):
         make_trainer(tmp_path / "crashed", cfg, model_cfg=model_cfg, on_metrics=crash_at(6)).fit()
     resumed = make_trainer(tmp_path / "crashed", cfg, model_cfg=model_cfg)
     assert resumed.step == 4 and resumed.fit()["dtype"] == straight.compute_dtype
+    assert final_state(tmp_path / "straight")["averaged"] is not None
     assert_same_state(final_state(tmp_path / "straight"), final_state(tmp_path / "crashed"))
 
 

@@ -27,6 +27,9 @@ from tinyllama_model.train_config import OPERATIONAL, TrainConfig, lr_at
         ("adapt_lrs", 0.05, r"train.adapt_lrs must be a list of positive learning rates"),
         ("calibration_temperatures", (1.1, -1), r"train.calibration_temperatures must be positive numbers"),
         ("calibration_temperatures", (True,), r"train.calibration_temperatures must be positive numbers"),
+        ("ema_decay", 1.0, r"train.ema_decay must be a number in \(0, 1\)"),
+        ("ema_decay", 0, r"train.ema_decay must be a number in \(0, 1\)"),
+        ("ema_decay", "0.99", r"train.ema_decay must be a number in \(0, 1\)"),
     ],
 )
 def test_bad_train_config_names_the_field(field, value, message):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tinyllama_model import ModelConfig, TinyLlama
-from tinyllama_model.checkpoint import CheckpointError
+from tinyllama_model.checkpoint import CheckpointError, load_torch_file
 from tinyllama_model.data import CorpusTooSmallError, PackedTokens, pack_documents
 from tinyllama_model.run_state import (
     BEST_DIR,
@@ -114,6 +114,36 @@ def test_training_learns_and_writes_metrics_checkpoints_and_the_best_model(tmp_p
     assert result["best_val_loss"] == min(r["val_loss"] for r in val)
     assert result["steps"] == 30 and result["tokens"] == 30 * 4 * 32
     assert json.loads((tmp_path / RESULT_FILE).read_text()) == result
+
+
+def test_the_weights_average_is_what_validation_scores_and_the_best_model_holds(tmp_path):
+    """ema_decay: the average of the weights after each step, w_avg <- d w_avg + (1 - d) w, starting at the
+    first step's; it does not change the trajectory, and it, not the last weights, is validated and kept."""
+    steps, decay = 12, 0.8
+    plain = tiny_train_config(max_steps=steps, checkpoint_every=1, keep_last=steps, eval_every=steps)
+    make_trainer(tmp_path / "plain", plain).fit()
+    averaged_cfg = dataclasses.replace(plain, ema_decay=decay)
+    averaged = make_trainer(tmp_path / "averaged", averaged_cfg)
+    averaged.fit()
+
+    iterates = [load_torch_file(c)["model"] for c in list_checkpoints(tmp_path / "plain" / CHECKPOINT_DIR)]
+    expected = dict(iterates[0])
+    for weights in iterates[1:]:
+        expected = {k: decay * v + (1 - decay) * weights[k] for k, v in expected.items()}
+    final = list_checkpoints(tmp_path / "averaged" / CHECKPOINT_DIR)[-1]
+    state = load_torch_file(final)
+    assert all(torch.equal(state["model"][k], v) for k, v in iterates[-1].items())  # same trajectory
+    kept = TinyLlama.from_pretrained(tmp_path / "averaged" / BEST_DIR).state_dict()
+    for name, weights in expected.items():
+        torch.testing.assert_close(kept[name], weights, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.allclose(kept["output.weight"], iterates[-1]["output.weight"])
+
+    val_rows = [r["val_loss"] for r in read_metrics(tmp_path / "averaged") if "val_loss" in r]
+    last = [r["val_loss"] for r in read_metrics(tmp_path / "plain") if "val_loss" in r]
+    model = TinyLlama.from_pretrained(tmp_path / "averaged" / BEST_DIR)
+    averaged.model.load_state_dict(model.state_dict())
+    averaged.averaged = None  # now the trainer's own weights are the average: its validation must agree
+    assert val_rows == [averaged.evaluate()["val_loss"]] and val_rows != last
 
 
 # Equivalence in float64, exact by construction rather than by one CPU's fp32 kernels: the two sides sum
