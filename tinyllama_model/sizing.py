@@ -225,9 +225,10 @@ def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, Train
         compile=True,  # fp32 +6% tokens in ten minutes, bf16 (AMX) +34%; eager where there is no C++ compiler
         muon_lr=0.02,
         lr=1.6e-2,
-        # with the average below, a higher floor: at 0.05 the average's validation rose over the last ~400
-        # steps (memorising); at 0.3 it falls to the end. Held out 1.4345 / 1.4966 on 4.10M / 4.70M tokens
-        # against 1.4344 / 1.4982 on 4.91M / 5.37M at 0.05 (one run each, the host's speed moving)
+        # with the average below, a higher floor: at 0.05 the average's validation rose over the last
+        # 400-600 steps (memorising); at 0.3 it falls to the end. Held out 1.4345 / 1.4966 on 4.10M /
+        # 4.70M tokens against 1.4344 / 1.4982 on 4.91M / 5.37M at 0.05 (one run each, the host's speed
+        # moving)
         min_lr_ratio=0.3,
         warmup_steps=60,
         # validate, keep and publish the weights' moving average (0.995: the last ~200 of ~2,000-3,000
