@@ -24,6 +24,9 @@ The "decode floor" rows apply every weight matrix to one vector per token and do
 decoding is bound by streaming the weights from memory. "nn.Linear layout" is that floor for a decoder
 that applies the (out, in) weights as stored (transformers, and this model before `decode_weights.py`);
 "packed layout" for the transposed, concatenated copy the KV-cache path decodes with.
+"KV cache, compiled step" runs the same loop with the one-token step torch.compile'd (`generate --compile`,
+`TinyLlama.compile_decode`), built before the rounds (its note gives the build time; give the run a fresh
+TORCHINDUCTOR_CACHE_DIR to measure a cold build); it is skipped where Inductor has no C++ compiler.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from tinyllama_model.generate import generate_ids
-from tinyllama_model.hardware import machine_line
+from tinyllama_model.hardware import compile_blocker, machine_line
 from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.optim import build_optimizer
 from tinyllama_model.train_config import TrainConfig
@@ -144,6 +147,11 @@ def bench_generation(
         "generate: no cache": lambda: generate_ids(model, [prompt], new_tokens, use_cache=False, **kw)[0],
     }
     notes = {"generate: no cache": "recompute the window per token (first round only)"}
+    if compile_blocker(torch.device("cpu")) is None:
+        t0 = time.perf_counter()
+        _compiled(model, lambda: generate_ids(model, [prompt], 8, **kw))()  # builds the graph
+        notes[COMPILED] = f"torch.compile'd step (`--compile`), built in {time.perf_counter() - t0:.1f} s"
+        cases[COMPILED] = _compiled(model, lambda: generate_ids(model, [prompt], new_tokens, **kw)[0])
     theirs = _transformers_twin(model) if hf else None
     if theirs is not None:
         ids = torch.tensor([prompt])
@@ -184,16 +192,35 @@ def bench_generation(
     if hf and theirs is None:
         rows.append(("generate: transformers", "skipped", "not installed", "", ""))
     elif theirs is not None:
-        rows.append(_paired_ratio(times["generate: transformers"], times["generate: KV cache"]))
+        for name in ("generate: KV cache", COMPILED):
+            if name in times:
+                rows.append(_paired_ratio(times["generate: transformers"], times[name], name))
     return rows
 
 
-def _paired_ratio(theirs: list[float], ours: list[float]) -> tuple:
+def _paired_ratio(theirs: list[float], ours: list[float], name: str) -> tuple:
     """transformers' time over ours, round by round: both ran seconds apart, so a noisy neighbour slows
     both of a round alike, where best-of-rounds can pair one case's quiet round with the other's busy one."""
     ratios = [t / o for t, o in zip(theirs, ours, strict=True)]
     note = f"median of {len(ratios)} rounds; {min(ratios):.2f}x-{max(ratios):.2f}x"
-    return ("KV cache vs transformers, per round", "", "", f"{statistics.median(ratios):.2f}x", note)
+    case = f"{name.removeprefix('generate: ')} vs transformers, per round"
+    return (case, "", "", f"{statistics.median(ratios):.2f}x", note)
+
+
+COMPILED = "generate: KV cache, compiled step"
+
+
+def _compiled(model: TinyLlama, fn):
+    """Run fn with the model's one-token step torch.compile'd (`TinyLlama.compile_decode`)."""
+
+    def run():
+        model.compile_decode = True
+        try:
+            return fn()
+        finally:
+            model.compile_decode = False
+
+    return run
 
 
 FLOOR_LAYOUTS = {"nn.Linear layout": False, "packed layout": True}  # name -> read the packed copy

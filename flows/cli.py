@@ -69,10 +69,11 @@ def _model_dir(ref: str) -> Iterator[Path]:
         _fail(f"--model {ref!r} is neither a model directory nor an MLflow URI (e.g. models:/name@champion)")
 
 
-def _load(ref: str, device: str):
+def _load(ref: str, device: str, compile_decode: bool = False):
     import torch
 
     from tinyllama_model import TinyLlama
+    from tinyllama_model.hardware import compile_blocker
     from tinyllama_model.tokenizer import Tokenizer
 
     if device == "auto":
@@ -82,6 +83,10 @@ def _load(ref: str, device: str):
         tokenizer = Tokenizer(directory)
         tokenizer.check_fits(model.config.vocab_size)
     model.eval()
+    if compile_decode and (blocker := compile_blocker(torch.device(device))):
+        typer.secho(f"--compile: {blocker}; decoding eager", fg=typer.colors.YELLOW, err=True)
+    else:
+        model.compile_decode = compile_decode
     return model, tokenizer
 
 
@@ -119,6 +124,14 @@ class Sampling:
         ),
     ]
     Device = Annotated[str, typer.Option("--device", help="cpu, cuda, or auto.")]
+    Compile = Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch.compile the one-token decode step: seconds to build once, then faster tokens "
+            "(the same greedy output). Pays for long or many generations.",
+        ),
+    ]
 
 
 def _sampling(
@@ -189,6 +202,7 @@ def generate(
     model_only: Sampling.ModelOnly = False,
     device: Sampling.Device = "auto",
     stream: Annotated[bool, typer.Option(help="Print tokens as they come (one prompt at a time).")] = True,
+    compile_decode: Sampling.Compile = False,
 ) -> None:
     """Continue one or more prompts."""
     from tinyllama_model.generate import generate_text, stream_text
@@ -196,7 +210,7 @@ def generate(
     for text in prompt:
         if problem := _not_utf8(text):
             _fail(f"--prompt {text!r} {problem} (check the terminal's or the script's encoding)")
-    net, tokenizer = _load(model, device)
+    net, tokenizer = _load(model, device, compile_decode)
     options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, model_only)
     if stream:
         for text in prompt:
@@ -222,6 +236,7 @@ def chat(
     seed: Sampling.Seed = None,
     model_only: Sampling.ModelOnly = False,
     device: Sampling.Device = "auto",
+    compile_decode: Sampling.Compile = False,
 ) -> None:
     """An interactive loop: type a prompt, read the continuation. Empty line, /quit or Ctrl-D ends it.
 
@@ -229,7 +244,7 @@ def chat(
     """
     from tinyllama_model.generate import stream_text
 
-    net, tokenizer = _load(model, device)
+    net, tokenizer = _load(model, device, compile_decode)
     options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, model_only)
     typer.echo("tinyllama chat — type a prompt; /quit or an empty line to leave.")
     if hasattr(sys.stdin, "reconfigure"):

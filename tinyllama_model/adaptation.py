@@ -63,6 +63,7 @@ class Adapter:
             self.trained = [p.detach().clone() for p in self.net.parameters()]
         self.net.eval()
         self.net.record_states = True
+        self.net.compile_decode = getattr(model, "compile_decode", False)
         self.lr, self.context, self.stride = lr, model.config.max_seq_len, stride_for(model.config)
         named = dict(self.net.named_parameters())
         if scales is not None and set(scales) != set(named):

@@ -42,7 +42,10 @@ class KVCache:
         pad: torch.Tensor | None = None,
         decode_weights: Any = None,
     ):
-        shape = (cfg.n_layers, batch_size, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim)
+        # one slot more than a window, never written: a view of the filled slots is then never the whole
+        # tensor, which the compiled decode step would otherwise specialise on (a second graph for the last
+        # position of every window)
+        shape = (cfg.n_layers, batch_size, cfg.kv_heads, cfg.max_seq_len + 1, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         # each layer's (B, nkv, max_seq_len, hd) view, taken once for every forward: indexing self.k[i] is an

@@ -17,6 +17,7 @@ value embeddings) are `ModelConfig` flags, all off by default: off, the model is
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -269,6 +270,7 @@ class TinyLlama(nn.Module):
             self.output.weight = self.tok_embeddings.weight
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self._decode_weights: DecodeWeights | None = None  # packed by the first new_cache()
+        self.compile_decode = False  # True: one-token steps run torch.compile'd (`compiled_decode_one`)
         self.corpus_ngrams: CorpusNgrams | None = None  # with config.corpus_ngram_weights (from_pretrained)
         # with record_states, every forward keeps the final states its head read (neural_cache.py)
         self.record_states, self.states = False, None
@@ -329,7 +331,8 @@ class TinyLlama(nn.Module):
         if cache.pos + t > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} positions; {cache.pos} used, {t} more asked")
         if t == 1 and cache.decode_weights is not None:
-            return self._decode_one(idx, cache)
+            step = compiled_decode_one() if self.compile_decode else TinyLlama._decode_one
+            return step(self, idx, cache)
         positions, mask = cache.positions_and_mask(t)  # (B or 1, T)
         cos = self.rope_cos[positions][:, None]  # (B or 1, 1, T, 2, hd/2)
         sin = self.rope_sin[positions][:, None]
@@ -471,3 +474,17 @@ class TinyLlama(nn.Module):
         if cfg.corpus_ngram_weights is not None:
             model.corpus_ngrams = CorpusNgrams.load(directory, cfg.vocab_size, len(cfg.corpus_ngram_weights))
         return model.to(map_location)
+
+
+@functools.cache
+def compiled_decode_one():
+    """`TinyLlama._decode_one` through torch.compile, built once per process and shared by every model.
+
+    The compiled step fuses each layer's norms, rotary, cache writes and activation into a few C++ kernels
+    around the matmuls, so a step pays fewer of the per-call costs that every ATen call after a weight
+    stream pays cold (`RMSNorm.decode`). `dynamic=True` makes the cache position a symbol, so one graph
+    serves every position and batch size; parameters are inputs, not constants, so a copy of the model
+    (adaptation.py) or new weights reuse it. The build costs seconds once per process (Inductor caches it on
+    disk); greedy output stays that of the eager step (tests/tinyllama_model/test_compiled_decode.py).
+    """
+    return torch.compile(TinyLlama._decode_one, dynamic=True)

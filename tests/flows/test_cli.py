@@ -53,6 +53,19 @@ def test_generate_several_prompts_without_streaming(model_dir: Path) -> None:
     assert out.stdout.index("Second prompt:") > len("First prompt:")  # each continued in its turn
 
 
+def test_generate_compiled_writes_the_eager_tokens(model_dir: Path, tmp_path: Path) -> None:
+    args = ("generate", "-m", str(model_dir), "--prompt", "The for statement", "-n", "40", "-t", "0")
+    eager = _run(*args)
+    cache = tmp_path / "inductor"  # Inductor writes its kernels here only when it compiles something
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+    compiled = subprocess.run(
+        [*TINYLLAMA, *args, "--compile"], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert eager.returncode == 0 and compiled.returncode == 0, eager.stderr + compiled.stderr
+    assert compiled.stdout == eager.stdout
+    assert "decoding eager" in compiled.stderr or any(cache.rglob("*.py"))
+
+
 def test_chat_answers_until_quit(model_dir: Path) -> None:
     out = _run("chat", "-m", str(model_dir), "-n", "5", "--seed", "1", input="Hello\nclass\n/quit\n")
     assert out.returncode == 0, out.stderr
