@@ -17,6 +17,13 @@ pytestmark = pytest.mark.skipif(
 CONTEXT = 24
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test compiles from nothing, so its counters count its own graphs, whatever ran before."""
+    torch._dynamo.reset()
+    counters.clear()
+
+
 def make_model(seed: int, adapt_lr: float | None = None) -> TinyLlama:
     torch.manual_seed(seed)
     shape = dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, max_seq_len=CONTEXT)
@@ -35,7 +42,6 @@ def both_ways(model: TinyLlama, prompts: list[list[int]], n: int) -> tuple[list[
 
 
 def test_compiled_steps_give_the_eager_tokens_past_the_window_in_padded_batches_with_few_graphs():
-    counters.clear()
     prompts = [[EOS_ID, 5, 9, 17, 33], [EOS_ID, 40, 2, 7, 11, 50, 61, 12, 8]]  # padded, then slides twice
     eager, compiled = both_ways(make_model(0), prompts, 3 * CONTEXT)
     assert compiled == eager
@@ -54,7 +60,6 @@ def test_compiled_steps_give_the_eager_tokens_past_the_window_in_padded_batches_
 def test_an_adapting_model_decodes_its_learning_copy_with_the_compiled_step():
     model = make_model(2, adapt_lr=0.5)
     prompt = [EOS_ID, *[4 + (i * 7) % 50 for i in range(30)]]
-    counters.clear()
     eager, compiled = both_ways(model, [prompt], 20)
     assert compiled == eager
     assert counters["stats"]["calls_captured"] > 0
