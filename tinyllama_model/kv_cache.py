@@ -48,8 +48,8 @@ class KVCache:
         shape = (cfg.n_layers, batch_size, cfg.kv_heads, cfg.max_seq_len + 1, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        # each layer's (B, nkv, max_seq_len, hd) view, taken once for every forward: indexing self.k[i] is an
-        # ATen call per layer per token, and in the decode loop each costs tens of us (RMSNorm.decode)
+        # each layer's (B, nkv, max_seq_len + 1, hd) view, taken once for every forward: indexing self.k[i]
+        # is an ATen call per layer per token, and in the decode loop each costs tens of us (RMSNorm.decode)
         self.k_layers, self.v_layers = self.k.unbind(0), self.v.unbind(0)
         self.max_len = cfg.max_seq_len
         self.pos = 0  # slots filled

@@ -172,7 +172,7 @@ class Attention(nn.Module):
         """Attend from T new positions at cache slot `pos` to everything cached so far (inference only)."""
         b, t, _ = x.shape
         q, k, v = self._qkv(x, cos, sin, ve)
-        k_cache[:, :, pos : pos + t] = k  # caches are (B, nkv, max_seq_len, hd)
+        k_cache[:, :, pos : pos + t] = k  # caches are (B, nkv, max_seq_len + 1, hd)
         v_cache[:, :, pos : pos + t] = v
         k = repeat_kv(k_cache[:, :, : pos + t], self.n_rep)  # (B, nh, pos+T, hd)
         v = repeat_kv(v_cache[:, :, : pos + t], self.n_rep)
@@ -198,7 +198,7 @@ class Attention(nn.Module):
             gate = 2 * torch.sigmoid(self.ve_gate(x[:, : self.ve_gate.in_features]))  # (B, nkv)
             v = v + gate[..., None] * ve.view(b, nkv, hd)
         qk = apply_rope(qk, cos, sin)
-        k_cache.narrow(2, pos, 1).copy_(qk[:, nh:, None])  # caches are (B, nkv, max_seq_len, hd)
+        k_cache.narrow(2, pos, 1).copy_(qk[:, nh:, None])  # caches are (B, nkv, max_seq_len + 1, hd)
         v_cache.narrow(2, pos, 1).copy_(v[:, :, None])
         k = repeat_kv(k_cache.narrow(2, 0, pos + 1), self.n_rep)  # (B, nh, pos+1, hd)
         v = repeat_kv(v_cache.narrow(2, 0, pos + 1), self.n_rep)
