@@ -197,6 +197,8 @@ CPU_10MIN_TUNED_CORPUS_TOKENS = 1_000_000
 #   is load-stable.
 #   Context 128 at batch 16: 256 x 6 1.569 (-0.006), 320 x 6 1.558 (+0.0005), fp32 128 x 4 on one thread
 #   1.612 against 1.606 at context 64: kept 64.
+#   With the whole final preset (experts, adaptation, the average; 233c118): 256 x 6 1.3822 / 1.4478 held out,
+#   320 x 6 1.4573 on split 1 (4.3M tokens against 5.9M): the larger shape no longer wins, the 4x stays.
 # - two networks at once, one per core (1 thread each, seeds 1337 / 4242), their probabilities averaged
 #   under the whole mixture (offline, split 1): each alone 1.5174 / 1.5191 on 2.7M tokens, together 1.4967,
 #   the same as one 2-thread network (1.4977): what the pair gains, each member's half throughput loses.
