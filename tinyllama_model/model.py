@@ -482,9 +482,10 @@ def compiled_decode_one():
 
     The compiled step fuses each layer's norms, rotary, cache writes and activation into a few C++ kernels
     around the matmuls, so a step pays fewer of the per-call costs that every ATen call after a weight
-    stream pays cold (`RMSNorm.decode`). `dynamic=True` makes the cache position a symbol, so one graph
-    serves every position and batch size; parameters are inputs, not constants, so a copy of the model
-    (adaptation.py) or new weights reuse it. The build costs seconds once per process (Inductor caches it on
+    stream pays cold (`RMSNorm.decode`). `dynamic=True` makes the cache position and the batch size symbols,
+    so a graph serves every position; Dynamo still builds one per kind of cache (padded or not) and one for
+    a batch of 1. Parameters are inputs, not constants, so a copy of the model (adaptation.py) or new
+    weights reuse the graphs. The build costs seconds once per process (Inductor caches it on
     disk); greedy output stays that of the eager step (tests/tinyllama_model/test_compiled_decode.py).
     """
     return torch.compile(TinyLlama._decode_one, dynamic=True)
