@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyllama_model import hardware, sizing
+from tinyllama_model import hardware
 from tinyllama_model.data import PackedTokens
-from tinyllama_model.trainer import Trainer
+from tinyllama_model.training import sizing
+from tinyllama_model.training.trainer import Trainer
 
 DEFAULT_LEVERS = (
     "relu2=model.mlp=relu2",

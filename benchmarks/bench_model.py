@@ -47,8 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from tinyllama_model.generate import generate_ids
 from tinyllama_model.hardware import compile_blocker, machine_line
 from tinyllama_model.model import ModelConfig, TinyLlama
-from tinyllama_model.optim import build_optimizer
-from tinyllama_model.train_config import TrainConfig
+from tinyllama_model.training.optim import build_optimizer
+from tinyllama_model.training.train_config import TrainConfig
 
 
 def matmul_flops(n: int = 1024, seconds: float = 0.5) -> float:

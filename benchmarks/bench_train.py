@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinyllama_model import hardware, sizing
+from tinyllama_model import hardware
 from tinyllama_model.data import PackedTokens
-from tinyllama_model.trainer import Trainer
+from tinyllama_model.training import sizing
+from tinyllama_model.training.trainer import Trainer
 
 
 def bench_preset(name: str, steps: int, warmup: int, threads: int | None) -> dict:

@@ -38,11 +38,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.artifacts import Artifact
 from tasks.evaluate import evaluate_file
+from tasks.storage.artifacts import Artifact
 from tasks.tokenizer import TokenizerConfig, run_encode, run_tokenizer, validation_ids
 from tasks.train import run_train
-from tinyllama_model import hardware, sizing
+from tinyllama_model import hardware
+from tinyllama_model.training import sizing
 
 FLAGS = ("mlp", "qk_norm", "zero_init_proj", "logit_softcap", "value_embeds", "tie_embeddings")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ai_wiki_dev.jsonl"

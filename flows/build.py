@@ -17,14 +17,14 @@ from prefect.deployments import run_deployment
 
 from flows.config import PipelineConfig, load_config
 from flows.embedded_server import quiet_server_telemetry
-from tasks.artifacts import Artifact, load_artifact
 from tasks.collect import collect
-from tasks.data_root import DataRoot
 from tasks.evaluate import evaluate
-from tasks.mlflow_run import RunRef, pipeline_run
 from tasks.preprocess import preprocess
 from tasks.register import register
+from tasks.storage.artifacts import Artifact, load_artifact
+from tasks.storage.data_root import DataRoot
 from tasks.tokenizer import build_tokenizer, encode
+from tasks.tracking.mlflow_run import RunRef, pipeline_run
 from tasks.train import train, train_fingerprint
 
 quiet_server_telemetry()

@@ -57,11 +57,11 @@ def _bad_input_fails() -> Iterator[None]:
 def _model_dir(ref: str) -> Iterator[Path]:
     """The model directory `ref` names; one downloaded from MLflow is deleted when the block ends."""
     if Path(ref).is_dir():
-        from tasks.artifacts import verified_model_dir
+        from tasks.storage.artifacts import verified_model_dir
 
         yield verified_model_dir(Path(ref))  # a published model is checked against its manifest first
     elif "://" in ref or ref.startswith(("models:/", "runs:/")):
-        from tasks.model_refs import downloaded_model_dir
+        from tasks.tracking.model_refs import downloaded_model_dir
 
         with downloaded_model_dir(ref) as directory:
             yield directory

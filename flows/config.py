@@ -4,7 +4,7 @@ It is the `build` flow's parameter, so the Prefect UI renders it as a form and
 `prefect deployment run ... --param` can override any field. Each phase receives only its own section;
 the sections are defined next to the code that uses them. A preset is a YAML file holding only the
 fields it changes; `--set section.field=value` overrides are applied on top, values parsed as YAML.
-A preset may name a `size` from `tinyllama_model.sizing` (e.g. `cpu_10min`): its model, train and
+A preset may name a `size` from `tinyllama_model.training.sizing` (e.g. `cpu_10min`): its model, train and
 vocabulary settings are the base that the preset's own `model`/`train` fields then adjust.
 """
 
@@ -20,15 +20,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tasks.collect import CollectConfig
-from tasks.data_root import DataRoot
 from tasks.evaluate import EvaluateConfig
 from tasks.preprocess import PreprocessConfig
 from tasks.register import RegisterConfig
+from tasks.storage.data_root import DataRoot
 from tasks.tokenizer import TokenizerConfig
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.model import ModelConfig
-from tinyllama_model.sizing import PRESETS as SIZES
-from tinyllama_model.train_config import TrainConfig
+from tinyllama_model.training.sizing import PRESETS as SIZES
+from tinyllama_model.training.train_config import TrainConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 

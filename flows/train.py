@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.artifacts import Artifact
-from tasks.data_root import DataRoot
-from tasks.mlflow_run import RunRef
+from tasks.storage.artifacts import Artifact
+from tasks.storage.data_root import DataRoot
+from tasks.tracking.mlflow_run import RunRef
 from tasks.train import train as train_model
 from tinyllama_model.model import ModelConfig
-from tinyllama_model.train_config import TrainConfig
+from tinyllama_model.training.train_config import TrainConfig
 
 
 @flow(name="tinyllama-train", log_prints=True)

@@ -31,9 +31,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from tasks.artifacts import Artifact, load_artifact, phase_fingerprint, publish, scratch_dir, work_lock
-from tasks.data_root import DataRoot
-from tasks.progress_artifact import PagesBar, ProgressBar
+from tasks.monitoring.progress_artifact import PagesBar, ProgressBar
 from tasks.redact import redact_url, redact_value
 from tasks.retries import retry_only_on
 from tasks.sources.base import PreviousDocuments, Source, SourceContext, SourceSummary
@@ -44,6 +42,15 @@ from tasks.sources.local import LocalConfig, LocalSource
 from tasks.sources.progress import ProgressLog
 from tasks.sources.web import WebConfig, WebSource
 from tasks.sources.wikipedia import WikipediaConfig, WikipediaSource, WikipediaSummary
+from tasks.storage.artifacts import (
+    Artifact,
+    load_artifact,
+    phase_fingerprint,
+    publish,
+    scratch_dir,
+    work_lock,
+)
+from tasks.storage.data_root import DataRoot
 from tinyllama_model.config_fields import operational, result_fields
 from tinyllama_model.errors import ConfigError
 

@@ -23,8 +23,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from tasks.artifacts import Artifact, materialize, phase_fingerprint, publish
-from tasks.cache_records import artifact_cache
+from tasks.storage.artifacts import Artifact, materialize, phase_fingerprint, publish
+from tasks.storage.cache_records import artifact_cache
 from tasks.tokenizer import read_split
 from tinyllama_model.data import pack_documents
 from tinyllama_model.evaluation import evaluate_stream

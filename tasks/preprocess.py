@@ -25,8 +25,6 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field, model_validator
 
-from tasks.artifacts import Artifact, materialize, phase_fingerprint, publish, verify
-from tasks.cache_records import artifact_cache
 from tasks.cleaning.dedup import NearDedup
 from tasks.cleaning.filters import (
     Filter,
@@ -45,6 +43,8 @@ from tasks.cleaning.report import build_report, report_markdown, stage_rows
 from tasks.cleaning.split import split_text
 from tasks.cleaning.steps import ExactDuplicates, NearDuplicates, NonEmpty, Normalize, QualityFilter
 from tasks.sources.document import DOCUMENT_SCHEMA, DOCUMENTS_FILE, Document, read_documents, write_table
+from tasks.storage.artifacts import Artifact, materialize, phase_fingerprint, publish, verify
+from tasks.storage.cache_records import artifact_cache
 
 CODE_VERSION = "1"
 REJECTED_FILE = "rejected.parquet"

@@ -1,19 +1,22 @@
 """The register phase: fill in and close the pipeline's MLflow run, register the model, crown it if better.
 
-The flow opens one MLflow run per pipeline run (`tasks.mlflow_run.start_pipeline_run`); `run_register`,
+The flow opens one MLflow run per pipeline run (`tasks.tracking.mlflow_run.start_pipeline_run`);
+`run_register`,
 the last phase, fills it in and closes it: per-step training metrics, the data and tokenizer reports,
-the loss curve, sample generations and the evaluation metrics (`tasks.run_reports`), then the model as an
-MLflow pyfunc registered as a new version of `tinyllama` (`tasks.model_versions`), with its model card
-(`tasks.model_card`) as the version's description, as `card.*` tags and as README.md beside the model
+the loss curve, sample generations and the evaluation metrics (`tasks.tracking.run_reports`), then the
+model as an
+MLflow pyfunc registered as a new version of `tinyllama` (`tasks.tracking.model_versions`), with its model
+card
+(`tasks.tracking.model_card`) as the version's description, as `card.*` tags and as README.md beside the model
 files. The alias `champion` moves to the new version only when its validation bits per byte are strictly
-lower than the current champion's (`tasks.champion`).
+lower than the current champion's (`tasks.tracking.champion`).
 
 A model that is already registered (same train-artifact fingerprint, e.g. a nightly rebuild that found
 nothing new) is not logged again: the run points at the existing version instead, so the registry does
 not fill with copies of one model.
 
 This module holds the phase's config section, the function that orders those steps, and the Prefect
-task; getting a registered model back is `tasks.model_refs`.
+task; getting a registered model back is `tasks.tracking.model_refs`.
 """
 
 from __future__ import annotations
@@ -30,17 +33,17 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from tasks.artifacts import Artifact, materialize, phase_fingerprint, publish
-from tasks.cache_records import artifact_cache
-from tasks.champion import promote_if_better
-from tasks.mlflow_run import flat_numbers, open_store
-from tasks.mlflow_store import is_connection_error, mlflow_run_link
-from tasks.model_card import ModelCard, build_card
-from tasks.model_refs import find_model_dir
-from tasks.model_versions import MODEL_FINGERPRINT_TAG, find_version, log_and_register
 from tasks.redact import redact_url
 from tasks.retries import retry_if
-from tasks.run_reports import evaluation_metrics, log_run_contents, read_samples
+from tasks.storage.artifacts import Artifact, materialize, phase_fingerprint, publish
+from tasks.storage.cache_records import artifact_cache
+from tasks.tracking.champion import promote_if_better
+from tasks.tracking.mlflow_run import flat_numbers, open_store
+from tasks.tracking.mlflow_store import is_connection_error, mlflow_run_link
+from tasks.tracking.model_card import ModelCard, build_card
+from tasks.tracking.model_refs import find_model_dir
+from tasks.tracking.model_versions import MODEL_FINGERPRINT_TAG, find_version, log_and_register
+from tasks.tracking.run_reports import evaluation_metrics, log_run_contents, read_samples
 from tinyllama_model.config_fields import operational
 
 CODE_VERSION = "1"

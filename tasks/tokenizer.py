@@ -30,8 +30,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
-from tasks.artifacts import Artifact, materialize, phase_fingerprint, publish
-from tasks.cache_records import artifact_cache
+from tasks.storage.artifacts import Artifact, materialize, phase_fingerprint, publish
+from tasks.storage.cache_records import artifact_cache
 from tinyllama_model.data import token_dtype
 from tinyllama_model.tokenizer import N_SPECIAL, TOKENIZER_FILE, Tokenizer, train_sentencepiece
 

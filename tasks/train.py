@@ -6,7 +6,8 @@ its ids. Training state lives in `scratch_dir(root, "train", fingerprint)`: pack
 `val.bin`, `run.json` and the trainer's checkpoints, so a retried task resumes from its last checkpoint
 instead of starting over; on an object-store data root the checkpoints (with the best model so far and the
 metrics log) are mirrored to `<root>/train/.work-<fingerprint>/` as they are saved and fetched back before
-a resume, so a retry on another worker resumes too (`tasks.store_sync.WorkMirror`). The published artifact
+a resume, so a retry on another worker resumes too (`tasks.storage.store_sync.WorkMirror`). The published
+artifact
 holds:
 
     model/          config.json, model.safetensors, tokenizer.model: the checkpoint with the lowest
@@ -38,22 +39,29 @@ import numpy as np
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from tasks.artifacts import Artifact, materialize, phase_fingerprint, publish, scratch_dir
-from tasks.cache_records import artifact_cache
-from tasks.live_metrics import MetricsStream
-from tasks.mlflow_run import RunRef
-from tasks.progress_artifact import ProgressBar
+from tasks.monitoring.live_metrics import MetricsStream
+from tasks.monitoring.progress_artifact import ProgressBar
+from tasks.monitoring.train_monitor import TrainingMonitor
 from tasks.retries import retry_only_on
-from tasks.store_sync import WorkMirror
+from tasks.storage.artifacts import Artifact, materialize, phase_fingerprint, publish, scratch_dir
+from tasks.storage.cache_records import artifact_cache
+from tasks.storage.store_sync import WorkMirror
 from tasks.tokenizer import read_split
-from tasks.train_monitor import TrainingMonitor
-from tinyllama_model import neural_cache
-from tinyllama_model.adaptation import FIT_MAX_TOKENS, document_pass, fit_learning_rate, gradient_scales
+from tasks.tracking.mlflow_run import RunRef
 from tinyllama_model.checkpoint import CONFIG_FILE
-from tinyllama_model.corpus_ngrams import MAX_VOCAB, CorpusNgrams
-from tinyllama_model.corpus_ngrams import table_shape as corpus_shape
 from tinyllama_model.data import token_dtype, write_packed
-from tinyllama_model.doc_cache import (
+from tinyllama_model.errors import ConfigError
+from tinyllama_model.evaluation import mixture_logprobs, sliding_logprobs, tempered_logprobs
+from tinyllama_model.mixture import neural_cache
+from tinyllama_model.mixture.adaptation import (
+    FIT_MAX_TOKENS,
+    document_pass,
+    fit_learning_rate,
+    gradient_scales,
+)
+from tinyllama_model.mixture.corpus_ngrams import MAX_VOCAB, CorpusNgrams
+from tinyllama_model.mixture.corpus_ngrams import table_shape as corpus_shape
+from tinyllama_model.mixture.doc_cache import (
     chain_logprobs,
     fit_chain,
     fit_weights,
@@ -61,14 +69,12 @@ from tinyllama_model.doc_cache import (
     refit_chain,
     stream_hits,
 )
-from tinyllama_model.doc_cache import table_shape as doc_cache_shape
-from tinyllama_model.errors import ConfigError
-from tinyllama_model.evaluation import mixture_logprobs, sliding_logprobs, tempered_logprobs
-from tinyllama_model.launch import trainer_from_run_dir, write_run_spec
+from tinyllama_model.mixture.doc_cache import table_shape as doc_cache_shape
 from tinyllama_model.model import ModelConfig, TinyLlama
-from tinyllama_model.run_state import BEST_DIR, METRICS_FILE, RESULT_FILE
 from tinyllama_model.tokenizer import EOS_ID, TOKENIZER_FILE, Tokenizer
-from tinyllama_model.train_config import TrainConfig
+from tinyllama_model.training.launch import trainer_from_run_dir, write_run_spec
+from tinyllama_model.training.run_state import BEST_DIR, METRICS_FILE, RESULT_FILE
+from tinyllama_model.training.train_config import TrainConfig
 
 CODE_VERSION = "1"
 log = logging.getLogger(__name__)
@@ -303,7 +309,7 @@ def run_torchrun(work: Path, nproc: int, on_metrics: Callable[[dict], None] | No
     """Train under torchrun (DDP) in a child process, forwarding metrics rows as they are written."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "tinyllama_model.launch", str(work),
+        "-m", "tinyllama_model.training.launch", str(work),
     ]  # fmt: skip
     tail = MetricsTail(work / METRICS_FILE, on_metrics or (lambda row: None))
     proc = subprocess.Popen(cmd)

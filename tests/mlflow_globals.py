@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import mlflow
 
-from tasks.mlflow_store import restore_uri_variables, uri_variables
+from tasks.tracking.mlflow_store import restore_uri_variables, uri_variables
 
 
 @contextmanager

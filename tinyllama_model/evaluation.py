@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyllama_model import neural_cache
-from tinyllama_model.adaptation import Adapter, document_pass
-from tinyllama_model.doc_cache import mixed_logprobs, stream_hits
+from tinyllama_model.mixture import neural_cache
+from tinyllama_model.mixture.adaptation import Adapter, document_pass
+from tinyllama_model.mixture.doc_cache import mixed_logprobs, stream_hits
 
 LN2 = math.log(2.0)
 

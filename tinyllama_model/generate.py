@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from tinyllama_model.adaptation import Adapter
-from tinyllama_model.corpus_ngrams import mix_corpus
-from tinyllama_model.doc_cache import DocCache, mix_doc_caches
-from tinyllama_model.neural_cache import NeuralCache, mix_neural_caches
+from tinyllama_model.mixture.adaptation import Adapter
+from tinyllama_model.mixture.corpus_ngrams import mix_corpus
+from tinyllama_model.mixture.doc_cache import DocCache, mix_doc_caches
+from tinyllama_model.mixture.neural_cache import NeuralCache, mix_neural_caches
 from tinyllama_model.tokenizer import EOS_ID, PAD_ID
 
 if TYPE_CHECKING:

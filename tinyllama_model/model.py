@@ -31,10 +31,10 @@ from tinyllama_model.checkpoint import (
     read_model_weights,
     save_model_dir,
 )
-from tinyllama_model.corpus_ngrams import CorpusNgrams
 from tinyllama_model.decode_weights import DecodeWeights, LayerWeights, matrix_groups, pack, weights_key
 from tinyllama_model.generate import generate_tensor
 from tinyllama_model.kv_cache import KVCache
+from tinyllama_model.mixture.corpus_ngrams import CorpusNgrams
 from tinyllama_model.model_config import ModelConfig  # also imported from here by most callers
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tasks.mlflow_store import URI_VARIABLES
+from tasks.tracking.mlflow_store import URI_VARIABLES
 from tests.factories import make_model_dir, train_tiny_tokenizer
 from tests.mlflow_globals import mlflow_globals_kept
 
@@ -235,8 +235,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> str:
     """A SQLite MLflow store in a temp folder where model_dir is version 1 of `cli-model`, alias champion."""
     import mlflow
 
-    from tasks.mlflow_store import ensure_experiment, resolve_store
-    from tasks.model_versions import log_and_register
+    from tasks.tracking.mlflow_store import ensure_experiment, resolve_store
+    from tasks.tracking.model_versions import log_and_register
 
     tmp = tmp_path_factory.mktemp("registry")
     store = resolve_store(f"sqlite:///{tmp / 'mlflow.db'}", tmp)

@@ -6,7 +6,7 @@ import pytest
 
 from flows.config import PipelineConfig, load_config, preset_names
 from tinyllama_model.errors import ConfigError
-from tinyllama_model.sizing import cpu_10min
+from tinyllama_model.training.sizing import cpu_10min
 
 
 def test_defaults_are_the_full_design() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flows.build import data_runner
-from tasks.artifacts import load_artifact
+from tasks.storage.artifacts import load_artifact
 from tests.flows.helpers import tiny_config
 
 pytestmark = pytest.mark.slow

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from flows.build import build
-from tasks.artifacts import MANIFEST, load_artifact, read_manifest
-from tasks.data_root import DataRoot
+from tasks.storage.artifacts import MANIFEST, load_artifact, read_manifest
+from tasks.storage.data_root import DataRoot
 from tasks.train import run_train, train_fingerprint
 from tests.flows.helpers import PHASES, task_states, tiny_config
 from tests.moto_s3 import s3_server, use_s3

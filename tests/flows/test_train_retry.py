@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def _trainer_pids(run_dir_marker: str) -> list[int]:
-    """PIDs of the DDP worker processes (`python -m tinyllama_model.launch <run dir>`)."""
+    """PIDs of the DDP worker processes (`python -m tinyllama_model.training.launch <run dir>`)."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -26,7 +26,7 @@ def _trainer_pids(run_dir_marker: str) -> list[int]:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"tinyllama_model.launch" in argv and any(run_dir_marker.encode() in a for a in argv):
+        if b"tinyllama_model.training.launch" in argv and any(run_dir_marker.encode() in a for a in argv):
             pids.append(int(proc.name))
     return pids
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.data_root import CACHE_ENV
+from tasks.storage.data_root import CACHE_ENV
 from tests import stack
 from tests.processes import (
     answers,

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.artifacts import (
+from tasks.collect import CollectConfig, config_fingerprint, run_collect
+from tasks.sources.progress import STARTED, ProgressLog
+from tasks.storage.artifacts import (
     ArtifactError,
     load_artifact,
     materialize,
@@ -21,8 +23,6 @@ from tasks.artifacts import (
     verify,
     work_lock,
 )
-from tasks.collect import CollectConfig, config_fingerprint, run_collect
-from tasks.sources.progress import STARTED, ProgressLog
 from tests.factories import make_model_dir, train_tiny_tokenizer
 from tests.processes import wait_until
 

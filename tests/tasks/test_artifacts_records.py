@@ -21,7 +21,7 @@ from prefect.serializers import PickleSerializer
 from prefect.settings import get_current_settings
 
 from flows.build import build
-from tasks.artifacts import MANIFEST, Artifact, verify
+from tasks.storage.artifacts import MANIFEST, Artifact, verify
 from tests.flows.helpers import task_states, tiny_config
 
 pytestmark = pytest.mark.slow

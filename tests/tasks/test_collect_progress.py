@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tasks.collect import CollectConfig, run_collect
-from tasks.progress_artifact import PagesBar
+from tasks.monitoring.progress_artifact import PagesBar
 from tasks.sources.base import SourceContext
 from tasks.sources.wikipedia import WikipediaSource
 from tests.tasks.fakes.mediawiki import serve_mediawiki

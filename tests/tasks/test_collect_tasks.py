@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 import tasks.collect as collect_module
-from tasks.artifacts import Artifact
 from tasks.collect import CollectConfig
 from tasks.preprocess import PreprocessConfig
 from tasks.sources.errors import TransientSourceError
+from tasks.storage.artifacts import Artifact
 from tinyllama_model.errors import ConfigError
 
 OFFLINE = CollectConfig(builtin=True, wikipedia={"enabled": False})

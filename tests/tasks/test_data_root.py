@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.config import load_config
-from tasks.data_root import DataRoot
+from tasks.storage.data_root import DataRoot
 from tinyllama_model.errors import ConfigError
 
 
@@ -66,10 +66,10 @@ def test_the_config_refuses_a_root_at_load_time() -> None:
 def test_an_object_store_root_says_where_mlflow_goes_without_a_tracking_uri(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from tasks.mlflow_store import default_tracking_uri
+    from tasks.tracking.mlflow_store import default_tracking_uri
 
     monkeypatch.setenv("TINYLLAMA_CACHE", str(tmp_path / "cache"))
-    with caplog.at_level("WARNING", logger="tasks.mlflow_store"):
+    with caplog.at_level("WARNING", logger="tasks.tracking.mlflow_store"):
         uri = default_tracking_uri(f"s3://bucket-{tmp_path.name}/x")
     assert uri.startswith(f"sqlite:///{tmp_path / 'cache'}") and uri.endswith("/mlflow/mlflow.db")
     assert "MLFLOW_TRACKING_URI" in caplog.text and "on this machine only" in caplog.text

@@ -13,11 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.artifacts import MANIFEST, ArtifactError, load_artifact, materialize, publish, read_manifest
-from tasks.data_root import DataRoot
-from tasks.store_sync import WorkMirror
+from tasks.storage.artifacts import (
+    MANIFEST,
+    ArtifactError,
+    load_artifact,
+    materialize,
+    publish,
+    read_manifest,
+)
+from tasks.storage.data_root import DataRoot
+from tasks.storage.store_sync import WorkMirror
 from tests.moto_s3 import s3_server, use_s3
-from tinyllama_model.run_state import BEST_DIR, CHECKPOINT_DIR, METRICS_FILE
+from tinyllama_model.training.run_state import BEST_DIR, CHECKPOINT_DIR, METRICS_FILE
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tasks.artifacts import phase_fingerprint
-from tasks.live_metrics import MetricsStream
-from tasks.mlflow_run import RunRef, pipeline_run, shareable_uri, start_pipeline_run
-from tasks.mlflow_store import resolve_store
+from tasks.monitoring.live_metrics import MetricsStream
 from tasks.register import RegisterConfig
+from tasks.storage.artifacts import phase_fingerprint
 from tasks.tokenizer import run_encode, run_tokenizer
+from tasks.tracking.mlflow_run import RunRef, pipeline_run, shareable_uri, start_pipeline_run
+from tasks.tracking.mlflow_store import resolve_store
 from tasks.train import run_train
 from tests.processes import free_port
 from tests.tasks.test_tokenizer_task import SMALL, doc_texts, write_clean

@@ -5,8 +5,8 @@ Opening, filling and closing a real run is tested end to end in test_register.py
 
 from __future__ import annotations
 
-from tasks.mlflow_run import flatten_params, metric_key
 from tasks.register import RegisterConfig
+from tasks.tracking.mlflow_run import flatten_params, metric_key
 
 
 def test_flatten_params_dots_nested_sections_and_cuts_long_values() -> None:

@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from tasks.mlflow_store import is_connection_error, resolve_store, uri_variables
+from tasks.tracking.mlflow_store import is_connection_error, resolve_store, uri_variables
 from tests.processes import free_port
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.artifacts import publish
-from tasks.model_card import MAX_DESCRIPTION_CHARS, ModelCard, build_card
+from tasks.storage.artifacts import publish
+from tasks.tracking.model_card import MAX_DESCRIPTION_CHARS, ModelCard, build_card
 
 
 def card(**facts) -> ModelCard:
@@ -73,8 +73,8 @@ def test_the_unadapted_share_and_the_neural_cache_are_stated() -> None:
     cfg = {"max_seq_len": 64, "adapt_lr": 2e-4, "adapt_static_weight": 0.15, "neural_cache_theta": 15.0}
     text = card(model_config={**cfg, "neural_cache_weights": [0.1] * 7}).markdown()
     assert (
-        "every 32 tokens), chosen on the validation split (`tinyllama_model/adaptation.py`), with 0.15 of"
-        in text
+        "every 32 tokens), chosen on the validation split "
+        "(`tinyllama_model/mixture/adaptation.py`), with 0.15 of" in text
     )
     assert (
         "- neural cache: earlier states of the document vote" in text and "(softmax of 15.0 x cosine)" in text

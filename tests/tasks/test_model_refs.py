@@ -12,7 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tasks.model_refs import (
+from tasks.tracking.model_refs import (
     MODEL_FILES,
     ModelDirError,
     downloaded_model_dir,
@@ -24,7 +24,7 @@ from tests.test_layering import modules_loaded_by
 
 
 def test_the_cli_resolves_models_without_prefect_or_the_register_task() -> None:
-    assert modules_loaded_by("tasks.model_refs, flows.cli", ("prefect", "tasks.register")) == []
+    assert modules_loaded_by("tasks.tracking.model_refs, flows.cli", ("prefect", "tasks.register")) == []
 
 
 def test_a_train_artifact_or_a_model_dir_resolves_to_the_model_dir(tmp_path: Path) -> None:

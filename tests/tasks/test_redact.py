@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tasks.artifacts import Artifact, publish
 from tasks.collect import CollectConfig, run_collect, summary_markdown
 from tasks.redact import is_secret_name, redact_url, redact_value
 from tasks.sources.errors import TransientSourceError
+from tasks.storage.artifacts import Artifact, publish
 from tests.factories import make_model_dir, train_tiny_tokenizer
 from tests.processes import answers, free_port, stop_group, wait_until
 from tests.tasks.fakes.server import loopback
@@ -153,8 +153,8 @@ def test_register_keeps_the_tracking_password_out_of_params_registration_and_mar
     mlflow_server: int, tmp_path: Path
 ) -> None:
     from flows.config import PipelineConfig
-    from tasks.mlflow_run import start_pipeline_run
     from tasks.register import REGISTRATION_FILE, registration_markdown, run_register
+    from tasks.tracking.mlflow_run import start_pipeline_run
 
     uri = f"http://alice:s3cr3t-pass@127.0.0.1:{mlflow_server}"
     config = PipelineConfig.model_validate(
@@ -179,8 +179,8 @@ def test_register_keeps_the_tracking_password_out_of_params_registration_and_mar
 
 @pytest.mark.slow
 def test_live_metrics_that_give_up_log_no_password(mlflow_server: int) -> None:
-    from tasks.live_metrics import MetricsStream
-    from tasks.mlflow_run import RunRef
+    from tasks.monitoring.live_metrics import MetricsStream
+    from tasks.tracking.mlflow_run import RunRef
 
     warnings: list[str] = []
     run = RunRef(tracking_uri=f"http://alice:s3cr3t-pass@127.0.0.1:{mlflow_server}", run_id="no-such-run")

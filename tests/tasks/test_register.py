@@ -1,7 +1,8 @@
 """The register phase against a real MLflow: a SQLite store in a temporary folder, real tiny models.
 
-End to end through the modules it orders (tasks.mlflow_run, run_reports, model_versions, champion) and
-back out through tasks.model_refs; their store-free parts are tested beside them (test_mlflow_run.py,
+End to end through the modules it orders (tasks.tracking.mlflow_run, run_reports, model_versions, champion)
+and
+back out through tasks.tracking.model_refs; their store-free parts are tested beside them (test_mlflow_run.py,
 test_run_reports.py, test_mlflow_store.py, test_model_refs.py).
 
 One store serves the whole module (creating its tables takes seconds); tests that need a clean
@@ -24,19 +25,19 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from tasks.artifacts import Artifact, publish, sha256_file
-from tasks.champion import promote_if_better
-from tasks.live_metrics import MetricsStream
-from tasks.mlflow_run import RunRef, finish_pipeline_run, log_metrics_batched, start_pipeline_run
-from tasks.mlflow_store import resolve_store
-from tasks.model_refs import MODEL_FILES, ModelDirError, resolve_model_dir
+from tasks.monitoring.live_metrics import MetricsStream
 from tasks.register import RegisterConfig, run_register
-from tasks.run_reports import read_jsonl
+from tasks.storage.artifacts import Artifact, publish, sha256_file
+from tasks.tracking.champion import promote_if_better
+from tasks.tracking.mlflow_run import RunRef, finish_pipeline_run, log_metrics_batched, start_pipeline_run
+from tasks.tracking.mlflow_store import resolve_store
+from tasks.tracking.model_refs import MODEL_FILES, ModelDirError, resolve_model_dir
+from tasks.tracking.run_reports import read_jsonl
 from tests.factories import TINY_VOCAB, make_model_dir, train_tiny_tokenizer
 from tests.mlflow_globals import mlflow_globals_kept
 from tests.processes import answers, free_port, stop_group, wait_until
 from tinyllama_model import TinyLlama
-from tinyllama_model.corpus_ngrams import CORPUS_FILE, CorpusNgrams
+from tinyllama_model.mixture.corpus_ngrams import CORPUS_FILE, CorpusNgrams
 
 REPO = Path(__file__).resolve().parents[2]
 

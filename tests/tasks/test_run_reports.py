@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.artifacts import publish
-from tasks.run_reports import (
+from tasks.storage.artifacts import publish
+from tasks.tracking.run_reports import (
     evaluation_metrics,
     loss_curve_figure,
     read_jsonl,

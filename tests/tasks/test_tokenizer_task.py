@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.artifacts import Artifact, verify
+from tasks.storage.artifacts import Artifact, verify
 from tasks.tokenizer import (
     RoundTripError,
     TokenizerConfig,

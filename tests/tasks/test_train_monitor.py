@@ -12,9 +12,9 @@ import uuid
 
 import pytest
 
-from tasks.train_monitor import TrainingMonitor
+from tasks.monitoring.train_monitor import TrainingMonitor
 from tests.processes import wait_until
-from tinyllama_model.train_config import TrainConfig, budget_progress
+from tinyllama_model.training.train_config import TrainConfig, budget_progress
 
 
 class Clock:

@@ -9,19 +9,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks.artifacts import verify
+from tasks.storage.artifacts import verify
 from tasks.tokenizer import read_split, run_encode, run_tokenizer
 from tasks.train import MetricsTail, check_experts, pack_split, run_train
 from tests.tasks.test_tokenizer_task import SMALL, doc_texts, write_clean
 from tinyllama_model import ModelConfig, TinyLlama
 from tinyllama_model.data import CorpusTooSmallError, token_dtype
-from tinyllama_model.doc_cache import fit_weights, mixed_logprobs, stream_hits
-from tinyllama_model.doc_cache import table_shape as doc_cache_shape
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import tempered_logprobs
-from tinyllama_model.run_state import METRICS_FILE, truncate_metrics
+from tinyllama_model.mixture.doc_cache import fit_weights, mixed_logprobs, stream_hits
+from tinyllama_model.mixture.doc_cache import table_shape as doc_cache_shape
 from tinyllama_model.tokenizer import Tokenizer
-from tinyllama_model.train_config import TrainConfig
+from tinyllama_model.training.run_state import METRICS_FILE, truncate_metrics
+from tinyllama_model.training.train_config import TrainConfig
 
 MODEL = ModelConfig(dim=32, n_layers=2, n_heads=2, vocab_size=12_000, max_seq_len=32, multiple_of=16)
 

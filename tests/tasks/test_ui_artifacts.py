@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.mlflow_store import mlflow_run_link
 from tasks.register import RegisterConfig, registration_markdown
+from tasks.tracking.mlflow_store import mlflow_run_link
 from tasks.train import loss_curve_rows
 
 

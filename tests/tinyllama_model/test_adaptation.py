@@ -10,17 +10,17 @@ import pytest
 import torch
 
 from tinyllama_model import ModelConfig, TinyLlama
-from tinyllama_model.adaptation import (
+from tinyllama_model.data import pack_documents
+from tinyllama_model.errors import ConfigError
+from tinyllama_model.evaluation import evaluate_stream, sliding_logprobs
+from tinyllama_model.generate import generate_ids
+from tinyllama_model.mixture.adaptation import (
     Adapter,
     adapted_logprobs,
     document_spans,
     fit_learning_rate,
     gradient_scales,
 )
-from tinyllama_model.data import pack_documents
-from tinyllama_model.errors import ConfigError
-from tinyllama_model.evaluation import evaluate_stream, sliding_logprobs
-from tinyllama_model.generate import generate_ids
 from tinyllama_model.tokenizer import EOS_ID
 
 VOCAB = 64

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from tinyllama_model import ModelConfig, TinyLlama
-from tinyllama_model.corpus_ngrams import CORPUS_FILE, CorpusNgrams, table_shape
 from tinyllama_model.data import pack_documents
-from tinyllama_model.doc_cache import mixed_logprobs, stream_hits
-from tinyllama_model.doc_cache import table_shape as doc_shape
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import evaluate_stream, sliding_logprobs
 from tinyllama_model.generate import _Experts, generate_ids
+from tinyllama_model.mixture.corpus_ngrams import CORPUS_FILE, CorpusNgrams, table_shape
+from tinyllama_model.mixture.doc_cache import mixed_logprobs, stream_hits
+from tinyllama_model.mixture.doc_cache import table_shape as doc_shape
 from tinyllama_model.tokenizer import EOS_ID
 
 VOCAB = 40

@@ -10,7 +10,10 @@ import torch
 
 from tinyllama_model import ModelConfig, TinyLlama
 from tinyllama_model.data import pack_documents
-from tinyllama_model.doc_cache import (
+from tinyllama_model.errors import ConfigError
+from tinyllama_model.evaluation import evaluate_stream, sliding_logprobs
+from tinyllama_model.generate import generate_ids
+from tinyllama_model.mixture.doc_cache import (
     FIT_GRID,
     DocCache,
     bucket_index,
@@ -23,9 +26,6 @@ from tinyllama_model.doc_cache import (
     stream_hits,
     table_shape,
 )
-from tinyllama_model.errors import ConfigError
-from tinyllama_model.evaluation import evaluate_stream, sliding_logprobs
-from tinyllama_model.generate import generate_ids
 from tinyllama_model.tokenizer import EOS_ID
 
 VOCAB = 64

@@ -9,9 +9,9 @@ import torch
 
 from tests.factories import TINY_VOCAB, train_tiny_tokenizer, training_texts
 from tests.tinyllama_model.test_tokenizer import SAMPLES
-from tinyllama_model.corpus_ngrams import CorpusNgrams
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.export import export_hf, hf_config, hf_state_dict
+from tinyllama_model.mixture.corpus_ngrams import CorpusNgrams
 from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 

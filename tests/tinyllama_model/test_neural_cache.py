@@ -8,14 +8,15 @@ import pytest
 import torch
 
 import tinyllama_model.generate as generate
-from tinyllama_model import ModelConfig, TinyLlama, neural_cache
-from tinyllama_model.adaptation import document_pass
+from tinyllama_model import ModelConfig, TinyLlama
 from tinyllama_model.data import pack_documents
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import evaluate_stream, mixture_logprobs, sliding_logprobs
 from tinyllama_model.export import check_llama_expressible
+from tinyllama_model.mixture import neural_cache
+from tinyllama_model.mixture.adaptation import document_pass
+from tinyllama_model.mixture.neural_cache import SIMILARITY_EDGES, NeuralCache, stream_hits
 from tinyllama_model.model_config import NEURAL_CACHE_BUCKETS
-from tinyllama_model.neural_cache import SIMILARITY_EDGES, NeuralCache, stream_hits
 from tinyllama_model.tokenizer import EOS_ID
 
 VOCAB, CONTEXT = 64, 16

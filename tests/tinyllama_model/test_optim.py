@@ -9,8 +9,8 @@ import torch
 
 from tests.tinyllama_model.test_model import make, tiny
 from tinyllama_model import TinyLlama
-from tinyllama_model.optim import Muon, build_optimizer, orthogonalize
-from tinyllama_model.train_config import TrainConfig
+from tinyllama_model.training.optim import Muon, build_optimizer, orthogonalize
+from tinyllama_model.training.train_config import TrainConfig
 
 
 def optimizer(m: TinyLlama, name: str, **kw):

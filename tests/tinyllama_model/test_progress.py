@@ -6,12 +6,12 @@ import io
 import logging
 import math
 
-from tinyllama_model.progress import ProgressLine, format_duration
+from tinyllama_model.training.progress import ProgressLine, format_duration
 
 
 def test_progress_line_does_not_spam_non_tty_logs(caplog):
     line = ProgressLine(every_s=60.0, stream=io.StringIO())
-    with caplog.at_level(logging.INFO, logger="tinyllama_model.progress"):
+    with caplog.at_level(logging.INFO, logger="tinyllama_model.training.progress"):
         for i in range(100):
             line.update(f"step {i}")
     assert [r.message for r in caplog.records] == ["step 0"]

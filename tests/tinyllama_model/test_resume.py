@@ -24,8 +24,8 @@ from tests.tinyllama_model.test_trainer import (
 from tinyllama_model.checkpoint import load_torch_file
 from tinyllama_model.data import write_packed
 from tinyllama_model.hardware import compile_blocker
-from tinyllama_model.launch import trainer_from_run_dir, write_run_spec
-from tinyllama_model.run_state import CHECKPOINT_DIR, list_checkpoints
+from tinyllama_model.training.launch import trainer_from_run_dir, write_run_spec
+from tinyllama_model.training.run_state import CHECKPOINT_DIR, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -169,7 +169,7 @@ def _write_run(run_dir: Path, cfg) -> None:
 def _train_process(run_dir: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "tinyllama_model.launch", str(run_dir), "--quiet"],
+        [sys.executable, "-m", "tinyllama_model.training.launch", str(run_dir), "--quiet"],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

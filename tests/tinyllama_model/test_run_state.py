@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tinyllama_model.checkpoint import load_torch_file
-from tinyllama_model.run_state import (
+from tinyllama_model.training.run_state import (
     CHECKPOINT_FORMAT,
     CheckpointMismatchError,
     diff_identity,

@@ -7,7 +7,7 @@ import torch
 
 from tinyllama_model import ModelConfig
 from tinyllama_model.hardware import cpu_matmul_rates
-from tinyllama_model.sizing import (
+from tinyllama_model.training.sizing import (
     LADDER,
     PRESETS,
     budget_flops,
@@ -16,7 +16,7 @@ from tinyllama_model.sizing import (
     matmul_params,
     size_for_budget,
 )
-from tinyllama_model.train_config import TrainConfig
+from tinyllama_model.training.train_config import TrainConfig
 
 
 def test_plentiful_data_gives_the_chinchilla_point():

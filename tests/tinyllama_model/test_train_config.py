@@ -8,7 +8,7 @@ import json
 import pydantic
 import pytest
 
-from tinyllama_model.train_config import OPERATIONAL, TrainConfig, lr_at
+from tinyllama_model.training.train_config import OPERATIONAL, TrainConfig, lr_at
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import torch
 from tinyllama_model import ModelConfig, TinyLlama
 from tinyllama_model.checkpoint import CheckpointError, load_torch_file
 from tinyllama_model.data import CorpusTooSmallError, PackedTokens, pack_documents
-from tinyllama_model.run_state import (
+from tinyllama_model.training.run_state import (
     BEST_DIR,
     CHECKPOINT_DIR,
     METRICS_FILE,
@@ -22,8 +22,8 @@ from tinyllama_model.run_state import (
     CheckpointMismatchError,
     list_checkpoints,
 )
-from tinyllama_model.train_config import TrainConfig
-from tinyllama_model.trainer import Trainer
+from tinyllama_model.training.train_config import TrainConfig
+from tinyllama_model.training.trainer import Trainer
 
 TINY = ModelConfig(dim=32, n_layers=2, n_heads=2, vocab_size=64, max_seq_len=32, multiple_of=16)
 

@@ -2,7 +2,7 @@
 
 `write_run_spec` describes a run in `run.json` (model and train config, the packed data files, the
 tokenizer) so that a fresh process can rebuild its `Trainer` from the run directory alone:
-`python -m tinyllama_model.launch RUN_DIR`, or the same module under `torchrun --nproc_per_node N`.
+`python -m tinyllama_model.training.launch RUN_DIR`, or the same module under `torchrun --nproc_per_node N`.
 This is the only module that creates a process group; the trainer finds one set up, or none.
 """
 
@@ -22,9 +22,9 @@ import torch.distributed as dist
 
 from tinyllama_model.data import PackedTokens
 from tinyllama_model.model import ModelConfig
-from tinyllama_model.run_state import RUN_SPEC
-from tinyllama_model.train_config import TrainConfig
-from tinyllama_model.trainer import Trainer
+from tinyllama_model.training.run_state import RUN_SPEC
+from tinyllama_model.training.train_config import TrainConfig
+from tinyllama_model.training.trainer import Trainer
 
 
 def write_run_spec(
@@ -38,7 +38,8 @@ def write_run_spec(
     train_file: str = "train.bin",
     val_file: str = "val.bin",
 ) -> Path:
-    """Describe a run so that `python -m tinyllama_model.launch RUN_DIR` (or torchrun) can start it."""
+    """Describe a run so that `python -m tinyllama_model.training.launch RUN_DIR` (or torchrun) can
+    start it."""
     spec = {
         "model": model_cfg.to_dict(),
         "train": cfg.to_dict(),
@@ -76,7 +77,7 @@ def trainer_from_run_dir(run_dir: str | Path, **kwargs: Any) -> Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tinyllama_model.launch RUN_DIR`, alone or under `torchrun --nproc_per_node N`."""
+    """`python -m tinyllama_model.training.launch RUN_DIR`, alone or under `torchrun --nproc_per_node N`."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

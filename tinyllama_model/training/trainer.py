@@ -52,9 +52,9 @@ from tinyllama_model.hardware import (
     resolve_device,
 )
 from tinyllama_model.model import ModelConfig, TinyLlama
-from tinyllama_model.optim import build_optimizer
-from tinyllama_model.progress import ProgressLine, format_duration
-from tinyllama_model.run_state import (
+from tinyllama_model.training.optim import build_optimizer
+from tinyllama_model.training.progress import ProgressLine, format_duration
+from tinyllama_model.training.run_state import (
     BEST_DIR,
     CHECKPOINT_DIR,
     CHECKPOINT_FORMAT,
@@ -69,7 +69,7 @@ from tinyllama_model.run_state import (
     truncate_metrics,
     write_checkpoint,
 )
-from tinyllama_model.train_config import OPERATIONAL, TrainConfig, budget_progress, lr_at
+from tinyllama_model.training.train_config import OPERATIONAL, TrainConfig, budget_progress, lr_at
 
 MetricsCallback = Callable[[dict[str, Any]], None]
 log = logging.getLogger(__name__)

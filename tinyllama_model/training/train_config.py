@@ -71,14 +71,15 @@ class TrainConfig:
         default=0,
         metadata=_doc(
             "After training, fit a document cache of n-grams up to this order on the validation split "
-            "and predict with it (tinyllama_model/doc_cache.py); 0: the model alone."
+            "and predict with it (tinyllama_model/mixture/doc_cache.py); 0: the model alone."
         ),
     )
     corpus_ngram_orders: int = field(
         default=0,
         metadata=_doc(
             "After training (and the document cache), fit the training corpus's n-grams up to this order "
-            "(1-4) on the validation split and predict with them (tinyllama_model/corpus_ngrams.py); 0: none."
+            "(1-4) on the validation split and predict with them "
+            "(tinyllama_model/mixture/corpus_ngrams.py); 0: none."
         ),
     )
     calibration_temperatures: tuple[float, ...] = field(
@@ -93,7 +94,8 @@ class TrainConfig:
         default=(),
         metadata=_doc(
             "After training, pick from these SGD learning rates the one with which the network best "
-            "learns from each document as it reads it (dynamic evaluation, tinyllama_model/adaptation.py), "
+            "learns from each document as it reads it (dynamic evaluation, "
+            "tinyllama_model/mixture/adaptation.py), "
             "on the validation split; each tensor's step is the rate times 1 / its gradient's RMS there, so "
             "rates are ~1e-4, not SGD's ~0.03; (): no adaptation."
         ),
@@ -102,7 +104,8 @@ class TrainConfig:
         default=None,
         metadata=_doc(
             "After training, fit a neural cache with this temperature on cosines (15 is tuned): earlier "
-            "states of the document vote for the token that followed them (tinyllama_model/neural_cache.py); "
+            "states of the document vote for the token that followed them "
+            "(tinyllama_model/mixture/neural_cache.py); "
             "null: none."
         ),
     )

@@ -2,13 +2,14 @@
 
 One MLflow run per pipeline run. The flow opens it with `pipeline_run` before training (every config
 field as a param, the caller's tags such as the data fingerprint, the git commit and the Prefect flow run),
-so the train phase can log into it as it goes (`tasks.live_metrics`, reaching the run through a `RunRef`
+so the train phase can log into it as it goes (`tasks.monitoring.live_metrics`, reaching the run through a
+`RunRef`
 even on another machine); the register phase fills it in and closes it, and `pipeline_run` closes it when a
 phase failed or the flow was stopped. Metrics go in `log_batch` calls within MLflow's limits, under names
 MLflow accepts, and a (metric, step) pair already in the run is not logged twice.
 
 This module knows the run, not what goes in it: the reports, the model and the registry live in
-`tasks.run_reports`, `tasks.model_versions` and `tasks.champion`.
+`tasks.tracking.run_reports`, `tasks.tracking.model_versions` and `tasks.tracking.champion`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 from pydantic import BaseModel, Field
 
-from tasks.mlflow_store import Store, ensure_experiment, resolve_store
 from tasks.redact import redact_url
+from tasks.tracking.mlflow_store import Store, ensure_experiment, resolve_store
 from tinyllama_model.config_fields import operational
 
 # MLflow's own limits (mlflow.utils.validation): entities per log_batch call, length of a param value.

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from tinyllama_model.adaptation import document_spans
+from tinyllama_model.mixture.adaptation import document_spans
 from tinyllama_model.model_config import NEURAL_CACHE_BUCKETS as N_BUCKETS
 from tinyllama_model.tokenizer import EOS_ID
 

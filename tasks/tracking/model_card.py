@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.artifacts import Artifact
+from tasks.storage.artifacts import Artifact
 
 CARD_FILE = "README.md"
 TAG_PREFIX = "card."
@@ -122,13 +122,13 @@ class ModelCard:
                 lines.append(
                     f"- document cache: the n-grams of each document so far, up to order "
                     f"{len(cfg['doc_cache_weights'])}, mixed into every prediction; weights fitted on the "
-                    "validation split (`tinyllama_model/doc_cache.py`)"
+                    "validation split (`tinyllama_model/mixture/doc_cache.py`)"
                 )
             if cfg.get("corpus_ngram_weights"):
                 lines.append(
                     f"- corpus n-grams: what followed the last 1-{len(cfg['corpus_ngram_weights'])} tokens "
                     "in the training corpus, mixed in after the cache; the training tokens ship beside the "
-                    "weights (`tinyllama_model/corpus_ngrams.py`)"
+                    "weights (`tinyllama_model/mixture/corpus_ngrams.py`)"
                 )
             if cfg.get("adapt_lr"):
                 share = cfg.get("adapt_static_weight")
@@ -136,14 +136,14 @@ class ModelCard:
                     f"- dynamic evaluation: a copy of the network learns from each document as it reads it "
                     f"(SGD, lr {cfg['adapt_lr']}{' scaled per tensor' if cfg.get('adapt_scales') else ''}, "
                     f"every {cfg.get('max_seq_len', 0) // 2} tokens), chosen on the validation split "
-                    "(`tinyllama_model/adaptation.py`)"
+                    "(`tinyllama_model/mixture/adaptation.py`)"
                     + (f", with {share} of the unadapted network mixed in" if share else "")
                 )
             if cfg.get("neural_cache_theta"):
                 lines.append(
                     "- neural cache: earlier states of the document vote for the token that followed them "
                     f"(softmax of {cfg['neural_cache_theta']} x cosine), mixed in last "
-                    "(`tinyllama_model/neural_cache.py`)"
+                    "(`tinyllama_model/mixture/neural_cache.py`)"
                 )
         if tr:
             trained = [f"{tr[k]:,} {k}" for k in ("steps", "tokens") if k in tr]

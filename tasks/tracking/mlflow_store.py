@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from mlflow.entities import LifecycleStage
 from mlflow.exceptions import MlflowException
 
-from tasks.data_root import DataRoot
+from tasks.storage.data_root import DataRoot
 
 STORE_DIR = "mlflow"
 DB_FILE = "mlflow.db"

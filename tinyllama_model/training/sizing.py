@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from tinyllama_model.hardware import BF16_MIN_SPEEDUP, cpu_matmul_rates, pick_cpu_dtype
 from tinyllama_model.model import ModelConfig
-from tinyllama_model.train_config import TrainConfig
+from tinyllama_model.training.train_config import TrainConfig
 
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
 
@@ -170,7 +170,8 @@ CPU_10MIN_TUNED_CORPUS_TOKENS = 1_000_000
 #   the context-256 model with 224 tokens of context instead of 128 changed nothing), while many short
 #   windows give a less correlated batch and cheaper attention. At 10 minutes 32 is no better than
 #   64 (1.618 vs 1.613), and 64 keeps a usable generation window;
-# - Muon for the hidden matrices (tinyllama_model/optim.py): 1.83 against AdamW's 1.87 at context 128;
+# - Muon for the hidden matrices (tinyllama_model/training/optim.py): 1.83 against AdamW's 1.87 at context
+#   128;
 #   muon_lr 0.01 ~ 0.02 > 0.05. The AdamW rate of the embeddings and head, which also sets Muon's
 #   decay per step, wants to be high: 2e-3 1.79, 4e-3 1.78, 8e-3 1.76, 1.6e-2 1.73, 3.2e-2 1.78 (3 min).
 # - tied embeddings, dropout 0.1, a floor of 0, DDP over the 2 cores: no better (within ~0.01) or worse.

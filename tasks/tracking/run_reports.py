@@ -5,7 +5,7 @@ metrics, drawn as the loss curve), the evaluate phase's `metrics.json` and `samp
 small JSON/Markdown files of the data and tokenizer reports. Large files (Parquet tables, weights)
 are never logged as reports.
 
-This module logs into an open run; opening and closing it is `tasks.mlflow_run`'s job.
+This module logs into an open run; opening and closing it is `tasks.tracking.mlflow_run`'s job.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from tasks.artifacts import Artifact
-from tasks.mlflow_run import (
+from tasks.storage.artifacts import Artifact
+from tasks.tracking.mlflow_run import (
     MAX_METRICS_PER_BATCH,
     TRAIN_METRICS_PREFIX,
     chunks,

@@ -6,8 +6,8 @@ The train task hands a `TrainingMonitor` to the trainer as its `on_metrics` call
   seconds, also when no row comes for a while (a long validation, a slow step): a heartbeat thread then
   repeats the last figures and says how long the current step has been running;
 - a line per validation;
-- the progress bar `train-progress` (percent of the budget, `tasks.progress_artifact`);
-- the rows into the pipeline's MLflow run (`tasks.live_metrics`), when the flow opened one.
+- the progress bar `train-progress` (percent of the budget, `tasks.monitoring.progress_artifact`);
+- the rows into the pipeline's MLflow run (`tasks.monitoring.live_metrics`), when the flow opened one.
 
 Budget and ETA come from the rows alone (`train_config.budget_progress`), so the same monitor watches a
 trainer in this process or one under torchrun whose rows arrive through metrics.jsonl.
@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from tinyllama_model.progress import format_duration
-from tinyllama_model.train_config import TrainConfig, budget_progress
+from tinyllama_model.training.progress import format_duration
+from tinyllama_model.training.train_config import TrainConfig, budget_progress
 
 Logger = logging.Logger | logging.LoggerAdapter
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from tinyllama_model.model import TinyLlama
-from tinyllama_model.train_config import TrainConfig
+from tinyllama_model.training.train_config import TrainConfig
 
 
 class OptimizerChain:

@@ -18,9 +18,15 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from tasks.data_root import DataRoot
-from tasks.file_hashes import sha256_file
-from tinyllama_model.run_state import BEST_DIR, CHECKPOINT_DIR, METRICS_FILE, list_checkpoints, step_of
+from tasks.storage.data_root import DataRoot
+from tasks.storage.file_hashes import sha256_file
+from tinyllama_model.training.run_state import (
+    BEST_DIR,
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    list_checkpoints,
+    step_of,
+)
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@ The metric is validation bits per byte by default (lower is better); bits per by
 vocabulary, so models with different tokenizers compete fairly. A version's metric is read from its
 tags (the register phase puts the evaluation figures there), else from the run that logged it.
 
-This module only reads versions and moves the alias; registering them is `tasks.model_versions`'s job.
+This module only reads versions and moves the alias; registering them is `tasks.tracking.model_versions`'s
+job.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinyllama_model.doc_cache import mix_sparse
+from tinyllama_model.mixture.doc_cache import mix_sparse
 from tinyllama_model.model_config import CORPUS_COUNT_BUCKETS, CORPUS_MAX_ORDER
 from tinyllama_model.tokenizer import EOS_ID
 

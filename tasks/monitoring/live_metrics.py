@@ -22,8 +22,8 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from tasks.mlflow_run import TRAIN_METRICS_PREFIX, RunRef, log_metrics_batched, logged_steps
 from tasks.redact import redact_url
+from tasks.tracking.mlflow_run import TRAIN_METRICS_PREFIX, RunRef, log_metrics_batched, logged_steps
 
 log = logging.getLogger(__name__)
 

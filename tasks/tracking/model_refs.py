@@ -22,8 +22,8 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from tasks.mlflow_store import resolve_store, sqlite_path
 from tasks.redact import redact_url
+from tasks.tracking.mlflow_store import resolve_store, sqlite_path
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.model")
 DOWNLOAD_PREFIX = "tinyllama-model-"  # temporary folders that hold a downloaded model

@@ -6,8 +6,8 @@ the `tinyllama_model` package itself so the model loads where this project is no
 requirements. Each version carries the fingerprint of the train artifact it was built from, so a model
 that is already registered is found instead of logged again.
 
-Which version is the champion is `tasks.champion`'s business; the run it is logged into is
-`tasks.mlflow_run`'s.
+Which version is the champion is `tasks.tracking.champion`'s business; the run it is logged into is
+`tasks.tracking.mlflow_run`'s.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from tasks.model_card import CARD_FILE
-from tasks.model_refs import MODEL_FILES
-from tinyllama_model.corpus_ngrams import CORPUS_FILE
+from tasks.tracking.model_card import CARD_FILE
+from tasks.tracking.model_refs import MODEL_FILES
+from tinyllama_model.mixture.corpus_ngrams import CORPUS_FILE
 
 MODEL_ARTIFACT_NAME = "model"  # the pyfunc's name inside the run: runs:/<run_id>/model
 MODEL_FINGERPRINT_TAG = "train_fingerprint"

@@ -9,7 +9,7 @@ whose read hands Prefect a record only when:
 
 - its metadata names `ArtifactSerializer` (whose `loads` is `Artifact.model_validate_json`: data only);
 - the result it points at parses as an Artifact;
-- that Artifact is still published and intact (`tasks.artifacts.still_published`).
+- that Artifact is still published and intact (`tasks.storage.artifacts.still_published`).
 
 Anything else is refused before Prefect deserializes a byte, which Prefect treats as "no cached result":
 the phase runs again, finds its folder (reused if intact, rebuilt if not) and writes a fresh record. The
@@ -34,7 +34,7 @@ from prefect.serializers import Serializer
 from prefect.settings import get_current_settings
 from pydantic import Field, ValidationError
 
-from tasks.artifacts import Artifact, ArtifactError, still_published, task_cache_key
+from tasks.storage.artifacts import Artifact, ArtifactError, still_published, task_cache_key
 
 RECORDS_DIR = "tinyllama-records"  # under Prefect's local result storage folder
 log = logging.getLogger(__name__)

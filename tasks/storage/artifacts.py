@@ -7,12 +7,14 @@ beside its final place and renamed into place only when complete, with `manifest
 SHA-256, stats) written last inside it: a directory without a manifest is never read as complete, and
 an interrupted phase leaves only a temporary folder that the next attempt removes.
 
-On an object-store root (`tasks.data_root`) the folder is built the same way in the root's local cache,
+On an object-store root (`tasks.storage.data_root`) the folder is built the same way in the root's local
+cache,
 then uploaded under an upload prefix of its own and committed by writing the manifest last
-(`tasks.store_sync`); readers download it into their local cache and check every hash.
+(`tasks.storage.store_sync`); readers download it into their local cache and check every hash.
 
 Nothing is handed out unchecked: a reused folder, a cache hit and a phase's input are verified against
-the manifest's SHA-256 (`verify`; hashed once per process per unchanged file, see `tasks.file_hashes`).
+the manifest's SHA-256 (`verify`; hashed once per process per unchanged file, see
+`tasks.storage.file_hashes`).
 A damaged folder is rebuilt by `publish` and reported by `load_artifact`. One writer per fingerprint at a
 time: `publish` holds a file lock per work folder, and a writer that finds the artifact already published
 (another writer won) reuses it: a published folder that is intact is never removed.
@@ -37,9 +39,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from tasks.data_root import DataRoot
-from tasks.file_hashes import sha256_file
-from tasks.store_sync import DownloadMismatch, download_files, upload_files
+from tasks.storage.data_root import DataRoot
+from tasks.storage.file_hashes import sha256_file
+from tasks.storage.store_sync import DownloadMismatch, download_files, upload_files
 from tinyllama_model.config_fields import result_fields
 
 MANIFEST = "manifest.json"

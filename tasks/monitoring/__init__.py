@@ -1,0 +1,1 @@
+"""What a watcher sees while a phase runs: progress, heartbeats, live metrics."""

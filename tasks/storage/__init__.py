@@ -1,0 +1,1 @@
+"""Where artifacts live: fingerprints, manifests, the data root, the object store."""

@@ -1,0 +1,1 @@
+"""MLflow: the run, the store, registered versions, the champion, reports and the model card."""

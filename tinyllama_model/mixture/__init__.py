@@ -1,0 +1,1 @@
+"""The test-time mixture: experts that predict beside the network (caches, n-grams, adaptation)."""

@@ -1,0 +1,1 @@
+"""Training: the loop, its config, optimizers, run state, launch, progress and sizing."""
