@@ -28,6 +28,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from tinyllama_model.files import atomic_path
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.model"  # same name as tinyllama_model.tokenizer.TOKENIZER_FILE
@@ -215,15 +217,8 @@ def _fsync_dir_files(directory: Path) -> None:
 def save_torch_file(obj: Any, path: str | Path) -> Path:
     """torch.save to a temporary file, then rename: a crash mid-save never clobbers the previous file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path, fsync=True) as tmp:
         torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

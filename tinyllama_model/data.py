@@ -20,13 +20,14 @@ The stream lives in a flat binary file (`.bin`, uint16 or uint32, memory-mapped)
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from tinyllama_model.files import atomic_path
 
 EOS_ID = (
     1  # the tokenizer's EOS (tinyllama_model.tokenizer.EOS_ID), repeated to keep this module import-light
@@ -62,11 +63,9 @@ def write_packed(
 
     Memory stays bounded by one document, so the corpus size is limited by disk, not RAM.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     sep = np.array([eos_id], dtype=dtype)
     n = 0
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for doc in docs:
             arr = np.asarray(doc, dtype=dtype)
             sep.tofile(f)
@@ -74,7 +73,6 @@ def write_packed(
             n += 1 + arr.size
         sep.tofile(f)
         n += 1
-    os.replace(tmp, path)
     return n
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
+
+from tinyllama_model.files import atomic_write
 
 STARTED = "started.json"
 
@@ -34,9 +35,7 @@ class ProgressLog:
                     path.unlink()
                 stamp.unlink(missing_ok=True)
         if not stamp.is_file():  # written whole or not at all: a crash never leaves an empty stamp
-            tmp = folder / f".{STARTED}.{uuid.uuid4().hex[:8]}.tmp"
-            tmp.write_text(json.dumps({"started": time.time()}))
-            os.replace(tmp, stamp)
+            atomic_write(stamp, json.dumps({"started": time.time()}))
 
     def append(self, name: str, record: dict[str, Any]) -> None:
         if self.folder is None:

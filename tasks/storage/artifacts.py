@@ -41,6 +41,7 @@ from pydantic import BaseModel, ValidationError
 
 from tasks.storage.data_root import DataRoot
 from tasks.storage.file_hashes import sha256_file
+from tasks.storage.shards import shard_tables
 from tasks.storage.store_sync import DownloadMismatch, download_files, upload_files
 from tinyllama_model.config_fields import result_fields
 
@@ -64,6 +65,7 @@ class Artifact(BaseModel):
     stats: dict[str, Any] = {}
     root: str | None = None  # the data root it was published to (None: made by hand, `path` is all)
     upload: str = ""  # object-store roots: the prefix under <root>/<phase>/<fp>/ that holds the files
+    shards: dict[str, list[str]] = {}  # table -> its shard files in order (`tasks.storage.shards`)
 
     @property
     def dir(self) -> Path:
@@ -71,6 +73,15 @@ class Artifact(BaseModel):
 
     def file(self, name: str) -> Path:
         return Path(self.path) / name
+
+    def shard_paths(self, table: str) -> list[Path]:
+        """The files of one sharded table, in order; a clear error if the artifact has no such table."""
+        if table not in self.shards:
+            raise ArtifactError(
+                f"the {self.phase} artifact {self.fingerprint} has no sharded table {table!r} (it has "
+                f"{sorted(self.shards) or 'none'}); run the {self.phase} phase again with this code"
+            )
+        return [self.file(name) for name in self.shards[table]]
 
 
 def _canonical(value: Any) -> Any:
@@ -365,6 +376,7 @@ def _build(
             fingerprint=fingerprint,
             path=str(final),
             files=files,
+            shards=shard_tables(files),
             stats=stats,
             root=data_root.url,
             upload="" if data_root.is_local else uuid.uuid4().hex[:12],

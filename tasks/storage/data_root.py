@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyllama_model.errors import ConfigError
+from tinyllama_model.files import atomic_write
 
 CACHE_ENV = "TINYLLAMA_CACHE"
 ROOT_ID = ".root-id"
@@ -117,11 +118,7 @@ class DataRoot:
     def write_bytes(self, *parts: str, data: bytes) -> None:
         """Write a small file whole: renamed into place locally; one PUT (atomic) on an object store."""
         if self.is_local:
-            path = self.local.joinpath(*parts)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            atomic_write(self.local.joinpath(*parts), data)
         else:
             self.fs.pipe_file(self.key(*parts), data)
 

@@ -14,12 +14,12 @@ retry on another machine resumes from the last checkpoint instead of step 0.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tasks.storage.data_root import DataRoot
 from tasks.storage.file_hashes import sha256_file
+from tinyllama_model.files import atomic_path
 from tinyllama_model.training.run_state import (
     BEST_DIR,
     CHECKPOINT_DIR,
@@ -102,11 +102,8 @@ class WorkMirror:
             return None
         wanted = [checkpoints[-1], *(n for n in names if n.startswith(f"{BEST_DIR}/") or n == METRICS_FILE)]
         for name in wanted:
-            target = self.work / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.part")
-            fs.get_file(f"{remote}/{name}", str(tmp))
-            os.replace(tmp, target)
+            with atomic_path(self.work / name) as tmp:
+                fs.get_file(f"{remote}/{name}", str(tmp))
         step = step_of(Path(checkpoints[-1]))
         log.info("resuming from step %d: checkpoint fetched from %s", step, self.root.url_of(*self.prefix))
         return step

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from tinyllama_model.data import PackedTokens
+from tinyllama_model.files import atomic_write
 from tinyllama_model.model import ModelConfig
 from tinyllama_model.training.run_state import RUN_SPEC
 from tinyllama_model.training.train_config import TrainConfig
@@ -50,9 +51,7 @@ def write_run_spec(
         "tokenizer_file": None if tokenizer_file is None else str(tokenizer_file),
     }
     path = Path(run_dir) / RUN_SPEC
-    tmp = path.with_name(f".{RUN_SPEC}.tmp")
-    tmp.write_text(json.dumps(spec, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(spec, indent=2))
     return path
 
 

@@ -20,7 +20,6 @@ the trainer decides what goes into a checkpoint and applies what comes out.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from tinyllama_model.checkpoint import load_torch_file, save_torch_file
+from tinyllama_model.files import atomic_write
 
 CHECKPOINT_DIR, BEST_DIR = "checkpoints", "best"
 METRICS_FILE, RESULT_FILE, RUN_SPEC = "metrics.jsonl", "result.json", "run.json"
@@ -99,9 +99,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     rows = [
         line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step
     ]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(r + "\n" for r in rows))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(r + "\n" for r in rows))
 
 
 # -- random number generators ------------------------------------------------------------------------
