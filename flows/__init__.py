@@ -1,1 +1,1 @@
-"""The flows (the DAG of DESIGN.md) and the `tinyllama` command line."""
+"""The flows (the DAG of docs/architecture.md) and the `tinyllama` command line."""

@@ -50,8 +50,8 @@ EMBEDDED_SERVER_STARTUP_S = 180
 def patient_embedded_server() -> Iterator[int]:
     """Give Prefect's temporary local server minutes to start, not 20 seconds, unless the user chose.
 
-    A first build migrates a fresh SQLite database before the server answers: ~40 s on 2 cores, and a
-    restart took 33 s on a shared host, past Prefect's default of 20 s, which ends the build before its
+    A first build migrates a fresh SQLite database before the server answers, which can take longer than
+    Prefect's default of 20 s (docs/tuning-log.md) and then ends the build before its
     first task with `Timed out while attempting to connect to ephemeral Prefect API server`. The client
     reads the timeout from settings loaded at import, so an environment default set now would not be
     seen; `temporary_settings` is. A server that cannot start still fails, only later. Yields the

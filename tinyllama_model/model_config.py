@@ -51,7 +51,7 @@ class ModelConfig:
     # split}, measured with it; None: every tensor at adapt_lr (plain SGD)
     adapt_scales: dict[str, float] | None = None
     # the unadapted network's share of the prediction beside the adapted one's, fitted with the experts
-    # after adaptation (README, "Benchmarks"); None or 0: the adapted network alone
+    # after adaptation (docs/mixture.md); None or 0: the adapted network alone
     adapt_static_weight: float | None = None
     # the neural cache (neural_cache.py): its softmax temperature on cosines (train.neural_cache_theta) and
     # its mixture weight per bucket of the best similarity, fitted after training; None: no neural cache

@@ -92,8 +92,8 @@ def without_nested(topics: dict[str, str]) -> dict[str, str]:
     pydoc's topics nest: "specialnames" holds "customization", "sequence-types" and others as its sections,
     "execmodel" holds "exceptions". Kept apart, the same text is two documents, which near-dedup does not
     catch (containment is not Jaccard similarity) and which the hash split can put on both sides: half of
-    the demo's validation 32-grams were training text, and a model with corpus n-grams scored 0.83 bpb on
-    it. A topic at least `NESTED_SHARE` of whose lines a longer topic holds is left out (22 of 79 in 3.11).
+    the demo's validation 32-grams were training text (docs/tuning-log.md). A topic at least
+    `NESTED_SHARE` of whose lines a longer topic holds is left out (22 of 79 in 3.11).
     """
     lines = {
         name: {line.strip() for line in text.splitlines() if line.strip()} for name, text in topics.items()

@@ -4,9 +4,9 @@ Navigation, headers, footers, asides, scripts and styles are removed; if the pag
 with <main> or <article>, only that is read. Block elements (p, h1-h6, li, pre, ...) become
 paragraphs separated by blank lines; whitespace inside a paragraph is collapsed except in <pre>.
 
-HTML bombs: lexbor's parse time grows with the square of the nesting depth (100,000 nested <div>s
-take ~45 s), so the depth is estimated with a cheap tag scan first and a page nested deeper than
-`max_depth` is refused before it reaches the parser. Size is bounded by whoever reads the bytes.
+HTML bombs: lexbor's parse time grows with the square of the nesting depth (docs/tuning-log.md), so
+the depth is estimated with a cheap tag scan first and a page nested deeper than `max_depth` is refused
+before it reaches the parser. Size is bounded by whoever reads the bytes.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def _text_nodes(root: LexborNode) -> Iterator[tuple[LexborNode, LexborNode | Non
     """(node, its nearest block ancestor) for `root` and every node below it, in document order.
 
     Each node is visited once and hands its block down to its children, so the work is linear in the
-    page; walking up from every text node instead was quadratic in the nesting (1.6 s for 2,000 spans).
+    page; walking up from every text node instead was quadratic in the nesting.
     """
     stack: list[tuple[LexborNode, LexborNode | None]] = [(root, _block_of(root))]
     while stack:

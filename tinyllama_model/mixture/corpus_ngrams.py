@@ -12,8 +12,8 @@ u depends on the order of the longest context found and on log2 of its count (`t
 never cross a document boundary: an EOS may only open one (the start of a document is a context too).
 
 Storage: the model directory keeps the training token stream itself (`CORPUS_FILE`, 2 bytes a token), and
-the tables are built from it when first asked (`CorpusNgrams.tables`): sorting ~1M contexts per order
-takes about a second, and the tables would take ~30x the space. A context of up to 4 tokens packs exactly
+the tables are built from it when first asked (`CorpusNgrams.tables`): building them is quick, and
+stored they would take many times the space (docs/benchmarks.md). A context of up to 4 tokens packs exactly
 into a uint64 (16 bits a token, vocabularies up to 65,536), so lookups are exact, with no hash collisions.
 """
 

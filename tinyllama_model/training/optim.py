@@ -3,7 +3,7 @@
 Muon (Nesterov momentum, then the update orthogonalised by a few Newton-Schulz iterations) only suits
 2-D hidden matrices; the embedding table, the output head and the norm gains stay on AdamW, as in Keller
 Jordan's recipe and Moonshot's "Muon is scalable". On the 10-minute CPU preset's shape it reaches a lower
-held-out loss than AdamW on the same tokens (figures in `sizing.cpu_10min`).
+held-out loss than AdamW on the same tokens (docs/tuning-log.md).
 
 Both choices return one object with `param_groups`, `step`, `zero_grad`, `state_dict` and
 `load_state_dict`, so the trainer's schedule and exact-resume code are the same for either. Every param
@@ -55,9 +55,9 @@ def orthogonalize(g: torch.Tensor, steps: int, dtype: torch.dtype | None = None)
     g is one matrix (m, n) or a stack of them (k, m, n), each orthogonalised on its own: Muon stacks the
     matrices of one shape, so a step makes a few batched matmuls instead of 15 small ones per matrix.
     The iteration runs in `dtype`: bf16 where the run trains in bf16 (CUDA as in the reference, or a CPU
-    whose probe picked bf16: on an AMX Xeon it cut a dim-256 step by a quarter), and by default fp32,
-    because CPUs without bf16 units run a bf16 matmul several times slower (why torch.optim.Muon, which
-    always casts to bf16, is not used: it trained 3.7x slower than AdamW on an AVX2 CPU). float64 stays.
+    whose probe picked bf16), and by default fp32, because CPUs without bf16 units run a bf16 matmul
+    several times slower (why torch.optim.Muon, which always casts to bf16, is not used:
+    docs/tuning-log.md). float64 stays.
     """
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g.to(dtype or torch.promote_types(g.dtype, torch.float32))
@@ -76,8 +76,7 @@ class Muon(torch.optim.Optimizer):
 
     Nesterov momentum, then the update replaced by its orthogonalisation and scaled by
     sqrt(max(1, rows / cols)) (Keller Jordan's "original" rule); decoupled weight decay. Matrices of one
-    shape are updated as a stack: at the 10-minute preset's size, 28 separate matrices made 420 small
-    matmuls per step (18% of a training step in the profiler); two stacks take 43 ms instead of 53.
+    shape are updated as a stack: a few batched matmuls instead of many small ones (docs/tuning-log.md).
     """
 
     def __init__(

@@ -15,9 +15,8 @@ windows for the reported figure.
 With `ema_decay` the trainer also keeps the weights' exponential moving average (torch's
 `AveragedModel`), and that average is what validation scores and the best checkpoint holds. Why: on the
 10-minute preset the last steps, at the cosine's floor, still move the weights by more than they learn
-(several passes over ~1M tokens); the average of the last ~200 steps scored the validation split
-0.012-0.025 nats lower than the best weights as trained. The average is part of a checkpoint, so a
-resume is exact.
+(several passes over ~1M tokens), and the average of the last ~200 steps beats any one of them
+(docs/tuning-log.md). The average is part of a checkpoint, so a resume is exact.
 
 DDP: every rank draws the same global micro-batch of windows and trains on its own slice, gradients
 are averaged across ranks (all-reduce only on the last micro-step of an accumulation, `no_sync` before),
