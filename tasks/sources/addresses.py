@@ -24,8 +24,38 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]  # (host, port) -> addresses, in the order to try them
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
-_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known NAT64 prefix: an IPv4 address inside
+_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")  # every IPv6 address outside it is unallocated
+
+
+def _nets(kind: str, *cidrs: str) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:
+    return [(ipaddress.ip_network(cidr), kind) for cidr in cidrs]
+
+
+# Every block of the IANA IPv4 and IPv6 Special-Purpose Address Registries (including the few marked
+# globally reachable: a crawler has no business with anycast DNS sinks or relays), multicast, and the
+# deprecated IPv6 site-local block; the first match names the kind. Written out rather than taken from
+# `ipaddress.is_global`, whose answers change with the interpreter's patch release.
+SPECIAL_PURPOSE = [
+    *_nets("unspecified", "0.0.0.0/32", "::/128"),
+    *_nets("this-network", "0.0.0.0/8"),
+    *_nets("loopback", "127.0.0.0/8", "::1/128"),
+    *_nets("link-local", "169.254.0.0/16", "fe80::/10"),
+    *_nets("site-local", "fec0::/10"),
+    *_nets("private", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "64:ff9b:1::/48"),
+    *_nets("shared", "100.64.0.0/10"),  # carrier-grade NAT (RFC 6598)
+    *_nets("multicast", "224.0.0.0/4", "ff00::/8"),
+    *_nets("reserved", "240.0.0.0/4"),  # with 255.255.255.255, the limited broadcast
+    *_nets("protocol-assignment", "192.0.0.0/24", "2001::/23"),
+    *_nets(
+        "documentation", "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32", "3fff::/20"
+    ),
+    *_nets("benchmarking", "198.18.0.0/15"),
+    *_nets("relay", "192.88.99.0/24", "192.52.193.0/24"),  # 6to4 relay anycast, AMT
+    *_nets("as112", "192.31.196.0/24", "192.175.48.0/24", "2620:4f:8000::/48"),
+    *_nets("discard-only", "100::/64"),
+    *_nets("segment-routing", "5f00::/16"),
+]
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]@?#]+)(:\d{1,5})?")
 
 
@@ -57,19 +87,13 @@ def refusal(ip: IPAddress) -> str | None:
     embedded = _embedded_ipv4(ip)
     if embedded is not None and (kind := refusal(embedded)) is not None:
         return kind
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+    if isinstance(ip, ipaddress.IPv6Address) and (ip.ipv4_mapped is not None or ip in _NAT64):
         return None  # the IPv4 address inside is global
-    for kind, hit in (
-        ("unspecified", ip.is_unspecified),
-        ("loopback", ip.is_loopback),
-        ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast),
-        ("shared", isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED),
-        ("reserved", ip.is_reserved),
-        ("private", ip.is_private or not ip.is_global),
-    ):
-        if hit:
+    for network, kind in SPECIAL_PURPOSE:
+        if ip.version == network.version and ip in network:
             return kind
+    if isinstance(ip, ipaddress.IPv6Address) and ip not in _GLOBAL_UNICAST_V6:
+        return "reserved"
     return None
 
 
