@@ -84,6 +84,13 @@ class WebConfig(BaseModel):
         description="Least time between two requests to one host (robots.txt may ask for more).",
         json_schema_extra=operational(),
     )
+    max_crawl_delay_s: float = Field(
+        30.0,
+        ge=0,
+        description="Longest Crawl-delay of a robots.txt honoured, in seconds; a site asking for more is "
+        "waited this long between requests.",
+        json_schema_extra=operational(),
+    )
     content_types: list[str] = Field(
         default_factory=lambda: [*HTML_TYPES, "text/plain"], description="Media types read; others refused."
     )
@@ -186,15 +193,16 @@ class WebFetcher:
         self.client.close()
 
     # --- politeness ---------------------------------------------------------------------------
-    def _wait_turn(self, host: str) -> None:
+    def _wait_turn(self, origin: str) -> None:
+        """Space requests to one origin by per_host_delay_s, or its robots.txt Crawl-delay (capped)."""
         delay = self.cfg.per_host_delay_s
-        robots = self._robots.get(host)
+        robots = self._robots.get(origin)
         if robots is not None and (crawl_delay := robots.crawl_delay(self.agent_token)) is not None:
-            delay = max(delay, float(crawl_delay))
-        last = self._last.get(host)
+            delay = max(delay, min(float(crawl_delay), self.cfg.max_crawl_delay_s))
+        last = self._last.get(origin)
         if last is not None and (wait := last + delay - self.clock()) > 0:
             self.sleep(wait)
-        self._last[host] = self.clock()
+        self._last[origin] = self.clock()
 
     def allowed(self, url: str) -> bool:
         """robots.txt verdict; 401/403 or an unreachable robots.txt mean no, a missing one means yes."""
@@ -254,7 +262,7 @@ class WebFetcher:
         The request goes to the transport itself: the client would parse a redirect's Location before
         handing back the response, and a broken one must be this page's rejection, not a protocol error.
         """
-        self._wait_turn(urlsplit(url).netloc)
+        self._wait_turn(_origin(url))
         request = self.client.build_request("GET", url)
         with self.backend.deadline(self.cfg.request_deadline_s) as deadline:
             try:
@@ -359,8 +367,9 @@ class WebFetcher:
 
 
 def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    """scheme://host[:port], without userinfo: the one key of robots.txt rules and request spacing."""
+    parsed = httpx.URL(url)
+    return f"{parsed.scheme}://{parsed.netloc.decode('ascii')}"
 
 
 def _redirect_target(url: str, location: str) -> str:
