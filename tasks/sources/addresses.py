@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import threading
 from collections.abc import Callable, Iterable
 
 import httpx
@@ -63,10 +64,46 @@ class BlockedAddress(Exception):
     """The URL's host is not a place the fetcher may go; the message says why and how to allow it."""
 
 
+class ResolveTimeout(OSError):
+    """A name lookup took longer than the time its request had left."""
+
+
 def system_resolve(host: str, port: int) -> list[str]:
     """The addresses `getaddrinfo` gives for host:port (numeric spellings are read without DNS)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def resolve_within(resolve: Resolver, host: str, port: int, timeout: float | None) -> list[str]:
+    """`resolve(host, port)`, given up after `timeout` seconds (None: no limit).
+
+    getaddrinfo has no timeout and cannot be cancelled, so the lookup runs on a daemon thread and one that
+    hangs is left to finish on its own; an address literal needs no lookup and no thread.
+    """
+    try:
+        ipaddress.ip_address(host)
+        literal = True
+    except ValueError:
+        literal = False
+    if timeout is None or literal:
+        return resolve(host, port)
+    outcome: list[list[str] | BaseException] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            outcome.append(resolve(host, port))
+        except BaseException as err:  # handed to the caller's thread below
+            outcome.append(err)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name=f"resolve {host}", daemon=True).start()
+    if not done.wait(max(timeout, 0.0)):
+        raise ResolveTimeout(f"resolving {host} took longer than {max(timeout, 0.0):g} s")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
@@ -136,13 +173,14 @@ class AddressGuard:
             port == DEFAULT_PORTS.get(scheme) and (name, None) in self.allowed
         )
 
-    def check(self, url: str | httpx.URL) -> list[str]:
-        """Addresses to connect to for `url`, in order; BlockedAddress if refused, OSError if DNS fails."""
+    def check(self, url: str | httpx.URL, timeout: float | None = None) -> list[str]:
+        """Addresses to connect to for `url`, in order; BlockedAddress if refused, OSError if DNS fails
+        (ResolveTimeout if it takes longer than `timeout` seconds)."""
         parsed = httpx.URL(url)
         host = parsed.raw_host.decode("ascii")
         port = parsed.port or DEFAULT_PORTS.get(parsed.scheme, 0)
         self._pins.pop((host, port), None)  # a host that fails its check now is not reached on an old pin
-        addresses = self.resolve(host, port)
+        addresses = resolve_within(self.resolve, host, port, timeout)
         if not addresses:
             raise BlockedAddress(f"{host} resolves to no address")
         if not self._is_allowed(host, port, parsed.scheme):
