@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from tasks.redact import redact_url
 from tasks.sources.addresses import AddressGuard, BlockedAddress, Resolver, system_resolve
 from tasks.sources.base import Failure, SourceContext, SourceSummary
 from tasks.sources.document import Document, make_doc_id
@@ -327,12 +328,13 @@ class WebFetcher:
                 raise Rejected(str(err)) from err
         else:
             title = ""
+        url = redact_url(body.url)  # the documents file is read by people and tools: no credentials in it
         return Document(
             doc_id=make_doc_id(SOURCE, start),
             source=SOURCE,
-            title=title or urlsplit(body.url).path.rsplit("/", 1)[-1] or body.url,
+            title=title or urlsplit(url).path.rsplit("/", 1)[-1] or url,
             text=text,
-            url=body.url,
+            url=url,
             topic=self.cfg.topic,
         )
 

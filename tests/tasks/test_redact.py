@@ -108,6 +108,21 @@ def test_collect_keeps_web_credentials_out_of_summaries_failures_and_logs(tmp_pa
     assert_no_secret(str(nothing.value), "the error of a collection that found nothing")
 
 
+def test_a_web_document_keeps_no_credentials_of_its_url() -> None:
+    """The documents file is read by people and tools: its url column carries no userinfo or token."""
+    from tasks.sources.web import WebConfig, WebFetcher
+
+    with loopback() as server, serve_site(server) as site:
+        host = site.url.removeprefix("http://")
+        cfg = WebConfig(per_host_delay_s=0.0, allow_hosts=[host])
+        for path in ("article.html", "plain.txt"):
+            doc = WebFetcher(cfg, "tests/0.1 (t@example.org)").fetch(
+                f"http://bob:s3cr3t-pass@{host}/{path}?access_token=tok-123"
+            )
+            assert doc.url == f"http://***@{host}/{path}?access_token=***"
+            assert_no_secret(json.dumps(doc.to_record()), "the document record")
+
+
 # -- register: MLflow params, registration.json and the Prefect markdown ----------------------------------
 
 
