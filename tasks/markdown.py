@@ -21,9 +21,9 @@ MAX_CELL_CHARS = 300
 MAX_TEXT_CHARS = 2000
 ELLIPSIS = "…"
 
-# Markdown's inline syntax plus the characters that start autolinks (`http:`, `www.`, `a@b`); `&<>` become
-# entities rather than backslash escapes so that no renderer, CommonMark or not, sees a tag or an entity.
-_MARKDOWN_PUNCT = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:@\"'=$^])")
+# Markdown's inline syntax plus what autolinks need (`http:`, `www.`, `a@b.c`); `&<>` become entities
+# rather than backslash escapes so that no renderer, CommonMark or not, sees a tag or an entity.
+_MARKDOWN_PUNCT = re.compile(r"([\\`*_{}\[\]()#!|~:.])")
 _ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u2028\u2029]")
 _BACKTICKS = re.compile(r"`+")
