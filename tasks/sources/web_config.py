@@ -27,7 +27,7 @@ class WebConfig(BaseModel):
     timeout_s: float = Field(
         20.0,
         gt=0,
-        description="Timeout of one HTTP read or connect, in seconds.",
+        description="Timeout of one name lookup, connect or HTTP read, in seconds.",
         json_schema_extra=operational(),
     )
     request_deadline_s: float = Field(
