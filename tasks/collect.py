@@ -31,6 +31,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
+from tasks import markdown as md
 from tasks.monitoring.progress_artifact import PagesBar, ProgressBar
 from tasks.redact import redact_url, redact_value
 from tasks.retries import retry_only_on
@@ -277,7 +278,7 @@ def summary_markdown(stats: dict[str, Any]) -> str:
         "",
         "| source | documents |",
         "|---|---:|",
-        *[f"| {r['source']} | {r['documents']} |" for r in summary_rows(stats)],
+        *[f"| {md.cell(r['source'])} | {r['documents']} |" for r in summary_rows(stats)],
         "",
         f"Wikipedia: {stats['fetched']} fetched, {stats['reused']} unchanged and reused, "
         f"{stats['skipped_disambiguation']} disambiguation and {stats['skipped_missing']} missing pages "
@@ -285,7 +286,10 @@ def summary_markdown(stats: dict[str, Any]) -> str:
     ]
     if stats["failures"]:
         lines += ["", f"## Failures ({stats['failed']})", "", "| source | item | error |", "|---|---|---|"]
-        lines += [f"| {f['source']} | {f['title']} | {f['error']} |" for f in stats["failures"]]
+        lines += [
+            f"| {md.cell(f['source'])} | {md.cell(f['title'])} | {md.cell(f['error'])} |"
+            for f in stats["failures"]
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
+from tasks import markdown as md
 from tasks.storage.artifacts import Artifact, materialize, phase_fingerprint, publish
 from tasks.storage.cache_records import artifact_cache
 from tasks.tokenizer import read_split
@@ -244,7 +245,7 @@ def evaluation_markdown(stats: dict[str, Any], samples: dict[str, str]) -> str:
         "## Samples",
     ]
     for prompt, text in samples.items():
-        lines += ["", f"**{prompt}**{text}"]
+        lines += ["", f"**{md.cell(prompt)}**", "", md.fenced(prompt + text)]
     return "\n".join(lines)
 
 

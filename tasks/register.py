@@ -33,6 +33,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
+from tasks import markdown as md
 from tasks.redact import redact_url
 from tasks.retries import retry_if
 from tasks.storage.artifacts import Artifact, materialize, phase_fingerprint, publish
@@ -215,15 +216,15 @@ def registration_markdown(cfg: RegisterConfig, stats: Mapping[str, Any]) -> str:
     link = stats.get("run_link") or mlflow_run_link(stats["tracking_uri"], stats["run_id"])  # older stats
     return "\n".join(
         [
-            f"# Registered `{stats['model_uri']}`"
+            f"# Registered {md.code(stats['model_uri'])}"
             + (" (existing version)" if stats["reused_version"] else ""),
             "",
             "| | |",
             "|---|---|",
             f"| MLflow run | {link} |",
-            f"| tracking URI | `{stats['tracking_uri']}` |",
+            f"| tracking URI | {md.code(stats['tracking_uri'])} |",
             f"| {cfg.champion_metric} | {fmt(metric)} |",
-            f"| champion before | {stats['previous_champion']} ({fmt(previous)}) |",
+            f"| champion before | {md.cell(stats['previous_champion'])} ({fmt(previous)}) |",
             f"| `@{cfg.champion_alias}` now | version {stats['champion_version']} "
             f"({'moved' if stats['champion_moved'] else 'unchanged'}) |",
             "",

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from tasks import markdown as md
+
 QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
 CHAR_BUCKETS = (0, 1_000, 5_000, 20_000, 50_000)
 
@@ -96,7 +98,10 @@ def report_markdown(report: dict[str, Any]) -> str:
         "",
         "| source | in | rejected | rows out |",
         "|---|---:|---:|---:|",
-        *[f"| {s} | {v['in']} | {v['rejected']} | {v['rows_out']} |" for s, v in report["by_source"].items()],
+        *[
+            f"| {md.cell(s)} | {v['in']} | {v['rejected']} | {v['rows_out']} |"
+            for s, v in report["by_source"].items()
+        ],
         "",
         "## Length (characters per row)",
         "",

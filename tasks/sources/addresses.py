@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import threading
 from collections.abc import Callable, Iterable
 
 import httpx
@@ -24,8 +25,38 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]  # (host, port) -> addresses, in the order to try them
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
-_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known NAT64 prefix: an IPv4 address inside
+_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")  # every IPv6 address outside it is unallocated
+
+
+def _nets(kind: str, *cidrs: str) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:
+    return [(ipaddress.ip_network(cidr), kind) for cidr in cidrs]
+
+
+# Every block of the IANA IPv4 and IPv6 Special-Purpose Address Registries (including the few marked
+# globally reachable: a crawler has no business with anycast DNS sinks or relays), multicast, and the
+# deprecated IPv6 site-local block; the first match names the kind. Written out rather than taken from
+# `ipaddress.is_global`, whose answers change with the interpreter's patch release.
+SPECIAL_PURPOSE = [
+    *_nets("unspecified", "0.0.0.0/32", "::/128"),
+    *_nets("this-network", "0.0.0.0/8"),
+    *_nets("loopback", "127.0.0.0/8", "::1/128"),
+    *_nets("link-local", "169.254.0.0/16", "fe80::/10"),
+    *_nets("site-local", "fec0::/10"),
+    *_nets("private", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "64:ff9b:1::/48"),
+    *_nets("shared", "100.64.0.0/10"),  # carrier-grade NAT (RFC 6598)
+    *_nets("multicast", "224.0.0.0/4", "ff00::/8"),
+    *_nets("reserved", "240.0.0.0/4"),  # with 255.255.255.255, the limited broadcast
+    *_nets("protocol-assignment", "192.0.0.0/24", "2001::/23"),
+    *_nets(
+        "documentation", "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32", "3fff::/20"
+    ),
+    *_nets("benchmarking", "198.18.0.0/15"),
+    *_nets("relay", "192.88.99.0/24", "192.52.193.0/24"),  # 6to4 relay anycast, AMT
+    *_nets("as112", "192.31.196.0/24", "192.175.48.0/24", "2620:4f:8000::/48"),
+    *_nets("discard-only", "100::/64"),
+    *_nets("segment-routing", "5f00::/16"),
+]
 _HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]@?#]+)(:\d{1,5})?")
 
 
@@ -33,10 +64,46 @@ class BlockedAddress(Exception):
     """The URL's host is not a place the fetcher may go; the message says why and how to allow it."""
 
 
+class ResolveTimeout(OSError):
+    """A name lookup took longer than the time its request had left."""
+
+
 def system_resolve(host: str, port: int) -> list[str]:
     """The addresses `getaddrinfo` gives for host:port (numeric spellings are read without DNS)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def resolve_within(resolve: Resolver, host: str, port: int, timeout: float | None) -> list[str]:
+    """`resolve(host, port)`, given up after `timeout` seconds (None: no limit).
+
+    getaddrinfo has no timeout and cannot be cancelled, so the lookup runs on a daemon thread and one that
+    hangs is left to finish on its own; an address literal needs no lookup and no thread.
+    """
+    try:
+        ipaddress.ip_address(host)
+        literal = True
+    except ValueError:
+        literal = False
+    if timeout is None or literal:
+        return resolve(host, port)
+    outcome: list[list[str] | BaseException] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            outcome.append(resolve(host, port))
+        except BaseException as err:  # handed to the caller's thread below
+            outcome.append(err)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name=f"resolve {host}", daemon=True).start()
+    if not done.wait(max(timeout, 0.0)):
+        raise ResolveTimeout(f"resolving {host} took longer than {max(timeout, 0.0):g} s")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
@@ -57,19 +124,13 @@ def refusal(ip: IPAddress) -> str | None:
     embedded = _embedded_ipv4(ip)
     if embedded is not None and (kind := refusal(embedded)) is not None:
         return kind
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+    if isinstance(ip, ipaddress.IPv6Address) and (ip.ipv4_mapped is not None or ip in _NAT64):
         return None  # the IPv4 address inside is global
-    for kind, hit in (
-        ("unspecified", ip.is_unspecified),
-        ("loopback", ip.is_loopback),
-        ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast),
-        ("shared", isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED),
-        ("reserved", ip.is_reserved),
-        ("private", ip.is_private or not ip.is_global),
-    ):
-        if hit:
+    for network, kind in SPECIAL_PURPOSE:
+        if ip.version == network.version and ip in network:
             return kind
+    if isinstance(ip, ipaddress.IPv6Address) and ip not in _GLOBAL_UNICAST_V6:
+        return "reserved"
     return None
 
 
@@ -112,13 +173,14 @@ class AddressGuard:
             port == DEFAULT_PORTS.get(scheme) and (name, None) in self.allowed
         )
 
-    def check(self, url: str | httpx.URL) -> list[str]:
-        """Addresses to connect to for `url`, in order; BlockedAddress if refused, OSError if DNS fails."""
+    def check(self, url: str | httpx.URL, timeout: float | None = None) -> list[str]:
+        """Addresses to connect to for `url`, in order; BlockedAddress if refused, OSError if DNS fails
+        (ResolveTimeout if it takes longer than `timeout` seconds)."""
         parsed = httpx.URL(url)
         host = parsed.raw_host.decode("ascii")
         port = parsed.port or DEFAULT_PORTS.get(parsed.scheme, 0)
         self._pins.pop((host, port), None)  # a host that fails its check now is not reached on an old pin
-        addresses = self.resolve(host, port)
+        addresses = resolve_within(self.resolve, host, port, timeout)
         if not addresses:
             raise BlockedAddress(f"{host} resolves to no address")
         if not self._is_allowed(host, port, parsed.scheme):

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import wikipediaapi
 
+from tasks.redact import redact_url
 from tasks.sources.retry import RetryConfig, RetryPolicy, retry_after_seconds
 
 # API limits for clients without the bot right (https://www.mediawiki.org/wiki/API:Query).
@@ -90,15 +91,38 @@ def _api_error(error: Any, response: httpx.Response) -> MediaWikiAPIError:
 
 
 def describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
+    """The error as one line for failure lists and messages, any credential in a URL masked."""
+    return redact_url(f"{type(err).__name__}: {err}")
+
+
+def split_endpoint(api_url: str) -> tuple[str, httpx.BasicAuth | None, dict[str, str]]:
+    """(the endpoint without userinfo, query or fragment; basic auth from its userinfo; its query).
+
+    The bare endpoint is what wikipedia-api puts into its errors and log lines; the credentials travel
+    beside it (as the client's auth and default parameters), so they reach the server and nothing else.
+    """
+    url = httpx.URL(api_url)
+    auth = httpx.BasicAuth(url.username, url.password) if url.userinfo else None
+    bare = url.copy_with(username=None, password=None, query=None, fragment=None)
+    return str(bare), auth, dict(url.params.multi_items())
 
 
 class _Transport(wikipediaapi.Wikipedia):
-    """wikipedia-api's client with a configurable endpoint and the API error envelope checked."""
+    """wikipedia-api's client with a configurable endpoint and the API error envelope checked.
+
+    Proxies and CA settings from the environment are not used (`trust_env=False`): the endpoint the
+    config names is the one connected to.
+    """
 
     def __init__(self, api_url: str, **kwargs: Any) -> None:
-        self._api_url = api_url
-        super().__init__(**kwargs)
+        self._api_url, auth, params = split_endpoint(api_url)
+        super().__init__(
+            **kwargs,
+            auth=auth,
+            params=params,
+            trust_env=False,
+            transport=httpx.HTTPTransport(trust_env=False),
+        )
 
     def _build_url(self, language: str) -> str:  # type: ignore[override]
         return self._api_url

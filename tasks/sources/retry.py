@@ -81,7 +81,9 @@ class RetryPolicy:
         *,
         is_transient: Callable[[BaseException], bool],
         retry_after: Callable[[BaseException], float | None] = lambda _e: None,
+        time_left: Callable[[], float] | None = None,
     ) -> T:
+        """`fn()`, retried; with `time_left` (seconds of the caller's budget), no wait outlasts the budget."""
         attempt = 0
         while True:
             try:
@@ -90,5 +92,8 @@ class RetryPolicy:
                 attempt += 1
                 if attempt > self.cfg.retries or not is_transient(err):
                     raise
+                wait = self.delay(attempt, retry_after(err))
+                if time_left is not None and wait >= time_left():
+                    raise
                 self.retried += 1
-                self.sleep(self.delay(attempt, retry_after(err)))
+                self.sleep(wait)

@@ -6,15 +6,15 @@ and the socket connects to the address that was checked (`tasks.sources.addresse
 robots.txt of every host on the way is obeyed (with its Crawl-delay) and read up to
 `robots_max_bytes`; redirects are followed by hand (loops and chains longer than `max_redirects`
 refused); one host is not asked twice within `per_host_delay_s`; a request gets `timeout_s` per read
-and `request_deadline_s` in all; the body is streamed, decoded with a bound (`tasks.sources.httpbody`)
-and reading stops past `max_bytes`; only HTML and plain text are read. 429, 5xx, timeouts and
-connection errors are retried with backoff (Retry-After honoured); anything else is a rejection with
-its reason, and any error of one page is that page's recorded failure: the phase goes on.
+(name lookup included) and `request_deadline_s` in all, and a URL `url_budget_s` for everything; the
+body is streamed, decoded with a bound (`tasks.sources.httpbody`) and reading stops past `max_bytes`;
+only HTML and plain text are read. 429, 5xx, timeouts before the body and connection errors are retried
+with backoff (Retry-After honoured) while the budget lasts; a body that stalls is not; anything else is a
+rejection with its reason, and any error of one page is that page's recorded failure: the phase goes on.
 """
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.robotparser
 from collections.abc import Callable, Iterator
@@ -23,82 +23,20 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, Field, field_validator
 
-from tasks.sources.addresses import AddressGuard, BlockedAddress, Resolver, parse_allow_entry, system_resolve
+from tasks.redact import redact_url
+from tasks.sources.addresses import AddressGuard, BlockedAddress, Resolver, system_resolve
 from tasks.sources.base import Failure, SourceContext, SourceSummary
 from tasks.sources.document import Document, make_doc_id
 from tasks.sources.htmltext import HTMLBombError, html_to_text
 from tasks.sources.httpbody import ACCEPT_ENCODING, BodyError, read_limited
 from tasks.sources.pinned import PinnedBackend, PinnedTransport
-from tasks.sources.retry import RetryConfig, RetryPolicy, retry_after_seconds
+from tasks.sources.retry import RetryPolicy, retry_after_seconds
 from tasks.sources.useragent import require_user_agent
-from tinyllama_model.config_fields import operational
+from tasks.sources.web_config import HTML_TYPES, WebConfig
 
 SOURCE = "web"
-HTML_TYPES = ("text/html", "application/xhtml+xml")
-
-
-class WebConfig(BaseModel):
-    """Individual web pages (no crawling beyond redirects)."""
-
-    urls: list[str] = Field(
-        default_factory=list, description="Pages to fetch; empty turns the web source off."
-    )
-    topic: str | None = Field(None, description="Topic recorded on every web document.")
-    allow_hosts: list[str] = Field(
-        default_factory=list,
-        description="Internal hosts the fetcher may reach although their address is not global (loopback, "
-        "private, link-local...): exact 'host' or 'host:port' entries, e.g. 'wiki.internal:8080'; an entry "
-        "without a port means the scheme's default port. Every other hop must resolve to global addresses.",
-    )
-    timeout_s: float = Field(
-        20.0,
-        gt=0,
-        description="Timeout of one HTTP read or connect, in seconds.",
-        json_schema_extra=operational(),
-    )
-    request_deadline_s: float = Field(
-        60.0,
-        gt=0,
-        description="Longest time one HTTP request (connect, headers and the whole body) may take, in "
-        "seconds; a page still arriving then is refused, not retried.",
-        json_schema_extra=operational(),
-    )
-    max_redirects: int = Field(5, ge=0, le=20, description="Longest redirect chain followed.")
-    max_bytes: int = Field(
-        5_000_000, ge=1024, description="Largest (decoded) response body read; bigger pages are refused."
-    )
-    robots_max_bytes: int = Field(
-        500_000,
-        ge=1024,
-        description="Most bytes of a robots.txt read (decoded); rules past them are ignored (RFC 9309).",
-        json_schema_extra=operational(),
-    )
-    max_html_depth: int = Field(
-        2000, ge=10, description="Deepest HTML nesting parsed; deeper pages are refused as HTML bombs."
-    )
-    per_host_delay_s: float = Field(
-        1.0,
-        ge=0,
-        description="Least time between two requests to one host (robots.txt may ask for more).",
-        json_schema_extra=operational(),
-    )
-    content_types: list[str] = Field(
-        default_factory=lambda: [*HTML_TYPES, "text/plain"], description="Media types read; others refused."
-    )
-    retry: RetryConfig = Field(
-        default_factory=RetryConfig,
-        description="Backoff for transient HTTP faults.",
-        json_schema_extra=operational(),
-    )
-
-    @field_validator("allow_hosts")
-    @classmethod
-    def _host_port_entries(cls, entries: list[str]) -> list[str]:
-        for entry in entries:
-            parse_allow_entry(entry)
-        return entries
+__all__ = ["HTML_TYPES", "Rejected", "WebConfig", "WebFetcher", "WebSource"]
 
 
 class Rejected(Exception):
@@ -181,20 +119,22 @@ class WebFetcher:
         self._robots: dict[str, urllib.robotparser.RobotFileParser | None] = {}
         self._robots_error: dict[str, str] = {}
         self._last: dict[str, float] = {}
+        self._budget_end: float | None = None  # the current URL's url_budget_s, in `clock` time
 
     def close(self) -> None:
         self.client.close()
 
     # --- politeness ---------------------------------------------------------------------------
-    def _wait_turn(self, host: str) -> None:
+    def _wait_turn(self, origin: str) -> None:
+        """Space requests to one origin by per_host_delay_s, or its robots.txt Crawl-delay (capped)."""
         delay = self.cfg.per_host_delay_s
-        robots = self._robots.get(host)
+        robots = self._robots.get(origin)
         if robots is not None and (crawl_delay := robots.crawl_delay(self.agent_token)) is not None:
-            delay = max(delay, float(crawl_delay))
-        last = self._last.get(host)
+            delay = max(delay, min(float(crawl_delay), self.cfg.max_crawl_delay_s))
+        last = self._last.get(origin)
         if last is not None and (wait := last + delay - self.clock()) > 0:
             self.sleep(wait)
-        self._last[host] = self.clock()
+        self._last[origin] = self.clock()
 
     def allowed(self, url: str) -> bool:
         """robots.txt verdict; 401/403 or an unreachable robots.txt mean no, a missing one means yes."""
@@ -225,7 +165,10 @@ class WebFetcher:
         for _hop in range(self.cfg.max_redirects + 1):
             self._check(url)
             result = self.retry.call(
-                lambda u=url: self._get(u, robots=True), is_transient=_is_transient, retry_after=_retry_after
+                lambda u=url: self._get(u, robots=True),
+                is_transient=_is_transient,
+                retry_after=_retry_after,
+                time_left=self._time_left,
             )
             if isinstance(result, str):
                 url = str(_valid_url(_redirect_target(url, result)))
@@ -233,18 +176,30 @@ class WebFetcher:
             return result
         raise Rejected(f"robots.txt: more than {self.cfg.max_redirects} redirects (max_redirects)")
 
+    # --- time -------------------------------------------------------------------------------
+    def _time_left(self) -> float:
+        """Seconds left of the current URL's url_budget_s (unbounded outside `fetch`)."""
+        return float("inf") if self._budget_end is None else self._budget_end - self.clock()
+
+    def _budget_spent(self, url: str) -> Rejected:
+        return Rejected(f"gave up on {url}: url_budget_s={self.cfg.url_budget_s:g} s spent")
+
     # --- fetching -----------------------------------------------------------------------------
     def _check(self, url: str) -> None:
         """Resolve the hop's host, refuse it unless allowed, pin the address its socket will use."""
         try:
-            self.retry.call(lambda: self._resolve(url), is_transient=_is_transient)
+            self.retry.call(lambda: self._resolve(url), is_transient=_is_transient, time_left=self._time_left)
         except BlockedAddress as err:
             raise Rejected(f"refused {url}: {err}") from err
 
-    def _resolve(self, url: str) -> str:
+    def _resolve(self, url: str) -> list[str]:
+        """The checked addresses; the lookup counts against the request's time like its connect does."""
+        left = self._time_left()
+        if left <= 0:
+            raise self._budget_spent(url)
         try:
-            return self.guard.check(url)
-        except (socket.gaierror, UnicodeError) as err:  # DNS may recover: retried like a refused connection
+            return self.guard.check(url, timeout=min(self.cfg.timeout_s, self.cfg.request_deadline_s, left))
+        except (OSError, UnicodeError) as err:  # DNS may recover: retried like a refused connection
             raise _Transient(f"cannot resolve the host of {url}: {err}") from err
 
     @contextmanager
@@ -254,9 +209,12 @@ class WebFetcher:
         The request goes to the transport itself: the client would parse a redirect's Location before
         handing back the response, and a broken one must be this page's rejection, not a protocol error.
         """
-        self._wait_turn(urlsplit(url).netloc)
+        self._wait_turn(_origin(url))
+        left = self._time_left()
+        if left <= 0:
+            raise self._budget_spent(url)
         request = self.client.build_request("GET", url)
-        with self.backend.deadline(self.cfg.request_deadline_s) as deadline:
+        with self.backend.deadline(min(self.cfg.request_deadline_s, left)) as deadline:
             try:
                 response = self.transport.handle_request(request)
                 response.request = request
@@ -265,6 +223,8 @@ class WebFetcher:
                 finally:
                     response.close()
             except httpx.TimeoutException as err:
+                if deadline.hit and left < self.cfg.request_deadline_s:
+                    raise self._budget_spent(url) from err
                 if deadline.hit:
                     raise Rejected(
                         f"{url} did not arrive within request_deadline_s={self.cfg.request_deadline_s:g} s; "
@@ -304,16 +264,33 @@ class WebFetcher:
             raise Rejected(f"response is over max_bytes={self.cfg.max_bytes}; stopped reading")
         return _Body(str(response.url), media_type, response.charset_encoding, data)
 
-    @staticmethod
-    def _read(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    def _read(self, response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+        """The body up to `limit`; a body that stalls once the response has begun is refused, not retried:
+        a server that answers and then stops would only stop again, and each try costs the whole timeout."""
+        received = 0
+
+        def counted() -> Iterator[bytes]:
+            nonlocal received
+            for chunk in response.iter_raw():
+                received += len(chunk)
+                yield chunk
+
         try:
-            return read_limited(response.iter_raw(), response.headers.get("content-encoding", ""), limit)
+            return read_limited(counted(), response.headers.get("content-encoding", ""), limit)
         except BodyError as err:
             raise Rejected(str(err)) from err
+        except httpx.TimeoutException as err:
+            if self.backend.current.hit:
+                raise  # the request's deadline or the URL's budget: `_stream` says which
+            raise Rejected(
+                f"{response.request.url} stalled after {received} bytes of its body "
+                f"(no data for timeout_s={self.cfg.timeout_s:g} s); not retried"
+            ) from err
 
     def fetch(self, url: str) -> Document:
         """The page at `url` as a document; raises Rejected (with the reason) or the last transient error."""
         start = url
+        self._budget_end = self.clock() + self.cfg.url_budget_s
         visited: set[str] = set()
         for _hop in range(self.cfg.max_redirects + 1):
             url = str(_valid_url(url))
@@ -327,7 +304,10 @@ class WebFetcher:
                     f"disallowed by robots.txt: {url}" + (f" (unreadable: {reason})" if reason else "")
                 )
             result = self.retry.call(
-                lambda u=url: self._get(u), is_transient=_is_transient, retry_after=_retry_after
+                lambda u=url: self._get(u),
+                is_transient=_is_transient,
+                retry_after=_retry_after,
+                time_left=self._time_left,
             )
             if isinstance(result, _Body):
                 return self._document(start, result)
@@ -348,19 +328,21 @@ class WebFetcher:
                 raise Rejected(str(err)) from err
         else:
             title = ""
+        url = redact_url(body.url)  # the documents file is read by people and tools: no credentials in it
         return Document(
             doc_id=make_doc_id(SOURCE, start),
             source=SOURCE,
-            title=title or urlsplit(body.url).path.rsplit("/", 1)[-1] or body.url,
+            title=title or urlsplit(url).path.rsplit("/", 1)[-1] or url,
             text=text,
-            url=body.url,
+            url=url,
             topic=self.cfg.topic,
         )
 
 
 def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    """scheme://host[:port], without userinfo: the one key of robots.txt rules and request spacing."""
+    parsed = httpx.URL(url)
+    return f"{parsed.scheme}://{parsed.netloc.decode('ascii')}"
 
 
 def _redirect_target(url: str, location: str) -> str:

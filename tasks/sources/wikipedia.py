@@ -18,6 +18,7 @@ an interruption repeats none of the finished requests:
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +27,9 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from tasks.redact import redact_url
 from tasks.sources.base import Failure, SourceContext, SourceSummary
 from tasks.sources.document import Document, make_doc_id
 from tasks.sources.errors import TooManyFailuresError, TransientSourceError
@@ -53,6 +55,11 @@ DEFAULT_TOPICS = [
     "neural networks",
     "natural language processing",
 ]
+
+
+# The shape of a Wikipedia edition's subdomain: lower-case letters, then dash-separated parts
+# (`en`, `simple`, `zh-min-nan`, `be-tarask`).
+LANGUAGE_CODE = re.compile(r"[a-z]{2,12}(-[a-z0-9]{1,12}){0,3}")
 
 
 class WikipediaConfig(BaseModel):
@@ -116,6 +123,18 @@ class WikipediaConfig(BaseModel):
         description="Backoff for transient HTTP faults.",
         json_schema_extra=operational(),
     )
+
+    @field_validator("language")
+    @classmethod
+    def _language_code(cls, language: str) -> str:
+        """The code becomes the endpoint's host name: anything but a language code could name another host."""
+        if not LANGUAGE_CODE.fullmatch(language):
+            raise ValueError(
+                f"collect.wikipedia.language {language!r} is not a Wikipedia language code: write the "
+                "subdomain of the edition, e.g. 'en', 'de', 'simple', 'zh-min-nan' (set collect.wikipedia."
+                "api_url for any other MediaWiki)"
+            )
+        return language
 
     @model_validator(mode="after")
     def _topics_given(self) -> WikipediaConfig:
@@ -243,7 +262,7 @@ class WikipediaSource:
         except Exception as err:
             if is_transient(err):
                 raise TransientSourceError(
-                    f"Wikipedia API unavailable at {self.cfg.endpoint}: {describe(err)}"
+                    f"Wikipedia API unavailable at {redact_url(self.cfg.endpoint)}: {describe(err)}"
                 ) from err
             raise
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasks import markdown as md
 from tasks.storage.artifacts import Artifact
 
 CARD_FILE = "README.md"
@@ -102,7 +103,7 @@ class ModelCard:
             )
         if self.sources:
             lines += ["", "| source | documents collected | kept |", "|---|---:|---:|"]
-            lines += [f"| {s} | {v['in']:,} | {v['kept']:,} |" for s, v in self.sources.items()]
+            lines += [f"| {md.cell(s)} | {v['in']:,} | {v['kept']:,} |" for s, v in self.sources.items()]
         return "\n".join(lines)
 
     def _model(self) -> str:
@@ -171,7 +172,7 @@ class ModelCard:
     def _limits(self) -> str:
         tokens = self.tokens.get("train_tokens")
         seen = f"{tokens:,} tokens" if tokens else "a small corpus"
-        sources = ", ".join(self.sources) or "its sources"
+        sources = md.text(", ".join(self.sources)) or "its sources"
         context = self.model_config.get("max_seq_len")
         return "\n".join(
             [
@@ -193,7 +194,7 @@ class ModelCard:
 def _samples(samples: Sequence[tuple[str, str]]) -> str:
     lines = ["## Sample generations", ""]
     for prompt, text in samples:
-        lines += ["```text", prompt + text, "```"]
+        lines.append(md.fenced(prompt + text))
     return "\n".join(lines)
 
 

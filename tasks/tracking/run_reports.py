@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from tasks import markdown as md
 from tasks.storage.artifacts import Artifact
 from tasks.tracking.mlflow_run import (
     MAX_METRICS_PER_BATCH,
@@ -126,7 +127,7 @@ def read_samples(evaluation: Artifact) -> list[tuple[str, str]] | None:
 def samples_markdown(samples: Sequence[tuple[str, str]]) -> str:
     lines = ["# Sample generations", ""]
     for prompt, text in samples:
-        lines += [f"**{prompt}**", "", "```text", prompt + text, "```", ""]
+        lines += [f"**{md.cell(prompt)}**", "", md.fenced(prompt + text), ""]
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from markdown_it import MarkdownIt
 from mlflow import MlflowClient
 
 from tasks.collect import CollectConfig, run_collect, summary_markdown
@@ -100,10 +101,26 @@ def test_collect_keeps_web_credentials_out_of_summaries_failures_and_logs(tmp_pa
     assert_no_secret((artifact.dir / "manifest.json").read_text(), "manifest.json")
     markdown = summary_markdown(artifact.stats)
     assert_no_secret(markdown, "the Prefect markdown")
-    assert "/missing.html?access_token=***" in markdown  # the failure is still there to read
+    shown = MarkdownIt("commonmark").enable("table").render(markdown)
+    assert "/missing.html?access_token=***" in shown  # the failure is still there to read
     assert_no_secret("\n".join(lines), "the log")
     assert any("***@" in line for line in lines)
     assert_no_secret(str(nothing.value), "the error of a collection that found nothing")
+
+
+def test_a_web_document_keeps_no_credentials_of_its_url() -> None:
+    """The documents file is read by people and tools: its url column carries no userinfo or token."""
+    from tasks.sources.web import WebConfig, WebFetcher
+
+    with loopback() as server, serve_site(server) as site:
+        host = site.url.removeprefix("http://")
+        cfg = WebConfig(per_host_delay_s=0.0, allow_hosts=[host])
+        for path in ("article.html", "plain.txt"):
+            doc = WebFetcher(cfg, "tests/0.1 (t@example.org)").fetch(
+                f"http://bob:s3cr3t-pass@{host}/{path}?access_token=tok-123"
+            )
+            assert doc.url == f"http://***@{host}/{path}?access_token=***"
+            assert_no_secret(json.dumps(doc.to_record()), "the document record")
 
 
 # -- register: MLflow params, registration.json and the Prefect markdown ----------------------------------

@@ -36,6 +36,17 @@ PUBLIC = "93.184.216.34"
         ("::ffff:169.254.169.254", "link-local"),
         ("64:ff9b::a00:1", "private"),  # NAT64 of 10.0.0.1
         ("2002:7f00:1::", "loopback"),  # 6to4 of 127.0.0.1
+        # is_global says yes to these on some patch releases (3.11.7 among them): our own list decides
+        ("192.0.0.192", "protocol-assignment"),
+        ("192.0.0.8", "protocol-assignment"),
+        ("192.0.0.9", "protocol-assignment"),
+        ("fec0::1", "site-local"),
+        ("::7f00:1", "reserved"),  # IPv4-compatible (deprecated), outside 2000::/3
+        ("2001:db8::1", "documentation"),
+        ("198.18.0.1", "benchmarking"),
+        ("192.88.99.1", "relay"),
+        ("100::1", "discard-only"),
+        ("2001::1", "protocol-assignment"),  # Teredo
     ],
 )
 def test_non_global_addresses_are_refused_with_their_kind(address, kind):
@@ -45,6 +56,15 @@ def test_non_global_addresses_are_refused_with_their_kind(address, kind):
 @pytest.mark.parametrize("address", [PUBLIC, "8.8.8.8", "2606:4700:4700::1111", "::ffff:93.184.216.34"])
 def test_global_addresses_pass(address):
     assert refusal(ipaddress.ip_address(address)) is None
+
+
+@pytest.mark.parametrize("address", ["192.0.0.192", "fec0::1", "10.0.0.1", "::1", "169.254.169.254"])
+def test_the_verdict_does_not_depend_on_the_interpreters_is_global(monkeypatch, address):
+    """A patch release whose `is_global`/`is_private` call everything global changes nothing."""
+    for cls in (ipaddress.IPv4Address, ipaddress.IPv6Address):
+        monkeypatch.setattr(cls, "is_global", property(lambda _self: True))
+        monkeypatch.setattr(cls, "is_private", property(lambda _self: False))
+    assert refusal(ipaddress.ip_address(address)) is not None
 
 
 def guard(names: dict[str, list[str]], allow: list[str] = ()) -> AddressGuard:

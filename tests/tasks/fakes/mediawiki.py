@@ -52,6 +52,7 @@ class FakeMediaWiki:
     faults: list[Fault] = field(default_factory=list)
     requests: list[dict[str, str]] = field(default_factory=list)
     user_agents: list[str] = field(default_factory=list)
+    authorizations: list[str] = field(default_factory=list)  # the Authorization header of every request
     slow_s: float = 1.0
     injected: int = 0  # faults served so far: what a client's retry count must equal
     url: str = ""
@@ -98,6 +99,7 @@ class FakeMediaWiki:
         with self._lock:
             self.requests.append(params)
             self.user_agents.append(request.headers.get("User-Agent", ""))
+            self.authorizations.append(request.headers.get("Authorization", ""))
             kind = _kind(params)
             fault = self._take_fault(kind, params.get("titles", "").split("|"))
         if fault is not None:

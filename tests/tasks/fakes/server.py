@@ -42,12 +42,20 @@ def loopback() -> Iterator[Loopback]:
 
 
 @contextmanager
-def raw_socket_server(answer: Callable[[socket.socket, threading.Event], None]) -> Iterator[int]:
+def raw_socket_server(
+    answer: Callable[[socket.socket, threading.Event], None], *, threaded: bool = False
+) -> Iterator[int]:
     """A loopback TCP server below HTTP: `answer(conn, stop)` writes whatever bytes a test needs (a TLS
-    handshake, a status line dripped byte by byte); yields the port and stops the thread afterwards."""
+    handshake, a status line dripped byte by byte); yields the port and stops the thread afterwards.
+    `threaded`: each connection is answered on its own thread, so one that stalls does not hold the next."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     stop = threading.Event()
+    workers: list[threading.Thread] = []
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            answer(conn, stop)
 
     def serve() -> None:
         while not stop.is_set():
@@ -55,8 +63,11 @@ def raw_socket_server(answer: Callable[[socket.socket, threading.Event], None]) 
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
-            with conn:
-                answer(conn, stop)
+            if threaded:
+                workers.append(threading.Thread(target=handle, args=(conn,), daemon=True))
+                workers[-1].start()
+            else:
+                handle(conn)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -65,4 +76,6 @@ def raw_socket_server(answer: Callable[[socket.socket, threading.Event], None]) 
     finally:
         stop.set()
         thread.join()
+        for worker in workers:
+            worker.join()
         listener.close()

@@ -52,6 +52,7 @@ class FakeSite:
     flaky_left: int = 1
     limited_left: int = 1
     robots_status: int = 200
+    robots: str = ROBOTS  # the robots.txt served
     robots_gzip_bytes: int = 0  # > 0: robots.txt is a gzip bomb decoding to this many bytes
     hosts: list[str] = field(default_factory=list)  # the Host header of every request
     drip_bytes: int = 40  # /drip.html sends this many bytes...
@@ -75,7 +76,7 @@ class FakeSite:
                     content_type="text/plain",
                     headers={"Content-Encoding": "gzip"},
                 )
-            return Response(ROBOTS, self.robots_status, content_type="text/plain")
+            return Response(self.robots, self.robots_status, content_type="text/plain")
         if path == "/redirect":
             return Response("", 302, headers={"Location": request.args["to"]})
         if path == "/to-broken":
