@@ -14,11 +14,17 @@ retry on another machine resumes from the last checkpoint instead of step 0.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError, field_validator
 
 from tasks.storage.data_root import DataRoot
 from tasks.storage.file_hashes import sha256_file
+from tasks.storage.safe_names import UPLOAD_ID, UnsafeName, checked_name, inside, new_upload_id
 from tinyllama_model.files import atomic_path
 from tinyllama_model.training.run_state import (
     BEST_DIR,
@@ -29,6 +35,9 @@ from tinyllama_model.training.run_state import (
 )
 
 log = logging.getLogger(__name__)
+BEST_MANIFEST = "best.json"  # the mirror's manifest of best/, PUT after the files it names
+CHECKPOINT_NAME = re.compile(r"step-\d+\.pt")  # the only checkpoint names a pull accepts
+PULL_ATTEMPTS = 3  # a pull that lost a race with pushes reads best.json again, this many times at most
 
 
 class DownloadMismatch(ValueError):
@@ -43,23 +52,66 @@ def upload_files(root: DataRoot, folder: Path, names: Iterable[str], prefix: tup
 
 
 def download_files(root: DataRoot, files: dict[str, str], prefix: tuple[str, ...], dest: Path) -> None:
-    """GET each file of a manifest into `dest`, refusing any whose SHA-256 differs from the manifest's."""
+    """GET each file of a manifest into `dest`, refusing any whose SHA-256 differs from the manifest's.
+
+    Every name is checked and its target resolved inside `dest` before a byte is written (`safe_names`).
+    """
     fs = root.fs
     for name, digest in files.items():
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        source = root.key(*prefix, name)
+        source = root.key(*prefix, checked_name(name, "manifest file name"))
         try:
+            target = inside(dest, name, "manifest file name")
+            target.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(source, str(target))
         except FileNotFoundError as err:
             raise DownloadMismatch(
                 f"{root.protocol}://{source} is listed in its manifest but missing"
             ) from err
+        except (UnsafeName, OSError) as err:
+            raise DownloadMismatch(f"{root.protocol}://{source} cannot be fetched: {err}") from err
         if sha256_file(target) != digest:
             raise DownloadMismatch(
                 f"{root.protocol}://{source} does not match its manifest's SHA-256 (changed or damaged in "
                 "the store); the phase that wrote it must run again"
             )
+
+
+def listed_names(fs: Any, folder: str) -> list[str]:
+    """The names of the objects under `folder`, relative to it, as fsspec lists them.
+
+    Backends differ on a leading '/' (s3fs lists `bucket/key`, the memory filesystem `/bucket/key`), so
+    both sides are compared without it; an entry that is not under `folder` is left out.
+    """
+    base = folder.strip("/") + "/"
+    fs.invalidate_cache(folder)
+    try:
+        found = fs.find(folder)
+    except FileNotFoundError:
+        return []
+    return [p.lstrip("/")[len(base) :] for p in found if p.lstrip("/").startswith(base)]
+
+
+class BestManifest(BaseModel):
+    """The mirror's `best.json`: which copy of best/ is current, and its files' SHA-256 (flat names)."""
+
+    version: str
+    step: int
+    files: dict[str, str]
+
+    @field_validator("version")
+    @classmethod
+    def _our_prefix(cls, value: str) -> str:
+        if not UPLOAD_ID.fullmatch(value):
+            raise ValueError(f"version {value!r} is not {UPLOAD_ID.pattern}")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _flat_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if "/" in checked_name(name, f"{BEST_DIR}/ file name"):
+                raise ValueError(f"{BEST_DIR}/ holds files only, not {name!r}")
+        return value
 
 
 class WorkMirror:
@@ -69,6 +121,13 @@ class WorkMirror:
     and the metrics log. The packed data and run.json are rebuilt from the input artifacts on whichever
     machine resumes (run.json names local paths). On a local root every method does nothing: the work
     folder is already where any retry looks.
+
+    In the store: `checkpoints/step-N.pt` (the latest only), `metrics.jsonl`, `best/<version>/<file>`
+    (one copy of best/ per push that changed it) and `best.json`, a `BestManifest` PUT after that copy's
+    files: the commit of best/. A push keeps the copy it replaces, so a pull that read the previous
+    `best.json` can still finish; a pull reads `best.json` first and fetches exactly the files it names,
+    checked by hash, so it gets one whole best/, never files of two steps. Only these names are ever
+    read from the store, and each lands inside the work folder (`safe_names`).
     """
 
     def __init__(self, root: str | Path | DataRoot, phase: str, fingerprint: str, work: Path) -> None:
@@ -76,6 +135,7 @@ class WorkMirror:
         self.prefix = (phase, f".work-{fingerprint}")
         self.work = work
         self.pushed: dict[str, tuple[int, int]] = {}  # relative name -> (size, mtime_ns) last uploaded
+        self.pushed_best: dict[str, tuple[int, int]] = {}  # best/ file name -> stamp of the last copy
         self.pushed_step = -1
 
     @property
@@ -89,41 +149,35 @@ class WorkMirror:
         """
         if not self.enabled:
             return None
-        fs = self.root.fs
-        remote = self.root.key(*self.prefix)
-        fs.invalidate_cache(remote)
-        try:
-            names = [p[len(remote) + 1 :] for p in fs.find(remote)]
-        except FileNotFoundError:
-            return None
-        checkpoints = sorted((n for n in names if _is_checkpoint(n)), key=lambda n: step_of(Path(n)))
+        listed = listed_names(self.root.fs, self.root.key(*self.prefix, CHECKPOINT_DIR))
+        checkpoints = sorted((n for n in listed if CHECKPOINT_NAME.fullmatch(n)), key=_step)
         local = list_checkpoints(self.work / CHECKPOINT_DIR)
-        if not checkpoints or (local and step_of(local[-1]) >= step_of(Path(checkpoints[-1]))):
+        if not checkpoints or (local and step_of(local[-1]) >= _step(checkpoints[-1])):
             return None
-        wanted = [checkpoints[-1], *(n for n in names if n.startswith(f"{BEST_DIR}/") or n == METRICS_FILE)]
-        for name in wanted:
-            with atomic_path(self.work / name) as tmp:
-                fs.get_file(f"{remote}/{name}", str(tmp))
-        step = step_of(Path(checkpoints[-1]))
+        self._pull_best()
+        self._get(METRICS_FILE, missing_ok=True)
+        self._get(f"{CHECKPOINT_DIR}/{checkpoints[-1]}")  # last: the local checkpoint says how far we are
+        step = _step(checkpoints[-1])
         log.info("resuming from step %d: checkpoint fetched from %s", step, self.root.url_of(*self.prefix))
         return step
 
     def push(self) -> None:
-        """Upload what changed since the last push: best/ and the metrics first, the checkpoint last."""
+        """Upload what changed since the last push: best/ (then its manifest), the metrics, the checkpoint."""
         if not self.enabled:
             return
         checkpoints = list_checkpoints(self.work / CHECKPOINT_DIR)
-        changed = [
-            p for p in self._mirrored(checkpoints[-1:]) if self._stamp(p) != self.pushed.get(self._rel(p))
-        ]
+        self._push_best(step_of(checkpoints[-1]) if checkpoints else -1)
+        metrics = [self.work / METRICS_FILE] if (self.work / METRICS_FILE).is_file() else []
         fs = self.root.fs
-        for path in changed:  # sorted so the checkpoint, which commits the state, goes last
+        for path in [*metrics, *checkpoints[-1:]]:  # the checkpoint, which commits the state, goes last
+            rel = path.relative_to(self.work).as_posix()
             try:
-                stamp = self._stamp(path)
-                fs.put_file(str(path), self.root.key(*self.prefix, self._rel(path)))
+                stamp = _stamp(path)
+                if stamp != self.pushed.get(rel):
+                    fs.put_file(str(path), self.root.key(*self.prefix, rel))
+                    self.pushed[rel] = stamp
             except FileNotFoundError:  # a torchrun trainer replaced it meanwhile: the next push takes it
                 continue
-            self.pushed[self._rel(path)] = stamp
         if checkpoints:
             self.pushed_step = step_of(checkpoints[-1])
             self._drop_remote_checkpoints(keep={p.name for p in checkpoints})
@@ -141,10 +195,103 @@ class WorkMirror:
 
         return callback
 
-    def _mirrored(self, checkpoints: list[Path]) -> list[Path]:
-        best = sorted(p for p in (self.work / BEST_DIR).glob("*") if p.is_file())
-        metrics = [self.work / METRICS_FILE] if (self.work / METRICS_FILE).is_file() else []
-        return [*best, *metrics, *checkpoints]
+    # -- best/: a copy per change, committed by best.json ----------------------------------------------
+
+    def _push_best(self, step: int) -> None:
+        files = sorted(p for p in (self.work / BEST_DIR).glob("*") if p.is_file())
+        try:
+            stamps = {p.name: _stamp(p) for p in files}
+        except FileNotFoundError:  # replaced while we looked: the next push takes it
+            return
+        if not files or stamps == self.pushed_best:
+            return
+        version = new_upload_id()
+        digests = self._upload_best(files, stamps, version)
+        if digests is None:
+            self.root.remove_tree(*self.prefix, BEST_DIR, version)
+            return
+        try:
+            previous = self._best_manifest()
+        except DownloadMismatch:  # unreadable: ours replaces it
+            previous = None
+        manifest = BestManifest(version=version, step=step, files=digests)
+        self.root.write_bytes(*self.prefix, BEST_MANIFEST, data=manifest.model_dump_json().encode())
+        self.pushed_best = stamps
+        self._drop_best_copies(keep={version, previous.version if previous else version})
+
+    def _upload_best(
+        self, files: list[Path], stamps: dict[str, tuple[int, int]], version: str
+    ) -> dict[str, str] | None:
+        """Upload one copy of best/; None when a file changed meanwhile (the copy would not be one step)."""
+        digests: dict[str, str] = {}
+        for path in files:
+            try:
+                digests[path.name] = sha256_file(path)
+                self.root.fs.put_file(str(path), self.root.key(*self.prefix, BEST_DIR, version, path.name))
+                if _stamp(path) != stamps[path.name]:
+                    return None
+            except FileNotFoundError:
+                return None
+        return digests
+
+    def _drop_best_copies(self, keep: set[str]) -> None:
+        listed = listed_names(self.root.fs, self.root.key(*self.prefix, BEST_DIR))
+        for version in {n.split("/", 1)[0] for n in listed} - keep:
+            if UPLOAD_ID.fullmatch(version):  # only prefixes of our own making are removed
+                self.root.remove_tree(*self.prefix, BEST_DIR, version)
+
+    def _best_manifest(self) -> BestManifest | None:
+        raw = self.root.read_bytes(*self.prefix, BEST_MANIFEST)
+        if raw is None:
+            return None
+        try:
+            return BestManifest.model_validate_json(raw)
+        except ValidationError as err:
+            raise DownloadMismatch(
+                f"{self.root.url_of(*self.prefix, BEST_MANIFEST)} is not a valid {BEST_DIR}/ manifest "
+                f"({err.errors()[0]['msg']}); delete {self.root.url_of(*self.prefix)} to train from step 0"
+            ) from err
+
+    def _pull_best(self) -> None:
+        """Fetch the best/ that `best.json` names, reading it again when a push replaced it meanwhile."""
+        for attempt in range(1, PULL_ATTEMPTS + 1):
+            manifest = self._best_manifest()
+            if manifest is None:
+                return
+            try:
+                self._fetch_best(manifest)
+                return
+            except DownloadMismatch as err:
+                if attempt == PULL_ATTEMPTS:
+                    raise
+                log.info("%s/ changed while it was fetched, reading its manifest again: %s", BEST_DIR, err)
+
+    def _fetch_best(self, manifest: BestManifest) -> None:
+        """All of one copy of best/ into the work folder, or (on any mismatch) none of it."""
+        folder = self.work / BEST_DIR
+        with ExitStack() as stack:  # every file renamed into place only once all are fetched and checked
+            for name, digest in manifest.files.items():
+                tmp = stack.enter_context(atomic_path(inside(folder, name, f"{BEST_DIR}/ file name")))
+                source = self.root.key(*self.prefix, BEST_DIR, manifest.version, name)
+                try:
+                    self.root.fs.get_file(source, str(tmp))
+                except FileNotFoundError as err:
+                    raise DownloadMismatch(f"{self.root.protocol}://{source} is gone") from err
+                if sha256_file(tmp) != digest:
+                    raise DownloadMismatch(f"{self.root.protocol}://{source} does not match best.json")
+        for stale in folder.glob("*"):
+            if stale.is_file() and stale.name not in manifest.files:
+                stale.unlink()
+
+    # -- single files ----------------------------------------------------------------------------------
+
+    def _get(self, name: str, *, missing_ok: bool = False) -> None:
+        try:
+            with atomic_path(inside(self.work, name, "work file name")) as tmp:
+                self.root.fs.get_file(self.root.key(*self.prefix, name), str(tmp))
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
 
     def _drop_remote_checkpoints(self, keep: set[str]) -> None:
         fs = self.root.fs
@@ -157,15 +304,11 @@ class WorkMirror:
         if stale:
             fs.rm(stale)
 
-    def _rel(self, path: Path) -> str:
-        return path.relative_to(self.work).as_posix()
 
-    @staticmethod
-    def _stamp(path: Path) -> tuple[int, int]:
-        st = path.stat()
-        return st.st_size, st.st_mtime_ns
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
 
 
-def _is_checkpoint(name: str) -> bool:
-    head, _, file = name.rpartition("/")
-    return head == CHECKPOINT_DIR and file.startswith("step-") and file.endswith(".pt")
+def _step(name: str) -> int:
+    return step_of(Path(name))
