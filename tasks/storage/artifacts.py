@@ -252,9 +252,9 @@ def parse_manifest(raw: bytes | str, where: str) -> Artifact:
         return Artifact.model_validate_json(raw)
     except ValidationError as err:
         first = err.errors()[0]
-        field = ".".join(map(str, first["loc"]))
+        field, why = ".".join(map(str, first["loc"])), first["msg"].removeprefix("Value error, ")
         raise ArtifactError(
-            f"{where} is not a valid manifest ({err.error_count()} errors; {field}: {first['msg']}); "
+            f"{where} is not a valid manifest ({err.error_count()} errors; {field}: {why}); "
             "delete it and run that phase again"
         ) from err
 

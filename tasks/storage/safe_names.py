@@ -33,8 +33,7 @@ def checked_name(name: object, what: str = "file name") -> str:
     ):
         raise UnsafeName(
             f"{what} {name!r} is not a relative POSIX name (no leading '/', no '..', '.' or empty parts, "
-            "no backslashes): whoever wrote it can write the store, so it is refused; delete the manifest "
-            "or object that names it and run the phase again"
+            "no backslashes), so it could reach outside its folder: refused"
         )
     return name
 

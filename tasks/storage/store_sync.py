@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
@@ -62,7 +63,7 @@ def download_files(root: DataRoot, files: dict[str, str], prefix: tuple[str, ...
         try:
             target = inside(dest, name, "manifest file name")
             target.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(source, str(target))
+            get_object(fs, source, target)
         except FileNotFoundError as err:
             raise DownloadMismatch(
                 f"{root.protocol}://{source} is listed in its manifest but missing"
@@ -74,6 +75,19 @@ def download_files(root: DataRoot, files: dict[str, str], prefix: tuple[str, ...
                 f"{root.protocol}://{source} does not match its manifest's SHA-256 (changed or damaged in "
                 "the store); the phase that wrote it must run again"
             )
+
+
+def get_object(fs: Any, source: str, target: Path) -> None:
+    """GET one object into `target`; FileNotFoundError unless the store holds a file there.
+
+    Some backends (fsspec's memory filesystem) make a local folder when `source` is a "folder" implied by
+    longer keys: that folder is removed, never used as the file.
+    """
+    fs.get_file(source, str(target))
+    if not target.is_file():
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        raise FileNotFoundError(f"{source} is not a file in the store")
 
 
 def listed_names(fs: Any, folder: str) -> list[str]:
@@ -274,7 +288,7 @@ class WorkMirror:
                 tmp = stack.enter_context(atomic_path(inside(folder, name, f"{BEST_DIR}/ file name")))
                 source = self.root.key(*self.prefix, BEST_DIR, manifest.version, name)
                 try:
-                    self.root.fs.get_file(source, str(tmp))
+                    get_object(self.root.fs, source, tmp)
                 except FileNotFoundError as err:
                     raise DownloadMismatch(f"{self.root.protocol}://{source} is gone") from err
                 if sha256_file(tmp) != digest:
@@ -288,7 +302,7 @@ class WorkMirror:
     def _get(self, name: str, *, missing_ok: bool = False) -> None:
         try:
             with atomic_path(inside(self.work, name, "work file name")) as tmp:
-                self.root.fs.get_file(self.root.key(*self.prefix, name), str(tmp))
+                get_object(self.root.fs, self.root.key(*self.prefix, name), tmp)
         except FileNotFoundError:
             if not missing_ok:
                 raise
