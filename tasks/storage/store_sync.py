@@ -38,7 +38,7 @@ from tinyllama_model.training.run_state import (
 log = logging.getLogger(__name__)
 BEST_MANIFEST = "best.json"  # the mirror's manifest of best/, PUT after the files it names
 CHECKPOINT_NAME = re.compile(r"step-\d+\.pt")  # the only checkpoint names a pull accepts
-PULL_ATTEMPTS = 3  # a pull that lost a race with pushes reads best.json again, this many times at most
+PULL_ATTEMPTS = 3  # a pull that lost a race with pushes starts again from the listing, this often at most
 
 
 class DownloadMismatch(ValueError):
@@ -163,17 +163,34 @@ class WorkMirror:
         """
         if not self.enabled:
             return None
+        for attempt in range(1, PULL_ATTEMPTS + 1):
+            latest = self._latest_remote_checkpoint()
+            local = list_checkpoints(self.work / CHECKPOINT_DIR)
+            if latest is None or (local and step_of(local[-1]) >= _step(latest)):
+                return None
+            try:
+                self._fetch_best(self._best_manifest())
+                self._get(METRICS_FILE, missing_ok=True)
+                self._get(f"{CHECKPOINT_DIR}/{latest}")  # last: the local checkpoint says how far we are
+            except (DownloadMismatch, FileNotFoundError) as err:
+                if attempt == PULL_ATTEMPTS:
+                    raise
+                log.info(
+                    "the mirror changed while it was fetched (a push meanwhile), reading it again: %s", err
+                )
+                continue
+            log.info(
+                "resuming from step %d: checkpoint fetched from %s",
+                _step(latest),
+                self.root.url_of(*self.prefix),
+            )
+            return _step(latest)
+        return None
+
+    def _latest_remote_checkpoint(self) -> str | None:
         listed = listed_names(self.root.fs, self.root.key(*self.prefix, CHECKPOINT_DIR))
         checkpoints = sorted((n for n in listed if CHECKPOINT_NAME.fullmatch(n)), key=_step)
-        local = list_checkpoints(self.work / CHECKPOINT_DIR)
-        if not checkpoints or (local and step_of(local[-1]) >= _step(checkpoints[-1])):
-            return None
-        self._pull_best()
-        self._get(METRICS_FILE, missing_ok=True)
-        self._get(f"{CHECKPOINT_DIR}/{checkpoints[-1]}")  # last: the local checkpoint says how far we are
-        step = _step(checkpoints[-1])
-        log.info("resuming from step %d: checkpoint fetched from %s", step, self.root.url_of(*self.prefix))
-        return step
+        return checkpoints[-1] if checkpoints else None
 
     def push(self) -> None:
         """Upload what changed since the last push: best/ (then its manifest), the metrics, the checkpoint."""
@@ -192,9 +209,11 @@ class WorkMirror:
                     self.pushed[rel] = stamp
             except FileNotFoundError:  # a torchrun trainer replaced it meanwhile: the next push takes it
                 continue
-        if checkpoints:
-            self.pushed_step = step_of(checkpoints[-1])
-            self._drop_remote_checkpoints(keep={p.name for p in checkpoints})
+        pushed = [Path(rel).name for rel in self.pushed if rel.startswith(f"{CHECKPOINT_DIR}/")]
+        if pushed:  # the newest checkpoint in the store, which may be older than ours if ours was replaced
+            newest = max(pushed, key=_step)
+            self.pushed_step = _step(newest)
+            self._drop_remote_checkpoints(keep={newest})
 
     def watch(self, on_metrics: Callable[[dict], None] | None) -> Callable[[dict], None]:
         """`on_metrics` that also pushes whenever the trainer has written a new checkpoint."""
@@ -266,22 +285,10 @@ class WorkMirror:
                 f"({err.errors()[0]['msg']}); delete {self.root.url_of(*self.prefix)} to train from step 0"
             ) from err
 
-    def _pull_best(self) -> None:
-        """Fetch the best/ that `best.json` names, reading it again when a push replaced it meanwhile."""
-        for attempt in range(1, PULL_ATTEMPTS + 1):
-            manifest = self._best_manifest()
-            if manifest is None:
-                return
-            try:
-                self._fetch_best(manifest)
-                return
-            except DownloadMismatch as err:
-                if attempt == PULL_ATTEMPTS:
-                    raise
-                log.info("%s/ changed while it was fetched, reading its manifest again: %s", BEST_DIR, err)
-
-    def _fetch_best(self, manifest: BestManifest) -> None:
+    def _fetch_best(self, manifest: BestManifest | None) -> None:
         """All of one copy of best/ into the work folder, or (on any mismatch) none of it."""
+        if manifest is None:  # no best model saved yet
+            return
         folder = self.work / BEST_DIR
         with ExitStack() as stack:  # every file renamed into place only once all are fetched and checked
             for name, digest in manifest.files.items():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from tasks.storage.artifacts import (
 )
 from tasks.storage.data_root import DataRoot
 from tasks.storage.store_sync import WorkMirror
-from tests.moto_s3 import s3_server, use_s3
+from tests.moto_s3 import s3_server, use_memory, use_s3
 from tinyllama_model.training.run_state import CHECKPOINT_DIR
 
 UPLOAD = "0123456789ab"
@@ -46,8 +45,7 @@ def root(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_pa
     if request.param == "s3":
         yield use_s3(monkeypatch, request.getfixturevalue("endpoint"), cache)
         return
-    monkeypatch.setenv("TINYLLAMA_CACHE", str(cache))
-    url = f"memory://bucket-{uuid.uuid4().hex[:10]}/data"
+    url = use_memory(monkeypatch, cache)
     yield url
     DataRoot.parse(url).remove_tree()
 
