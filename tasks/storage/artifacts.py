@@ -8,16 +8,19 @@ SHA-256, stats) written last inside it: a directory without a manifest is never 
 an interrupted phase leaves only a temporary folder that the next attempt removes.
 
 On an object-store root (`tasks.storage.data_root`) the folder is built the same way in the root's local
-cache,
-then uploaded under an upload prefix of its own and committed by writing the manifest last
+cache, then uploaded under an upload prefix of its own and committed by writing the manifest last
 (`tasks.storage.store_sync`); readers download it into their local cache and check every hash.
+
+A manifest is input as much as a file is (others may write the store): `Artifact` accepts only relative
+file names, SHA-256 hex digests, an upload id of our own form and shards that are its own shard files, and
+`read_manifest` only a manifest that describes the phase and fingerprint asked for.
 
 Nothing is handed out unchecked: a reused folder, a cache hit and a phase's input are verified against
 the manifest's SHA-256 (`verify`; hashed once per process per unchanged file, see
-`tasks.storage.file_hashes`).
-A damaged folder is rebuilt by `publish` and reported by `load_artifact`. One writer per fingerprint at a
-time: `publish` holds a file lock per work folder, and a writer that finds the artifact already published
-(another writer won) reuses it: a published folder that is intact is never removed.
+`tasks.storage.file_hashes`). A damaged folder is rebuilt by `publish` and reported by `load_artifact`.
+One writer per fingerprint at a time: `publish` holds a file lock per work folder, and a writer that
+finds the artifact already published (another writer won) reuses it: a published folder that is intact
+is never removed.
 
 This module knows nothing about Prefect; `task_cache_key` merely has the signature Prefect expects.
 """

@@ -5,10 +5,14 @@ locally. An artifact is therefore uploaded under a prefix of its own, `<root>/<p
 and committed by one last PUT of its manifest, which names that upload: readers go through the manifest
 only, so they never see a half-uploaded artifact, and two writers racing on one fingerprint each upload
 whole and the later manifest wins. A download checks every file against the manifest's SHA-256 before the
-folder is used.
+folder is used. Uploads the manifest no longer names are removed later (`tasks.storage.store_sweep`).
 
 `WorkMirror` keeps a copy of a phase's resumable work folder (training checkpoints) in the store, so a
 retry on another machine resumes from the last checkpoint instead of step 0.
+
+Whoever can write the bucket can write a manifest or a key, so no name read from the store becomes a
+local path unchecked: manifests' names must be relative and land inside the download folder, and the
+mirror reads only the names it writes itself (`tasks.storage.safe_names`).
 """
 
 from __future__ import annotations
