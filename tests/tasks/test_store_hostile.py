@@ -178,3 +178,27 @@ def test_a_mirror_listing_with_names_that_climb_out_fetches_only_the_mirrors_own
         CHECKPOINT_DIR,
         f"{CHECKPOINT_DIR}/step-00000010.pt",
     ]
+
+
+def test_a_local_root_manifest_naming_a_file_outside_its_folder_is_not_an_artifact(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside")
+    folder = tmp_path / "root" / "phase" / "fp"
+    folder.mkdir(parents=True)
+    doc = {"phase": "phase", "fingerprint": "fp", "path": "x", "files": {"../../../secret.txt": ""}}
+    doc["files"]["../../../secret.txt"] = _sha(secret.read_bytes())
+    (folder / MANIFEST).write_text(json.dumps(doc))
+    assert load_artifact(tmp_path / "root", "phase", "fp") is None
+    (folder / "a.txt").symlink_to(secret)  # a name that passes, pointing outside
+    doc["files"] = {"a.txt": _sha(secret.read_bytes())}
+    (folder / MANIFEST).write_text(json.dumps(doc))
+    assert load_artifact(tmp_path / "root", "phase", "fp") is None
+    doc["upload"] = "0123456789ab"  # an object-store manifest in a local folder
+    (folder / "a.txt").unlink()
+    (folder / "a.txt").write_text("outside")
+    (folder / MANIFEST).write_text(json.dumps(doc))
+    assert load_artifact(tmp_path / "root", "phase", "fp") is None
+    del doc["upload"]
+    (folder / MANIFEST).write_text(json.dumps(doc))
+    found = load_artifact(tmp_path / "root", "phase", "fp")
+    assert found is not None and found.file("a.txt").read_text() == "outside"  # the honest one is fine
