@@ -190,6 +190,30 @@ def run(
 
 
 @app.command()
+def sweep(
+    preset: Annotated[str | None, typer.Option("--preset", "-p", help="Preset name or a YAML file.")] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override one field, e.g. --set data_root=s3://b/p."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")
+    ] = False,
+) -> None:
+    """Remove the uploads no manifest names from an object-store data root, once upload_grace_hours old."""
+    from datetime import timedelta
+
+    from flows.config import load_config
+    from tasks.storage.store_sweep import sweep_uploads
+
+    with _bad_input_fails():
+        config = load_config(preset, overrides or [])
+        grace = timedelta(hours=config.upload_grace_hours)
+        removed = sweep_uploads(config.data_root, grace, dry_run=dry_run)
+    typer.echo(json.dumps({"data_root": config.data_root, "dry_run": dry_run, "uploads": removed}, indent=2))
+
+
+@app.command()
 def generate(
     model: ModelRef,
     prompt: Annotated[list[str], typer.Option("--prompt", help="Prompt text (repeat for several prompts).")],

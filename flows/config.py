@@ -25,6 +25,7 @@ from tasks.preprocess import PreprocessConfig
 from tasks.register import RegisterConfig
 from tasks.storage.data_root import DataRoot
 from tasks.tokenizer import TokenizerConfig
+from tinyllama_model.config_fields import operational
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.model import ModelConfig
 from tinyllama_model.training.sizing import PRESETS as SIZES
@@ -62,6 +63,13 @@ class PipelineConfig(BaseModel):
         ".tinyllama/data",
         description="Folder, or object-store URL (s3://bucket/prefix, gs://bucket/prefix; credentials and "
         "endpoint from the environment), every phase writes under (<root>/<phase>/<fingerprint>/).",
+    )
+    upload_grace_hours: float = Field(
+        24.0,
+        gt=0,
+        description="`tinyllama sweep` removes an object-store upload no manifest names only once it and the "
+        "manifest that replaced it are this old, so a reader or writer still at work is never cut short.",
+        json_schema_extra=operational(),
     )
     train_deployment: str | None = Field(
         None,

@@ -47,3 +47,12 @@ def use_s3(mp: pytest.MonkeyPatch, endpoint: str, cache: Path) -> str:
     bucket = f"tinyllama-{uuid.uuid4().hex[:10]}"
     s3fs.S3FileSystem().mkdir(bucket)
     return f"s3://{bucket}/data"
+
+
+def use_memory(mp: pytest.MonkeyPatch, cache: Path) -> str:
+    """A data root on fsspec's in-process memory filesystem, in a bucket of its own; returns its URL.
+
+    It lists keys with a leading '/', where s3fs lists none: the store code must handle both.
+    """
+    mp.setenv("TINYLLAMA_CACHE", str(cache))
+    return f"memory://bucket-{uuid.uuid4().hex[:10]}/data"

@@ -8,16 +8,19 @@ SHA-256, stats) written last inside it: a directory without a manifest is never 
 an interrupted phase leaves only a temporary folder that the next attempt removes.
 
 On an object-store root (`tasks.storage.data_root`) the folder is built the same way in the root's local
-cache,
-then uploaded under an upload prefix of its own and committed by writing the manifest last
+cache, then uploaded under an upload prefix of its own and committed by writing the manifest last
 (`tasks.storage.store_sync`); readers download it into their local cache and check every hash.
+
+A manifest is input as much as a file is (others may write the store): `Artifact` accepts only relative
+file names, SHA-256 hex digests, an upload id of our own form and shards that are its own shard files, and
+`read_manifest` only a manifest that describes the phase and fingerprint asked for.
 
 Nothing is handed out unchecked: a reused folder, a cache hit and a phase's input are verified against
 the manifest's SHA-256 (`verify`; hashed once per process per unchanged file, see
-`tasks.storage.file_hashes`).
-A damaged folder is rebuilt by `publish` and reported by `load_artifact`. One writer per fingerprint at a
-time: `publish` holds a file lock per work folder, and a writer that finds the artifact already published
-(another writer won) reuses it: a published folder that is intact is never removed.
+`tasks.storage.file_hashes`). A damaged folder is rebuilt by `publish` and reported by `load_artifact`.
+One writer per fingerprint at a time: `publish` holds a file lock per work folder, and a writer that
+finds the artifact already published (another writer won) reuses it: a published folder that is intact
+is never removed.
 
 This module knows nothing about Prefect; `task_cache_key` merely has the signature Prefect expects.
 """
@@ -30,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,15 +41,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, field_validator, model_validator
 
 from tasks.storage.data_root import DataRoot
 from tasks.storage.file_hashes import sha256_file
+from tasks.storage.safe_names import UPLOAD_ID, UnsafeName, checked_name, inside, new_upload_id
 from tasks.storage.shards import shard_tables
 from tasks.storage.store_sync import DownloadMismatch, download_files, upload_files
 from tinyllama_model.config_fields import result_fields
 
 MANIFEST = "manifest.json"
+_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a phase or fingerprint: one folder name
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 log = logging.getLogger(__name__)
 
 __all__ = ["sha256_file"]  # re-exported: the hash every manifest records
@@ -66,6 +73,41 @@ class Artifact(BaseModel):
     root: str | None = None  # the data root it was published to (None: made by hand, `path` is all)
     upload: str = ""  # object-store roots: the prefix under <root>/<phase>/<fp>/ that holds the files
     shards: dict[str, list[str]] = {}  # table -> its shard files in order (`tasks.storage.shards`)
+
+    # A manifest comes from a store others can write: its names must not reach outside its folder.
+    @field_validator("phase", "fingerprint")
+    @classmethod
+    def _one_folder_name(cls, value: str) -> str:
+        if not _COMPONENT.fullmatch(value):
+            raise ValueError(f"{value!r} is not a single folder name ([A-Za-z0-9][A-Za-z0-9._-]*)")
+        return value
+
+    @field_validator("upload")
+    @classmethod
+    def _upload_id(cls, value: str) -> str:
+        if value and not UPLOAD_ID.fullmatch(value):
+            raise ValueError(f"upload {value!r} is not 12 hex digits (or empty, for a local root)")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _safe_files(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, digest in value.items():
+            checked_name(name, "manifest file name")
+            if not _SHA256.fullmatch(digest):
+                raise ValueError(f"the SHA-256 of {name!r} is {digest!r}, not 64 hex digits")
+        return value
+
+    @model_validator(mode="after")
+    def _shards_are_files(self) -> Artifact:
+        derived = shard_tables(self.files)
+        for table, names in self.shards.items():
+            if names != derived.get(table):
+                raise ValueError(
+                    f"shards[{table!r}] = {names} is not the {table} shard files of `files` in order "
+                    f"({derived.get(table, [])})"
+                )
+        return self
 
     @property
     def dir(self) -> Path:
@@ -172,7 +214,10 @@ def work_lock(root: str | Path, phase: str, key: str) -> Iterator[None]:
 def verify(artifact: Artifact) -> None:
     """Raise ArtifactError if any file of the artifact is missing or no longer matches its hash."""
     for name, digest in artifact.files.items():
-        path = artifact.file(name)
+        try:
+            path = inside(artifact.dir, name, f"{artifact.phase} manifest entry")
+        except UnsafeName as err:
+            raise ArtifactError(str(err)) from err
         if not path.is_file():
             raise ArtifactError(
                 f"{path} is listed in the {artifact.phase} manifest but missing; run the {artifact.phase} "
@@ -191,13 +236,30 @@ def read_manifest(root: str | Path, phase: str, fingerprint: str) -> Artifact | 
     raw = data_root.read_bytes(phase, fingerprint, MANIFEST)
     if raw is None:
         return None
-    try:
-        found = Artifact.model_validate_json(raw)
-    except ValidationError as err:
-        where = data_root.url_of(phase, fingerprint, MANIFEST)
-        raise ArtifactError(f"{where} is not a valid manifest ({err.error_count()} errors)") from err
+    where = data_root.url_of(phase, fingerprint, MANIFEST)
+    found = parse_manifest(raw, where)
+    upload_ok = found.upload == "" if data_root.is_local else bool(found.upload)
+    if (found.phase, found.fingerprint) != (phase, fingerprint) or not upload_ok:
+        raise ArtifactError(
+            f"{where} describes {found.phase}/{found.fingerprint} (upload {found.upload!r}), not "
+            f"{phase}/{fingerprint} with {'no upload' if data_root.is_local else 'an upload'}: a manifest "
+            f"copied or forged into this place is never used; delete it and run the {phase} phase again"
+        )
     local = artifact_dir(data_root, phase, fingerprint)
     return found.model_copy(update={"path": str(local), "root": data_root.url})
+
+
+def parse_manifest(raw: bytes | str, where: str) -> Artifact:
+    """A manifest's text as an Artifact, its names checked (`Artifact`'s validators); ArtifactError if not."""
+    try:
+        return Artifact.model_validate_json(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field, why = ".".join(map(str, first["loc"])), first["msg"].removeprefix("Value error, ")
+        raise ArtifactError(
+            f"{where} is not a valid manifest ({err.error_count()} errors; {field}: {why}); "
+            "delete it and run that phase again"
+        ) from err
 
 
 def still_published(artifact: Artifact) -> None:
@@ -265,7 +327,7 @@ def verified_model_dir(model_dir: Path) -> Path:
     for holder in (model_dir, model_dir.parent):
         manifest = holder / MANIFEST
         if manifest.is_file():
-            artifact = Artifact.model_validate_json(manifest.read_text()).model_copy(
+            artifact = parse_manifest(manifest.read_bytes(), str(manifest)).model_copy(
                 update={"path": str(holder)}
             )
             inside = model_dir.relative_to(holder).as_posix()
@@ -299,14 +361,8 @@ def _fetch(found: Artifact) -> Artifact:
     """An object-store artifact in the local cache (caller holds its lock): reused if intact, else fetched."""
     data_root = DataRoot.parse(found.root or "")
     local = found.dir
-    if (local / MANIFEST).is_file():
-        cached = Artifact.model_validate_json((local / MANIFEST).read_text())
-        if (cached.files, cached.upload) == (found.files, found.upload):
-            try:
-                verify(found)
-                return found
-            except ArtifactError as err:
-                log.warning("local copy damaged, fetching it again: %s", err)
+    if _cached_copy_intact(found):
+        return found
     local.parent.mkdir(parents=True, exist_ok=True)
     _clear_leftovers(local)
     staging = local.parent / f".tmp-{found.fingerprint}-{uuid.uuid4().hex[:8]}"
@@ -319,6 +375,21 @@ def _fetch(found: Artifact) -> Artifact:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return found
+
+
+def _cached_copy_intact(found: Artifact) -> bool:
+    """Whether the local cache already holds an intact copy of exactly this published manifest."""
+    try:
+        cached = parse_manifest((found.dir / MANIFEST).read_bytes(), str(found.dir / MANIFEST))
+        if (cached.files, cached.upload) != (found.files, found.upload):
+            return False
+        verify(found)
+    except FileNotFoundError:
+        return False
+    except ArtifactError as err:
+        log.warning("local copy damaged, fetching it again: %s", err)
+        return False
+    return True
 
 
 # -- writing ----------------------------------------------------------------------------------------
@@ -379,7 +450,7 @@ def _build(
             shards=shard_tables(files),
             stats=stats,
             root=data_root.url,
-            upload="" if data_root.is_local else uuid.uuid4().hex[:12],
+            upload="" if data_root.is_local else new_upload_id(),
         )
         manifest = artifact.model_dump_json(indent=2)
         (staging / MANIFEST).write_text(manifest)

@@ -9,8 +9,7 @@ Phases build their files on local disk in either case (SentencePiece and the tra
 every root has a local side, `DataRoot.local`: the folder itself for a local root; for an object store, a
 cache folder of this machine keyed by the URL (`$TINYLLAMA_CACHE`, default `~/.cache/tinyllama`). What goes
 to and comes from the store is decided in `tasks.storage.artifacts` and `tasks.storage.store_sync`; this
-module only names
-places and moves small files.
+module only names places and moves small files.
 
 Credentials and endpoints come from the environment the backend reads (`AWS_*` including
 `AWS_ENDPOINT_URL`, `GOOGLE_APPLICATION_CREDENTIALS`, fsspec's `FSSPEC_S3_*`), never from the config, so no

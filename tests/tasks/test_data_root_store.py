@@ -153,8 +153,11 @@ def test_the_work_mirror_carries_the_last_checkpoint_to_another_machine(
     callback({"step": 21})
     assert seen == [{"step": 11}, {"step": 21}]
     remote = [n for n in _objects(root) if n.startswith("train/.work-fp/")]
+    best = json.loads(DataRoot.parse(root).read_bytes("train", ".work-fp", "best.json") or b"")
+    assert best["step"] == 10 and list(best["files"]) == ["config.json"]  # best/ was pushed at step 10 only
     assert remote == [
-        "train/.work-fp/best/config.json",
+        "train/.work-fp/best.json",
+        f"train/.work-fp/best/{best['version']}/config.json",
         "train/.work-fp/checkpoints/step-00000020.pt",
         "train/.work-fp/metrics.jsonl",
     ]

@@ -93,3 +93,31 @@ def test_a_lookup_in_a_store_that_does_not_exist_creates_nothing(
     ):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_whose_artifact_listing_climbs_out_downloads_nothing_outside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bucket others can write holds the run's artifacts: keys with `..` or `//` must stay out of dst.
+
+    MLflow's own download refuses or skips such keys (this guards that it keeps doing so), on an S3 artifact
+    store served by moto on loopback.
+    """
+    import boto3
+
+    from tests.moto_s3 import s3_server, use_s3
+
+    with s3_server() as endpoint:
+        bucket = use_s3(monkeypatch, endpoint, tmp_path / "cache").split("/")[2]
+        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", endpoint)
+        store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        client = mlflow.MlflowClient(store)
+        run = client.create_run(client.create_experiment("x", artifact_location=f"s3://{bucket}/mlruns"))
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        base = f"mlruns/{run.info.run_id}/artifacts/model"
+        for name in [*MODEL_FILES, "../../../../../../../ESCAPED/evil.txt", "/ESCAPED/evil.txt"]:
+            s3.put_object(Bucket=bucket, Key=f"{base}/{name}", Body=b"x")
+        dst = tmp_path.joinpath("a", "b", "c", "d", "e", "f", "g", "dst")
+        model = resolve_model_dir(f"runs:/{run.info.run_id}/model", tracking_uri=store, dst=dst)
+    assert model == dst / "model" and sorted(p.name for p in model.iterdir()) == sorted(MODEL_FILES)
+    assert [p for p in tmp_path.rglob("evil.txt")] == [] and not Path("/ESCAPED").exists()
