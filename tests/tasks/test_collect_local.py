@@ -10,16 +10,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.sources.base import SourceContext
 from tasks.sources.errors import InputError
 from tasks.sources.local import LocalConfig, LocalSource
+from tests.factories import collect_all
 from tinyllama_model.errors import ConfigError
 
 TEXT = "Plain words about models – with dashes, “quotes” and naïve accents.\n\nA second paragraph."
 
 
 def read_local(cfg: LocalConfig):
-    return LocalSource(cfg).collect(SourceContext())
+    return collect_all(LocalSource(cfg))
 
 
 def write_jsonl(path, rows):

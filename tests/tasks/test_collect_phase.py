@@ -14,7 +14,7 @@ from tasks.collect import (
     run_collect,
     summary_markdown,
 )
-from tasks.sources.document import DOCUMENT_SCHEMA, DOCUMENTS_FILE
+from tasks.sources.document import DOCUMENT_SCHEMA, DOCUMENTS_TABLE
 from tasks.sources.errors import InputError
 from tinyllama_model.errors import ConfigError
 
@@ -25,11 +25,12 @@ def test_builtin_collect_writes_the_documented_artifact(tmp_path):
     cfg = CollectConfig(builtin=True, **OFFLINE)
     artifact = run_collect(cfg, tmp_path)
 
-    table = pq.read_table(artifact.file(DOCUMENTS_FILE))
+    assert artifact.shards == {DOCUMENTS_TABLE: ["documents-00000.parquet"]}  # ~1 MB: one shard
+    table = pq.read_table(artifact.shard_paths(DOCUMENTS_TABLE)[0])
     assert table.schema.equals(DOCUMENT_SCHEMA, check_metadata=False)
     assert table.num_rows == artifact.stats["documents"] > 100
     assert artifact.stats["per_source"] == {"builtin": table.num_rows}
-    assert set(artifact.files) == {DOCUMENTS_FILE, "summary.json"}
+    assert set(artifact.files) == {"documents-00000.parquet", "summary.json"}
     summary = json.loads(artifact.file("summary.json").read_text())
     assert summary["sources"] == ["builtin"]
     assert previous_artifact(tmp_path, cfg).fingerprint == artifact.fingerprint
