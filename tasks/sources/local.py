@@ -200,9 +200,10 @@ def _estimated_size(path: Path, stat: os.stat_result, cfg: LocalConfig) -> int:
         return stat.st_size
     try:
         metadata = pq.read_metadata(path)
+        columns = metadata.schema.to_arrow_schema().names
     except Exception:  # not Parquet after all: its job records why
         return stat.st_size
-    return _stored_size(metadata, _wanted(metadata.schema.names, cfg))
+    return _stored_size(metadata, _wanted(columns, cfg))
 
 
 def _read_files(files: Sequence[Path], cfg: LocalConfig, out: DocumentSink) -> tuple[int, list[Failure]]:
@@ -288,6 +289,7 @@ def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 def _read_jsonl(path: Path, cfg: LocalConfig, failures: list[Failure]) -> Iterator[Document]:
     documents, missing_field, keys_seen = 0, 0, set()
+    uri = path.resolve().as_uri()
     for n, raw in _jsonl_lines(path):
         where = f"{path}:{n}"
         try:
@@ -313,7 +315,7 @@ def _read_jsonl(path: Path, cfg: LocalConfig, failures: list[Failure]) -> Iterat
             failures.append(Failure(where, f"no string field {cfg.text_field!r} (text_field)"))
             continue
         documents += 1
-        yield _row_document(path, f"L{n}", n, row, value, cfg)
+        yield _row_document(uri, path.stem, f"L{n}", n, row, value, cfg)
     if not documents and missing_field:
         raise InputError(
             f"{path}: no line has the text field {cfg.text_field!r}; its fields are {sorted(keys_seen)}. "
@@ -321,7 +323,9 @@ def _read_jsonl(path: Path, cfg: LocalConfig, failures: list[Failure]) -> Iterat
         )
 
 
-def _row_document(path: Path, anchor: str, n: int, row: dict, text: str, cfg: LocalConfig) -> Document:
+def _row_document(
+    uri: str, stem: str, anchor: str, n: int, row: dict, text: str, cfg: LocalConfig
+) -> Document:
     """A document from one jsonl line or Parquet row; untitled rows are named after file and position.
 
     Its id comes from the file and the position, so two files holding the same page stay two rows;
@@ -329,8 +333,8 @@ def _row_document(path: Path, anchor: str, n: int, row: dict, text: str, cfg: Lo
     """
     title, topic, url = (row.get(f) for f in (cfg.title_field, cfg.topic_field, cfg.url_field))
     return _document(
-        f"{path.resolve().as_uri()}#{anchor}",
-        str(title) if title else f"{path.stem} {n}",
+        f"{uri}#{anchor}",
+        str(title) if title else f"{stem} {n}",
         text,
         str(topic) if topic else None,
         str(url) if url else None,
@@ -351,33 +355,48 @@ def _read_parquet(path: Path, cfg: LocalConfig, failures: list[Failure]) -> Iter
     that turns out too big or damaged part way keeps the rows before and is recorded as a failure.
     """
     try:
-        parquet = pq.ParquetFile(path)
-        wanted = _wanted(parquet.schema_arrow.names, cfg)
+        metadata = pq.read_metadata(path)
+        columns = metadata.schema.to_arrow_schema().names
     except Exception as err:  # pyarrow raises several types for a file that is not Parquet
         raise _Unreadable(f"{path} is not a readable Parquet file: {err}") from err
+    wanted = _wanted(columns, cfg)
     if cfg.text_field not in wanted:
         raise InputError(
-            f"{path} has no column {cfg.text_field!r}; its columns are {parquet.schema_arrow.names}. "
+            f"{path} has no column {cfg.text_field!r}; its columns are {columns}. "
             f"Set collect.local.text_field to the one holding the text."
         )
-    if _stored_size(parquet.metadata, wanted) > cfg.max_decoded_bytes:
+    if _stored_size(metadata, wanted) > cfg.max_decoded_bytes:
         raise _Unreadable(f"{path} {_TOO_BIG.format(cfg.max_decoded_bytes)}")
-    parquet = pq.ParquetFile(path, read_dictionary=wanted)
-    decoded, n = 0, 0
+    decoded, n, uri = 0, 0, path.resolve().as_uri()
     try:
-        for batch in parquet.iter_batches(columns=wanted, batch_size=BATCH_ROWS):
-            decoded += _decoded_size(batch)
-            if decoded > cfg.max_decoded_bytes:
-                raise _Unreadable(f"{path} {_TOO_BIG.format(cfg.max_decoded_bytes)} (stopped at row {n})")
-            for row in batch.to_pylist():
-                text = row.get(cfg.text_field)
-                if not isinstance(text, str):
-                    failures.append(Failure(f"{path}#row={n}", f"{cfg.text_field!r} is null or not a string"))
-                else:
-                    yield _row_document(path, f"row={n}", n, row, text, cfg)
-                n += 1
+        with pq.ParquetFile(path, read_dictionary=wanted) as parquet:
+            for batch in parquet.iter_batches(columns=wanted, batch_size=BATCH_ROWS):
+                decoded += _decoded_size(batch)
+                if decoded > cfg.max_decoded_bytes:
+                    raise _Unreadable(f"{path} {_TOO_BIG.format(cfg.max_decoded_bytes)} (stopped at row {n})")
+                for row in batch.to_pylist():
+                    text = row.get(cfg.text_field)
+                    if isinstance(text, str):
+                        yield _row_document(uri, path.stem, f"row={n}", n, row, text, cfg)
+                    else:
+                        failures.append(
+                            Failure(f"{path}#row={n}", f"{cfg.text_field!r} is null or not a string")
+                        )
+                    n += 1
     except (pa.ArrowException, OSError) as err:
         raise _Unreadable(f"{path} is damaged after row {n}: {err}") from err
+
+
+def _batch_documents(
+    rows: list[dict[str, Any]], first: int, path: Path, uri: str, cfg: LocalConfig, failures: list[Failure]
+) -> Iterator[Document]:
+    """The documents of one Parquet batch whose first row is row `first` of the file."""
+    for n, row in enumerate(rows, start=first):
+        text = row.get(cfg.text_field)
+        if isinstance(text, str):
+            yield _row_document(uri, path.stem, f"row={n}", n, row, text, cfg)
+        else:
+            failures.append(Failure(f"{path}#row={n}", f"{cfg.text_field!r} is null or not a string"))
 
 
 def _stored_size(metadata: pq.FileMetaData, columns: list[str]) -> int:
