@@ -211,7 +211,9 @@ def gather(
             raise ConfigError(f"two collect sources are named {source.name!r}: give each its own name")
         folder = work / source.name
         if isinstance(source, ShardedSource):
-            results = mapper(source.job, source.plan(folder, max_bytes))
+            jobs = source.plan(folder, max_bytes)
+            ctx.log(f"{source.name}: {len(jobs)} jobs of about {max_bytes:,} bytes each")
+            results = mapper(source.job, jobs)
             parts[source.name] = [r.part for r in results]
             summaries[source.name] = source.summarize(results)
             continue
