@@ -150,6 +150,15 @@ def previous_artifact(root: str | Path, cfg: CollectConfig) -> Artifact | None:
     return load_artifact(root, "collect", fingerprint)
 
 
+def _previous_shards(root: str | Path, cfg: CollectConfig, used: list[Artifact]) -> list[Path]:
+    """The document shards of the last artifact of this config (found, checked and noted in `used`)."""
+    previous = previous_artifact(root, cfg)
+    if previous is None:
+        return []
+    used.append(previous)
+    return previous.shard_paths(DOCUMENTS_TABLE)
+
+
 def _write_pointer(root: str | Path, config_fp: str, artifact: Artifact) -> None:
     data = json.dumps({"fingerprint": artifact.fingerprint, "path": artifact.path}).encode()
     DataRoot.parse(root).write_bytes(*_pointer(config_fp), data=data)  # whole or not at all
@@ -174,15 +183,15 @@ def run_collect(
     # Collections of one config share the work folder: one at a time, or one deletes it under the other.
     with work_lock(root, "collect", f"work-{config_fp}"):
         work = scratch_dir(root, "collect", config_fp)
-        previous = previous_artifact(root, cfg)
+        used: list[Artifact] = []  # the last artifact, once a source asked for it
         ctx = SourceContext(
             progress=ProgressLog(work, max_age_s=cfg.resume_max_age_h * 3600),
-            previous=PreviousDocuments(tuple(previous.shard_paths(DOCUMENTS_TABLE)) if previous else ()),
+            previous=PreviousDocuments(partial(_previous_shards, root, cfg, used)),
             log=lambda message: log(redact_url(message)),  # sources log URLs, which may carry credentials
             pages=pages,
         )
         parts, summaries = gather(sources, ctx, work, shard_bytes(cfg), mapper)
-        summary = CollectSummary.of(parts, summaries, previous)
+        summary = CollectSummary.of(parts, summaries, used[0] if used else None)
         if not summary.documents:
             raise _nothing_collected(sources, summaries)
         fingerprint = phase_fingerprint(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -46,11 +47,19 @@ class SourceSummary:
         return dataclasses.asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
 
 
-@dataclass(frozen=True)
 class PreviousDocuments:
-    """The document shards of the last published artifact of this config, streamed when a source asks."""
+    """The document shards of the last published artifact of this config, streamed when a source asks.
 
-    paths: tuple[Path, ...] = ()
+    `shards` is the list of shard paths, or a function giving it: the phase passes a function, so the
+    last artifact is found and checked only when a source reads it (a corpus of local files never does).
+    """
+
+    def __init__(self, shards: Sequence[Path] | Callable[[], Sequence[Path]] = ()) -> None:
+        self._shards = shards
+
+    @cached_property
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(self._shards() if callable(self._shards) else self._shards)
 
     def _batches(self, source: str, columns: Sequence[str]) -> Iterator[list[dict[str, Any]]]:
         for batch in iter_batches(self.paths, ["source", *[c for c in columns if c != "source"]]):

@@ -44,6 +44,10 @@ def test_unchanged_content_gives_the_same_fingerprint(tmp_path):
     first = run_collect(cfg, tmp_path / "root")
     again = run_collect(cfg, tmp_path / "root")
     assert again.fingerprint == first.fingerprint and again.path == first.path
+    # no source reads the last artifact (only Wikipedia does): it is not even looked for, or checked
+    (tmp_path / "in" / "b.txt").write_text("A second document. " * 5)
+    second = run_collect(cfg, tmp_path / "root")
+    assert json.loads(second.file("summary.json").read_text())["previous"] is None
 
     (tmp_path / "in" / "a.txt").write_text("Changed text now. " * 5)
     changed = run_collect(cfg, tmp_path / "root")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -228,6 +229,7 @@ def test_scheduled_rerun_fetches_only_changed_pages(wiki, tmp_path):
     assert "revision 1" in docs["AI page 3"].text
     assert docs["AI page 3"].revision_id == wiki.pages["AI page 3"].revid
     assert second.stats["reused"] == len(wiki.pages) - 2
+    assert json.loads(second.file("summary.json").read_text())["previous"] == first.fingerprint
 
     wiki.requests.clear()
     third = run(wiki, tmp_path)
