@@ -6,6 +6,15 @@ row number). A file or row that cannot be read (not UTF-8, binary, malformed JSO
 an HTML bomb, a Parquet file that decodes past `max_decoded_bytes`) is recorded with its reason rather
 than dropped silently; a file where *no* row has the text field stops the phase with the fields it does
 have, since the config is then clearly wrong. Which files the paths name is `tasks.sources.paths`.
+
+A dump (thousands of Parquet shards, tens of GB) streams through: files are grouped into jobs of about
+one output shard (`plan`), each job (`read_job`, module-level so a Dask worker can run it) reads its
+files a Parquet batch or a jsonl line at a time into its own shards and saves its result beside them,
+so a rerun after a crash reads again only the jobs that had not finished. A `url_field` column (a
+dump's article URL) becomes the document's url; its id stays that of the file and row, so two files
+holding the same page give two rows. Memory holds one batch of Python strings; Arrow holds the
+distinct text values of one input row group (text columns are read dictionary-encoded, see
+`_read_parquet`), so it follows the input's row-group size, never the corpus.
 """
 
 from __future__ import annotations
