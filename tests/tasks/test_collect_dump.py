@@ -162,3 +162,22 @@ def test_a_killed_collection_redoes_only_its_unfinished_jobs(tmp_path):
     assert len(ran) > 3 and ran[:2] == [False, False] and all(ran[2:])  # the two finished jobs reused
     assert artifact.fingerprint == reference.fingerprint
     assert documents(artifact) == documents(reference)
+
+
+def test_a_finished_job_whose_shard_went_missing_is_done_again(tmp_path):
+    write_dump(tmp_path / "dump", files=2, rows=200)
+    cfg = dump_config(tmp_path / "dump", shard_mb=0.1)
+    reference = run_collect(cfg, tmp_path / "reference")
+    finished: list = []
+
+    def killed_after_one(fn, jobs):
+        finished.append(fn(jobs[0]))
+        raise KeyboardInterrupt("worker killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_collect(cfg, tmp_path / "root", mapper=killed_after_one)
+    finished[0].part.paths()[0].unlink()  # result.json stays, naming a shard that is gone
+
+    artifact = run_collect(cfg, tmp_path / "root")
+    assert artifact.fingerprint == reference.fingerprint
+    assert documents(artifact) == documents(reference)
