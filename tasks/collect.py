@@ -1,4 +1,5 @@
-"""Phase 1, collect: the configured sources -> `documents.parquet` (one row per raw document) + summary.
+"""Phase 1, collect: the configured sources -> the sharded table `documents` (one row per raw document,
+`documents-00000.parquet`, ...) + summary.
 
 Sources are switched on in the config: `wikipedia.enabled`, `web.urls` (non-empty), `local.paths`
 (non-empty) and `builtin` (the offline corpus). The default is the full Wikipedia build; the demo
@@ -11,18 +12,24 @@ same fingerprint and everything downstream stays cached. A pointer `<root>/colle
 names the last artifact of this config, so the next run re-downloads only pages whose revision
 changed. Work in progress lives in `<root>/collect/.work-<config>/` until the artifact is published:
 a retried or restarted collection resumes there instead of starting over.
+
+Nothing holds the corpus: each source writes its documents into shards in the work folder as it
+goes (`tasks.sources.sink`), a sharded source (local files) as jobs run by the mapper, one folder per
+job, and the finish lays every part's shards end to end in the artifact. The content digest is summed
+per document (`tasks.sources.document.ContentDigest`), so it does not depend on the shard size or on
+the order in which jobs finished.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
-from functools import partial
+from functools import partial, reduce
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +42,14 @@ from tasks import markdown as md
 from tasks.monitoring.progress_artifact import PagesBar, ProgressBar
 from tasks.redact import redact_url, redact_value
 from tasks.retries import retry_only_on
-from tasks.sources.base import PreviousDocuments, Source, SourceContext, SourceSummary
+from tasks.shard_map import Mapper, serial_map
+from tasks.sources.base import PreviousDocuments, ShardedSource, Source, SourceContext, SourceSummary
 from tasks.sources.builtin import BuiltinSource
-from tasks.sources.document import DOCUMENTS_FILE, Document, content_digest, write_documents
+from tasks.sources.document import DOCUMENTS_TABLE, ContentDigest
 from tasks.sources.errors import InputError, TransientSourceError
 from tasks.sources.local import LocalConfig, LocalSource
 from tasks.sources.progress import ProgressLog
+from tasks.sources.sink import DocumentShards, ShardPart
 from tasks.sources.web import WebConfig, WebSource
 from tasks.sources.wikipedia import WikipediaConfig, WikipediaSource, WikipediaSummary
 from tasks.storage.artifacts import (
@@ -52,10 +61,11 @@ from tasks.storage.artifacts import (
     work_lock,
 )
 from tasks.storage.data_root import DataRoot
+from tasks.storage.shards import shard_name
 from tinyllama_model.config_fields import operational, result_fields
 from tinyllama_model.errors import ConfigError
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: documents as shards, content digest summed per document
 SUMMARY_FILE = "summary.json"
 MAX_FAILURES_IN_STATS = 20
 
@@ -77,6 +87,13 @@ class CollectConfig(BaseModel):
     )
     web: WebConfig = Field(default_factory=WebConfig, description="Individual web pages.")
     local: LocalConfig = Field(default_factory=LocalConfig, description="Local files and folders.")
+    shard_mb: float = Field(
+        128.0,
+        gt=0,
+        description="Size of one documents shard, in MB of uncompressed Arrow data; a local-files job reads "
+        "about this much. Changes only how the table is cut (the fingerprint hashes the content).",
+        json_schema_extra=operational(),
+    )
     resume_max_age_h: float = Field(
         24.0,
         gt=0,
@@ -92,6 +109,10 @@ def content_config(cfg: CollectConfig) -> dict[str, Any]:
 
 def config_fingerprint(cfg: CollectConfig) -> str:
     return phase_fingerprint("collect-config", CODE_VERSION, cfg=content_config(cfg))
+
+
+def shard_bytes(cfg: CollectConfig) -> int:
+    return max(1, int(cfg.shard_mb * 2**20))
 
 
 def build_sources(cfg: CollectConfig, *, sleep: Callable[[float], None] = time.sleep) -> list[Source]:
@@ -130,6 +151,15 @@ def previous_artifact(root: str | Path, cfg: CollectConfig) -> Artifact | None:
     return load_artifact(root, "collect", fingerprint)
 
 
+def _previous_shards(root: str | Path, cfg: CollectConfig, used: list[Artifact]) -> list[Path]:
+    """The document shards of the last artifact of this config (found, checked and noted in `used`)."""
+    previous = previous_artifact(root, cfg)
+    if previous is None:
+        return []
+    used.append(previous)
+    return previous.shard_paths(DOCUMENTS_TABLE)
+
+
 def _write_pointer(root: str | Path, config_fp: str, artifact: Artifact) -> None:
     data = json.dumps({"fingerprint": artifact.fingerprint, "path": artifact.path}).encode()
     DataRoot.parse(root).write_bytes(*_pointer(config_fp), data=data)  # whole or not at all
@@ -142,47 +172,66 @@ def run_collect(
     sleep: Callable[[float], None] = time.sleep,
     log: Callable[[str], None] = lambda _msg: None,
     pages: Callable[[str, int, int], None] = lambda _source, _done, _planned: None,
+    mapper: Mapper = serial_map,
 ) -> Artifact:
     """Collect every enabled source into one raw-documents artifact (see the module docstring).
 
-    `pages(source, done, planned)` hears after each page a network source fetched.
+    `pages(source, done, planned)` hears after each page a network source fetched; `mapper` runs the
+    jobs of the sharded sources (here by default, as Prefect task runs in the data flow).
     """
     sources = build_sources(cfg, sleep=sleep)
     config_fp = config_fingerprint(cfg)
     # Collections of one config share the work folder: one at a time, or one deletes it under the other.
     with work_lock(root, "collect", f"work-{config_fp}"):
         work = scratch_dir(root, "collect", config_fp)
-        previous = previous_artifact(root, cfg)
+        used: list[Artifact] = []  # the last artifact, once a source asked for it
         ctx = SourceContext(
             progress=ProgressLog(work, max_age_s=cfg.resume_max_age_h * 3600),
-            previous=PreviousDocuments(previous.file(DOCUMENTS_FILE) if previous is not None else None),
+            previous=PreviousDocuments(partial(_previous_shards, root, cfg, used)),
             log=lambda message: log(redact_url(message)),  # sources log URLs, which may carry credentials
             pages=pages,
         )
-        docs, summaries = gather(sources, ctx)
-        if not docs:
+        parts, summaries = gather(sources, ctx, work, shard_bytes(cfg), mapper)
+        summary = CollectSummary.of(parts, summaries, used[0] if used else None)
+        if not summary.documents:
             raise _nothing_collected(sources, summaries)
-        summary = CollectSummary.of(docs, summaries, previous)
         fingerprint = phase_fingerprint(
             "collect", CODE_VERSION, cfg=content_config(cfg), content=summary.content_digest
         )
-        artifact = publish(root, "collect", fingerprint, partial(_write, docs=docs, summary=summary))
+        artifact = publish(root, "collect", fingerprint, partial(_write, parts=parts, summary=summary))
         _write_pointer(root, config_fp, artifact)
         shutil.rmtree(work, ignore_errors=True)
-    log(f"collect: {len(docs)} documents -> {artifact.path}")
+    shards = len(artifact.shards[DOCUMENTS_TABLE])
+    log(f"collect: {summary.documents} documents in {shards} shards -> {artifact.path}")
     return artifact
 
 
-def gather(sources: Sequence[Source], ctx: SourceContext) -> tuple[list[Document], dict[str, SourceSummary]]:
-    """Every source's documents, one row per doc_id (the same URL listed twice, the same file matched
-    by two globs: the first wins), and each source's summary by its name."""
-    first: dict[str, Document] = {}
+def gather(
+    sources: Sequence[Source], ctx: SourceContext, work: Path, max_bytes: int, mapper: Mapper = serial_map
+) -> tuple[dict[str, list[ShardPart]], dict[str, SourceSummary]]:
+    """Every source's shards (in the work folder, under its name) and summary, by the source's name.
+
+    A sharded source's jobs go through `mapper` and a finished one is reused; any other source writes
+    here, into a folder emptied first (what it resumes from is its progress log).
+    """
+    parts: dict[str, list[ShardPart]] = {}
     summaries: dict[str, SourceSummary] = {}
     for source in sources:
-        docs, summaries[source.name] = source.collect(ctx)
-        for doc in docs:
-            first.setdefault(doc.doc_id, doc)
-    return list(first.values()), summaries
+        if source.name in parts:
+            raise ConfigError(f"two collect sources are named {source.name!r}: give each its own name")
+        folder = work / source.name
+        if isinstance(source, ShardedSource):
+            jobs = source.plan(folder, max_bytes)
+            ctx.log(f"{source.name}: {len(jobs)} jobs of about {max_bytes:,} bytes each")
+            results = mapper(source.job, jobs)
+            parts[source.name] = [r.part for r in results]
+            summaries[source.name] = source.summarize(results)
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        with DocumentShards(folder, max_bytes) as out:
+            summaries[source.name] = source.collect(ctx, out)
+            parts[source.name] = [out.close()]
+    return parts, summaries
 
 
 def _nothing_collected(sources: Sequence[Source], summaries: dict[str, SourceSummary]) -> Exception:
@@ -218,14 +267,17 @@ class CollectSummary:
 
     @classmethod
     def of(
-        cls, docs: list[Document], sources: dict[str, SourceSummary], previous: Artifact | None
+        cls, parts: dict[str, list[ShardPart]], sources: dict[str, SourceSummary], previous: Artifact | None
     ) -> CollectSummary:
+        every = [part for source_parts in parts.values() for part in source_parts]
+        digest = reduce(ContentDigest.merge, (p.digest for p in every), ContentDigest())
+        per_source = {name: sum(p.documents for p in ps) for name, ps in parts.items()}
         return cls(
             sources=sources,
-            documents=len(docs),
-            per_source=dict(Counter(d.source for d in docs)),
-            characters=sum(len(d.text) for d in docs),
-            content_digest=content_digest(docs),
+            documents=sum(p.documents for p in every),
+            per_source={name: n for name, n in per_source.items() if n},
+            characters=sum(p.characters for p in every),
+            content_digest=digest.hexdigest(),
             collected_at=datetime.now(timezone.utc).isoformat(),
             previous=previous.fingerprint if previous is not None else None,
         )
@@ -258,11 +310,21 @@ class CollectSummary:
         }
 
 
-def _write(staging: Path, *, docs: list[Document], summary: CollectSummary) -> dict[str, Any]:
-    write_documents(staging / DOCUMENTS_FILE, docs)
+def _write(staging: Path, *, parts: dict[str, list[ShardPart]], summary: CollectSummary) -> dict[str, Any]:
+    """The parts' shards end to end as one table (linked, not copied, where the file system allows)."""
+    shards = (path for source_parts in parts.values() for part in source_parts for path in part.paths())
+    for index, path in enumerate(shards):
+        _link_or_copy(path, staging / shard_name(DOCUMENTS_TABLE, index))
     summary_json = json.dumps(redact_value(summary.as_dict()), indent=2, ensure_ascii=False)
     (staging / SUMMARY_FILE).write_text(summary_json)
     return summary.stats()
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed: the work folder goes after publishing
+        shutil.copyfile(source, target)
 
 
 def summary_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:

@@ -39,3 +39,17 @@ def make_model_dir(
     torch.manual_seed(seed)
     cfg = ModelConfig(dim=32, n_layers=2, n_heads=2, vocab_size=vocab_size, max_seq_len=64, multiple_of=16)
     return TinyLlama(cfg).save_pretrained(directory, tokenizer_file=tokenizer_file)
+
+
+def collect_all(source, ctx=None):
+    """(documents, summary) of a collect source, its documents kept in a list: small test corpora only."""
+    from tasks.sources.base import SourceContext
+
+    documents: list = []
+
+    class _ListSink:
+        def write(self, doc) -> None:
+            documents.append(doc)
+
+    summary = source.collect(ctx if ctx is not None else SourceContext(), _ListSink())
+    return documents, summary

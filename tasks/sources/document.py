@@ -18,7 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-DOCUMENTS_FILE = "documents.parquet"
+DOCUMENTS_FILE = "documents.parquet"  # preprocess's clean table; collect writes the sharded table below
+DOCUMENTS_TABLE = "documents"  # collect's output: documents-00000.parquet, ... (tasks.storage.shards)
 
 DOCUMENT_SCHEMA = pa.schema(
     [
@@ -72,17 +73,57 @@ def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+DIGEST_MODULUS = 2**256  # the row digests are SHA-256 values, summed in their own width
+
+
+def row_digest(doc: Document) -> int:
+    """SHA-256 of what identifies a document's content (not when it was fetched), as an integer."""
+    row = (doc.doc_id, doc.source, doc.title, doc.url or "", doc.topic or "", doc.revision_id or -1)
+    line = json.dumps([*row, text_digest(doc.text)], ensure_ascii=False)
+    return int.from_bytes(hashlib.sha256(line.encode("utf-8", "surrogatepass")).digest(), "big")
+
+
+@dataclasses.dataclass
+class ContentDigest:
+    """Hash of a set of documents that does not depend on their order: the sum of their row digests.
+
+    Addition commutes, so each job digests its own shards and the phase adds the parts up in whatever
+    order the jobs finished: the same documents give the same digest however they were sharded. The
+    count goes in too, so the empty set and a set whose digests sum to zero differ.
+    """
+
+    count: int = 0
+    total: int = 0
+
+    def add(self, doc: Document) -> None:
+        self.count += 1
+        self.total = (self.total + row_digest(doc)) % DIGEST_MODULUS
+
+    def merge(self, other: ContentDigest) -> ContentDigest:
+        return ContentDigest(self.count + other.count, (self.total + other.total) % DIGEST_MODULUS)
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(f"{self.count}:{self.total:064x}".encode()).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "total": f"{self.total:064x}"}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ContentDigest:
+        return cls(int(data["count"]), int(data["total"], 16))
+
+
 def content_digest(docs: Iterable[Document]) -> str:
-    """Hash of what was collected, ignoring when: equal content on two runs gives equal digests."""
-    h = hashlib.sha256()
-    rows = sorted(
-        (d.doc_id, d.source, d.title, d.url or "", d.topic or "", d.revision_id or -1, text_digest(d.text))
-        for d in docs
-    )
-    for row in rows:
-        h.update(json.dumps(row, ensure_ascii=False).encode())
-        h.update(b"\n")
-    return h.hexdigest()
+    """Hash of what was collected, ignoring when and in which order: equal content gives equal digests."""
+    digest = ContentDigest()
+    for doc in docs:
+        digest.add(doc)
+    return digest.hexdigest()
+
+
+def document_row(doc: Document) -> dict[str, Any]:
+    """The document as a row of DOCUMENT_SCHEMA."""
+    return {name: getattr(doc, name) for name in DOCUMENT_SCHEMA.names}
 
 
 def write_table(path: Path, rows: Sequence[dict[str, Any]], schema: pa.Schema) -> int:
@@ -94,7 +135,7 @@ def write_table(path: Path, rows: Sequence[dict[str, Any]], schema: pa.Schema) -
 
 
 def write_documents(path: Path, docs: Sequence[Document]) -> int:
-    return write_table(path, [dataclasses.asdict(d) for d in docs], DOCUMENT_SCHEMA)
+    return write_table(path, [document_row(d) for d in docs], DOCUMENT_SCHEMA)
 
 
 def read_documents(path: Path) -> list[Document]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +48,21 @@ class ProgressLog:
             os.fsync(f.fileno())
 
     def read(self, name: str) -> list[dict[str, Any]]:
+        return list(self.iter(name))
+
+    def iter(self, name: str) -> Iterator[dict[str, Any]]:
+        """The records of stream `name` in the order written, one line in memory at a time."""
         if self.folder is None:
-            return []
+            return
         path = self.folder / f"{name}.jsonl"
         if not path.is_file():
-            return []
-        records = []
+            return
         with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
-                    records.append(json.loads(line))
+                    yield json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a torn last line from an interrupted write
-        return records
 
 
 def _started_at(stamp: Path) -> float | None:

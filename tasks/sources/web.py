@@ -32,6 +32,7 @@ from tasks.sources.htmltext import HTMLBombError, html_to_text
 from tasks.sources.httpbody import ACCEPT_ENCODING, BodyError, read_limited
 from tasks.sources.pinned import PinnedBackend, PinnedTransport
 from tasks.sources.retry import RetryPolicy, retry_after_seconds
+from tasks.sources.sink import DocumentSink
 from tasks.sources.useragent import require_user_agent
 from tasks.sources.web_config import HTML_TYPES, WebConfig
 
@@ -365,37 +366,39 @@ class WebSource:
         self.user_agent = require_user_agent(user_agent, "collect.web")
         self.sleep = sleep
 
-    def collect(self, ctx: SourceContext) -> tuple[list[Document], WebSummary]:
+    def collect(self, ctx: SourceContext, out: DocumentSink) -> WebSummary:
         fetcher = WebFetcher(self.cfg, self.user_agent, sleep=self.sleep)
         try:
-            return self._collect(fetcher, ctx)
+            return self._collect(fetcher, ctx, out)
         finally:
             fetcher.close()
 
-    def _collect(self, fetcher: WebFetcher, ctx: SourceContext) -> tuple[list[Document], WebSummary]:
+    def _collect(self, fetcher: WebFetcher, ctx: SourceContext, out: DocumentSink) -> WebSummary:
         done = {r["doc_id"]: Document.from_record(r) for r in ctx.progress.read("web")}
-        docs: list[Document] = []
+        written = 0
         failures: list[Failure] = []
         resumed = 0
         urls = list(dict.fromkeys(self.cfg.urls))
         for n, url in enumerate(urls, 1):
             doc_id = make_doc_id(SOURCE, url)
             if doc_id in done:
-                docs.append(done[doc_id])
+                out.write(done[doc_id])
+                written += 1
                 resumed += 1
             elif (doc := _fetch(fetcher, url, failures, ctx.log)) is not None:
                 ctx.progress.append("web", doc.to_record())
-                docs.append(doc)
+                out.write(doc)
+                written += 1
             ctx.pages(SOURCE, n, len(urls))
         summary = WebSummary(
             urls=len(self.cfg.urls),
-            fetched=len(docs) - resumed,
+            fetched=written - resumed,
             resumed=resumed,
             failed=len(failures),
             failures=failures,
             retries=fetcher.retry.retried,
         )
-        return docs, summary
+        return summary
 
 
 def _fetch(

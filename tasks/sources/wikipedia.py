@@ -44,6 +44,7 @@ from tasks.sources.mediawiki import (
 )
 from tasks.sources.progress import ProgressLog
 from tasks.sources.retry import RetryConfig
+from tasks.sources.sink import DocumentSink
 from tasks.sources.useragent import require_user_agent
 from tinyllama_model.config_fields import operational
 
@@ -195,14 +196,16 @@ class WikipediaSummary(SourceSummary):
 
 @dataclass
 class _Plan:
-    """The articles in search order (doc ids), those already in hand, and those still to fetch."""
+    """The articles planned, those already in hand (by doc id: the topic to give them), and those to fetch.
 
-    order: list[str] = field(default_factory=list)
-    docs: dict[str, Document] = field(default_factory=dict)
+    Only ids and revisions are held: the documents themselves stream from the last artifact's shards
+    and the progress log when they are written out.
+    """
+
+    articles: int = 0
+    reuse: dict[str, str | None] = field(default_factory=dict)  # from the last artifact; None: its topic
+    resume: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # from the progress log
     to_fetch: list[PageState] = field(default_factory=list)
-
-    def documents(self) -> list[Document]:
-        return [self.docs[i] for i in self.order if i in self.docs]
 
 
 class WikipediaSource:
@@ -231,26 +234,31 @@ class WikipediaSource:
             sleep=self.sleep,
         )
 
-    def collect(self, ctx: SourceContext) -> tuple[list[Document], WikipediaSummary]:
-        previous = ctx.previous.of_source(SOURCE)
+    def collect(self, ctx: SourceContext, out: DocumentSink) -> WikipediaSummary:
+        """Fetched articles first, as they come, then those reused from the last artifact, then those an
+        interrupted attempt fetched."""
+        previous = ctx.previous.revisions(SOURCE)
         client = self._client()
+        summary = WikipediaSummary()
+        write = partial(_write, out, summary)
         try:
             topic_of, states = self._discover(client, ctx)
-            summary = WikipediaSummary(titles_found=len(topic_of))
+            summary.titles_found = len(topic_of)
             plan = self._plan(states, topic_of, previous, _resumed(ctx.progress), summary)
             ctx.log(
-                f"wikipedia: {len(plan.order)} articles, {len(plan.to_fetch)} to fetch, "
-                f"{len(plan.docs)} unchanged"
+                f"wikipedia: {plan.articles} articles, {len(plan.to_fetch)} to fetch, "
+                f"{len(plan.reuse) + len(plan.resume)} unchanged"
             )
-            self._fetch(client, plan, topic_of, previous, ctx, summary)
+            self._fetch(client, plan, topic_of, previous, ctx, summary, write)
             summary.retries = client.retry.retried
         finally:
             client.close()
-        documents = plan.documents()
-        for doc in documents:
-            summary.per_topic[doc.topic] = summary.per_topic.get(doc.topic, 0) + 1
-        self._check_losses(summary, len(plan.order))
-        return documents, summary
+        self._check_losses(summary, plan.articles)
+        for doc in ctx.previous.documents(SOURCE, plan.reuse):
+            topic = plan.reuse[doc.doc_id]
+            write(dataclasses.replace(doc, topic=topic) if topic is not None else doc)
+        _write_resumed(ctx.progress, plan.resume, write)
+        return summary
 
     def _discover(
         self, client: MediaWikiClient, ctx: SourceContext
@@ -270,8 +278,8 @@ class WikipediaSource:
     def _plan(
         states: list[PageState],
         topic_of: dict[str, str],
-        previous: dict[str, Document],
-        resumed: dict[str, Document],
+        previous: dict[str, int | None],
+        resumed: dict[str, int | None],
         summary: WikipediaSummary,
     ) -> _Plan:
         """Step 3: skip missing and disambiguation pages, reuse current revisions, fetch the rest."""
@@ -288,15 +296,16 @@ class WikipediaSource:
                 summary.skipped_disambiguation += 1
                 continue
             doc_id = make_doc_id(SOURCE, state.title)
-            plan.order.append(doc_id)
-            if (old := _if_current(previous.get(doc_id), state)) is not None:
+            plan.articles += 1
+            topic = topic_of[state.requested]
+            if _is_current(previous, doc_id, state):
                 summary.reused += 1
-            elif (old := _if_current(resumed.get(doc_id), state)) is not None:
+                plan.reuse[doc_id] = topic
+            elif _is_current(resumed, doc_id, state):
                 summary.resumed += 1
+                plan.resume[doc_id] = (topic, state.revision_id)
             else:
                 plan.to_fetch.append(state)
-                continue
-            plan.docs[doc_id] = dataclasses.replace(old, topic=topic_of[state.requested])
         return plan
 
     def _fetch(
@@ -304,9 +313,10 @@ class WikipediaSource:
         client: MediaWikiClient,
         plan: _Plan,
         topic_of: dict[str, str],
-        previous: dict[str, Document],
+        previous: dict[str, int | None],
         ctx: SourceContext,
         summary: WikipediaSummary,
+        write: Callable[[Document], None],
     ) -> None:
         """Step 4: fetch what the plan lists; a failure keeps the previous version when there is one."""
         planned = len(plan.to_fetch)
@@ -314,17 +324,17 @@ class WikipediaSource:
         for done, (state, outcome) in enumerate(_fetch_all(self.cfg, client, plan.to_fetch), 1):
             doc_id = make_doc_id(SOURCE, state.title)
             if isinstance(outcome, BaseException):
-                kept = previous.get(doc_id)
-                if kept is not None:
-                    plan.docs[doc_id] = kept
-                summary.failures.append(WikipediaFailure(state.title, describe(outcome), kept is not None))
+                kept = doc_id in previous
+                if kept:
+                    plan.reuse[doc_id] = None
+                summary.failures.append(WikipediaFailure(state.title, describe(outcome), kept))
             elif outcome.missing or outcome.disambiguation or not outcome.text.strip():
                 summary.skip(outcome)
-                plan.order.remove(doc_id)
+                plan.articles -= 1
             else:
                 doc = _article(doc_id, state, outcome, topic_of[state.requested])
                 ctx.progress.append("pages", doc.to_record())
-                plan.docs[doc_id] = doc
+                write(doc)
                 summary.fetched += 1
             ctx.pages(SOURCE, done, planned)
 
@@ -341,17 +351,32 @@ class WikipediaSource:
         )
 
 
-def _resumed(progress: ProgressLog) -> dict[str, Document]:
-    """Pages an interrupted earlier attempt fetched, by doc_id."""
-    docs = (Document.from_record(r) for r in progress.read("pages"))
-    return {d.doc_id: d for d in docs if d.source == SOURCE}
+def _write(out: DocumentSink, summary: WikipediaSummary, doc: Document) -> None:
+    out.write(doc)
+    topic = doc.topic or ""
+    summary.per_topic[topic] = summary.per_topic.get(topic, 0) + 1
 
 
-def _if_current(doc: Document | None, state: PageState) -> Document | None:
-    """`doc` when it holds the article's current revision, else None."""
-    if doc is not None and state.revision_id is not None and doc.revision_id == state.revision_id:
-        return doc
-    return None
+def _resumed(progress: ProgressLog) -> dict[str, int | None]:
+    """doc_id -> revision of the pages an interrupted earlier attempt fetched (the last record wins)."""
+    return {r["doc_id"]: r.get("revision_id") for r in progress.iter("pages") if r.get("source") == SOURCE}
+
+
+def _write_resumed(
+    progress: ProgressLog, resume: dict[str, tuple[str, int | None]], write: Callable[[Document], None]
+) -> None:
+    """The planned pages of the progress log, each once, read from the log as they are written."""
+    written: set[str] = set()
+    for record in progress.iter("pages"):
+        doc_id = record.get("doc_id")
+        if doc_id in resume and doc_id not in written and record.get("revision_id") == resume[doc_id][1]:
+            written.add(doc_id)
+            write(dataclasses.replace(Document.from_record(record), topic=resume[doc_id][0]))
+
+
+def _is_current(revisions: dict[str, int | None], doc_id: str, state: PageState) -> bool:
+    """Whether the revision held for `doc_id` is the article's current one."""
+    return state.revision_id is not None and doc_id in revisions and revisions[doc_id] == state.revision_id
 
 
 def _article(doc_id: str, state: PageState, page: FetchedPage, topic: str) -> Document:

@@ -10,16 +10,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.sources.base import SourceContext
 from tasks.sources.errors import InputError
 from tasks.sources.local import LocalConfig, LocalSource
+from tests.factories import collect_all
 from tinyllama_model.errors import ConfigError
 
 TEXT = "Plain words about models – with dashes, “quotes” and naïve accents.\n\nA second paragraph."
 
 
 def read_local(cfg: LocalConfig):
-    return LocalSource(cfg).collect(SourceContext())
+    return collect_all(LocalSource(cfg))
 
 
 def write_jsonl(path, rows):
@@ -170,3 +170,21 @@ def test_globs_do_not_follow_symlink_loops(tmp_path, monkeypatch):
     assert sorted(d.text for d in documents) == ["one", "three", "two"]
     documents, _ = read_local(LocalConfig(paths=[str(tmp_path / "a")]))
     assert sorted(d.text for d in documents) == ["one", "three", "two"]
+
+
+def test_jsonl_is_read_line_by_line_and_a_bad_line_is_its_own_failure(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"text": "first"}\n{"text": "caf\xe9"}\n{"text": "third", "url": "https://x.org/3"}\n')
+    documents, summary = read_local(LocalConfig(paths=[str(path)]))
+    assert [(d.text, d.url.rsplit("#", 1)[-1]) for d in documents] == [
+        ("first", "L1"),
+        ("third", "https://x.org/3"),
+    ]
+    assert [(f.title, "not UTF-8" in f.error) for f in summary.failures] == [(f"{path}:2", True)]
+
+
+def test_one_file_named_twice_through_a_link_is_read_once(tmp_path):
+    (tmp_path / "a.txt").write_text("only once")
+    (tmp_path / "same.txt").symlink_to(tmp_path / "a.txt")
+    documents, summary = read_local(LocalConfig(paths=[str(tmp_path / "a.txt"), str(tmp_path / "same.txt")]))
+    assert [d.text for d in documents] == ["only once"] and summary.files == 1

@@ -14,7 +14,7 @@ from tasks.collect import (
     run_collect,
     summary_markdown,
 )
-from tasks.sources.document import DOCUMENT_SCHEMA, DOCUMENTS_FILE
+from tasks.sources.document import DOCUMENT_SCHEMA, DOCUMENTS_TABLE
 from tasks.sources.errors import InputError
 from tinyllama_model.errors import ConfigError
 
@@ -25,11 +25,12 @@ def test_builtin_collect_writes_the_documented_artifact(tmp_path):
     cfg = CollectConfig(builtin=True, **OFFLINE)
     artifact = run_collect(cfg, tmp_path)
 
-    table = pq.read_table(artifact.file(DOCUMENTS_FILE))
+    assert artifact.shards == {DOCUMENTS_TABLE: ["documents-00000.parquet"]}  # ~1 MB: one shard
+    table = pq.read_table(artifact.shard_paths(DOCUMENTS_TABLE)[0])
     assert table.schema.equals(DOCUMENT_SCHEMA, check_metadata=False)
     assert table.num_rows == artifact.stats["documents"] > 100
     assert artifact.stats["per_source"] == {"builtin": table.num_rows}
-    assert set(artifact.files) == {DOCUMENTS_FILE, "summary.json"}
+    assert set(artifact.files) == {"documents-00000.parquet", "summary.json"}
     summary = json.loads(artifact.file("summary.json").read_text())
     assert summary["sources"] == ["builtin"]
     assert previous_artifact(tmp_path, cfg).fingerprint == artifact.fingerprint
@@ -43,6 +44,10 @@ def test_unchanged_content_gives_the_same_fingerprint(tmp_path):
     first = run_collect(cfg, tmp_path / "root")
     again = run_collect(cfg, tmp_path / "root")
     assert again.fingerprint == first.fingerprint and again.path == first.path
+    # no source reads the last artifact (only Wikipedia does): it is not even looked for, or checked
+    (tmp_path / "in" / "b.txt").write_text("A second document. " * 5)
+    second = run_collect(cfg, tmp_path / "root")
+    assert json.loads(second.file("summary.json").read_text())["previous"] is None
 
     (tmp_path / "in" / "a.txt").write_text("Changed text now. " * 5)
     changed = run_collect(cfg, tmp_path / "root")

@@ -12,6 +12,7 @@ from tasks.collect import CollectConfig, run_collect
 from tasks.monitoring.progress_artifact import PagesBar
 from tasks.sources.base import SourceContext
 from tasks.sources.wikipedia import WikipediaSource
+from tests.factories import collect_all
 from tests.tasks.fakes.mediawiki import serve_mediawiki
 from tests.tasks.fakes.server import loopback
 from tests.tasks.fakes.web import serve_site
@@ -39,7 +40,7 @@ def test_wikipedia_reports_its_plan_then_each_page(server) -> None:
         populate(wiki, n_ai=3, n_ml=2)
         reports: list[tuple[str, int, int]] = []
         source = WikipediaSource(wiki_cfg(wiki), AGENT, sleep=lambda _s: None)
-        source.collect(SourceContext(pages=lambda *r: reports.append(r)))
+        collect_all(source, SourceContext(pages=lambda *r: reports.append(r)))
     assert reports == [("wikipedia", done, 5) for done in range(6)]
 
 

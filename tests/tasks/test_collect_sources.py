@@ -1,18 +1,21 @@
-"""The one source shape: any object with `name`, `remote` and `collect(ctx)` plugs into the collect loop."""
+"""The one source shape: `name`, `remote` and `collect(ctx, out)` plug any object into the collect loop."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 
+import pyarrow.parquet as pq
 import pytest
 
 from tasks.collect import CollectConfig, CollectSummary, build_sources, gather
 from tasks.sources.base import Failure, PreviousDocuments, SourceContext, SourceSummary
 from tasks.sources.builtin import BuiltinSource
-from tasks.sources.document import DOCUMENTS_FILE, Document, make_doc_id, write_documents
+from tasks.sources.document import Document, make_doc_id, write_documents
 from tasks.sources.progress import ProgressLog
+from tasks.sources.sink import DocumentSink
 from tasks.sources.wikipedia import WikipediaFailure, WikipediaSummary
+from tests.factories import collect_all
 from tinyllama_model.errors import ConfigError
 
 
@@ -32,33 +35,40 @@ class NotesSource:
         self.texts = texts
         self.seen: SourceContext | None = None
 
-    def collect(self, ctx: SourceContext) -> tuple[list[Document], NotesSummary]:
+    def collect(self, ctx: SourceContext, out: DocumentSink) -> NotesSummary:
         self.seen = ctx
         ctx.log(f"notes: {len(self.texts)}")
-        docs = [Document(make_doc_id(self.name, t), self.name, t[:10], t) for t in self.texts]
-        return docs, NotesSummary(notes=len(docs), failures=[Failure("note 9", "unreadable")])
+        for t in dict.fromkeys(self.texts):  # each doc_id once
+            out.write(Document(make_doc_id(self.name, t), self.name, t[:10], t))
+        return NotesSummary(notes=len(self.texts), failures=[Failure("note 9", "unreadable")])
 
 
 def test_a_new_source_plugs_into_the_collect_loop(tmp_path):
     notes = NotesSource(["First note text.", "Second note text.", "First note text."])
     logged: list[str] = []
     ctx = SourceContext(progress=ProgressLog(tmp_path), log=logged.append)
-    docs, summaries = gather([notes, NotesSource(["Second note text."])], ctx)
+    parts, summaries = gather([notes], ctx, tmp_path / "work", max_bytes=1 << 20)
 
-    assert [d.text for d in docs] == ["First note text.", "Second note text."]  # one row per doc_id
-    assert notes.seen is ctx and logged == ["notes: 3", "notes: 1"]
-    summary = CollectSummary.of(docs, summaries, previous=None)
+    rows = [r for part in parts["notes"] for path in part.paths() for r in pq.read_table(path).to_pylist()]
+    assert [r["text"] for r in rows] == ["First note text.", "Second note text."]
+    assert notes.seen is ctx and logged == ["notes: 3"]
+    summary = CollectSummary.of(parts, summaries, previous=None)
     written = summary.as_dict()
     assert list(written)[:2] == ["sources", "notes"]
-    assert written["notes"] == {"notes": 1, "failures": [{"title": "note 9", "error": "unreadable"}]}
+    assert written["notes"] == {"notes": 3, "failures": [{"title": "note 9", "error": "unreadable"}]}
     assert written["per_source"] == {"notes": 2}
     assert summary.stats()["failures"] == [{"source": "notes", "title": "note 9", "error": "unreadable"}]
     assert summary.stats()["fetched"] == 0  # no Wikipedia: its counters read zero
     json.dumps(written)
 
 
+def test_two_sources_of_one_name_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="two collect sources are named 'notes'"):
+        gather([NotesSource(["a"]), NotesSource(["b"])], SourceContext(), tmp_path, max_bytes=1 << 20)
+
+
 def test_builtin_summary_lists_only_its_count():
-    _, summary = BuiltinSource().collect(SourceContext())
+    _, summary = collect_all(BuiltinSource())
     assert summary.as_dict() == {"documents": summary.documents} and summary.failures == ()
 
 
@@ -84,11 +94,16 @@ def test_wikipedia_summary_writes_the_keys_of_summary_json_in_order():
     assert list(summary.as_dict())[-4:] == ["failures", "failed", "lost", "retries"]  # summary.json order
 
 
-def test_previous_documents_are_read_per_source(tmp_path):
-    path = tmp_path / DOCUMENTS_FILE
-    write_documents(path, [Document("a", "web", "A", "x"), Document("b", "wikipedia", "B", "y")])
-    assert set(PreviousDocuments(path).of_source("wikipedia")) == {"b"}
-    assert PreviousDocuments().of_source("wikipedia") == {}
+def test_previous_documents_are_streamed_per_source(tmp_path):
+    first, second = tmp_path / "documents-00000.parquet", tmp_path / "documents-00001.parquet"
+    write_documents(
+        first, [Document("a", "web", "A", "x"), Document("b", "wikipedia", "B", "y", revision_id=7)]
+    )
+    write_documents(second, [Document("c", "wikipedia", "C", "z", revision_id=8)])
+    previous = PreviousDocuments((first, second))
+    assert previous.revisions("wikipedia") == {"b": 7, "c": 8}
+    assert [d.text for d in previous.documents("wikipedia", {"c", "a"})] == ["z"]  # "a" is web's
+    assert PreviousDocuments().revisions("wikipedia") == {}
 
 
 def test_sources_are_built_in_listing_order_from_their_sections(tmp_path):

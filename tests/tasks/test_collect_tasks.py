@@ -82,3 +82,35 @@ def test_collect_retries_transient_faults_only(prefect_harness, tmp_path, monkey
     with pytest.raises(ConfigError):
         once(CollectConfig(wikipedia={"enabled": False}), str(Path(tmp_path) / "other"))
     assert len(calls) == 1  # a bad config is not retried
+
+
+@pytest.mark.slow
+def test_local_jobs_run_as_prefect_task_runs(prefect_harness, tmp_path):
+    """run_collect(..., mapper=task_map) inside a flow: each job a task run, the same artifact content."""
+    from prefect import flow
+
+    from tasks.collect import run_collect
+    from tasks.shard_map import task_map
+    from tests.tasks.test_collect_dump import dump_config, write_dump
+
+    write_dump(tmp_path / "dump", files=3, rows=300)
+    cfg = dump_config(tmp_path / "dump", shard_mb=0.1)
+
+    @flow
+    def collect_on_the_runner(root: str):
+        return run_collect(cfg, root, mapper=task_map)
+
+    state = collect_on_the_runner(str(tmp_path / "mapped"), return_state=True)
+    mapped = state.result()
+    serial = run_collect(cfg, tmp_path / "serial")
+    assert len(mapped.shards["documents"]) == 3 and mapped.stats["documents"] == 900
+    assert mapped.fingerprint == serial.fingerprint
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    assert sorted(r.name.split("-")[0] for r in runs) == ["read_job"] * 3

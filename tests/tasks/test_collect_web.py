@@ -24,6 +24,7 @@ from tasks.sources.htmltext import HTMLBombError, estimate_depth, html_to_text
 from tasks.sources.progress import ProgressLog
 from tasks.sources.retry import RetryConfig
 from tasks.sources.web import Rejected, WebConfig, WebFetcher, WebSource
+from tests.factories import collect_all
 from tests.tasks.fakes.server import loopback, raw_socket_server
 from tests.tasks.fakes.web import ARTICLE, FakeSite, serve_site
 
@@ -159,12 +160,12 @@ def test_collect_web_records_rejections_and_resumes(site, tmp_path):
         site, urls=[f"{site.url}/article.html", f"{site.url}/image.png", f"{site.url}/plain.txt"]
     )
     ctx = SourceContext(progress=ProgressLog(tmp_path))
-    documents, summary = WebSource(cfg, AGENT).collect(ctx)
+    documents, summary = collect_all(WebSource(cfg, AGENT), ctx)
     assert [d.title for d in documents] == ["Tiny Models", "plain.txt"]
     assert summary.failures[0].title.endswith("/image.png")
 
     hits = len(site.hits)
-    again, again_summary = WebSource(cfg, AGENT).collect(ctx)
+    again, again_summary = collect_all(WebSource(cfg, AGENT), ctx)
     assert again_summary.resumed == 2
     assert [d.doc_id for d in again] == [d.doc_id for d in documents]
     assert site.hits[hits:] == ["/robots.txt", "/image.png"]  # only the rejected one is asked again
@@ -263,7 +264,7 @@ def test_refused_and_broken_pages_are_recorded_and_the_phase_goes_on(site, trap,
         "http://[::1",
         f"{site.url}/article.html",
     ]
-    documents, summary = WebSource(web_config(site, urls=urls), AGENT).collect(SourceContext())
+    documents, summary = collect_all(WebSource(web_config(site, urls=urls), AGENT))
     assert [d.title for d in documents] == ["Tiny Models"]
     errors = [f.error for f in summary.failures]
     assert len(errors) == 4 and summary.failed == 4

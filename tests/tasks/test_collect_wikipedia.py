@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,12 +10,13 @@ from pydantic import ValidationError
 
 from tasks.collect import CollectConfig, run_collect
 from tasks.sources.base import SourceContext
-from tasks.sources.document import DOCUMENTS_FILE, read_documents
+from tasks.sources.document import DOCUMENTS_TABLE, read_documents
 from tasks.sources.errors import TooManyFailuresError, TransientSourceError
 from tasks.sources.mediawiki import MediaWikiClient, extract_to_text
 from tasks.sources.progress import ProgressLog
 from tasks.sources.retry import RetryConfig
 from tasks.sources.wikipedia import WikipediaConfig, WikipediaSource
+from tests.factories import collect_all
 from tests.tasks.fakes.mediawiki import FakeMediaWiki, article, serve_mediawiki
 from tests.tasks.fakes.server import loopback
 from tinyllama_model.errors import ConfigError
@@ -57,7 +59,7 @@ def collect(wiki: FakeMediaWiki, cfg: WikipediaConfig, progress: ProgressLog | N
     """(documents, summary, the waits the retry policy asked for)."""
     sleeps: list[float] = []
     source = WikipediaSource(cfg, AGENT, sleep=sleeps.append)
-    documents, summary = source.collect(SourceContext(progress=progress or ProgressLog(None)))
+    documents, summary = collect_all(source, SourceContext(progress=progress or ProgressLog(None)))
     return documents, summary, sleeps
 
 
@@ -223,10 +225,11 @@ def test_scheduled_rerun_fetches_only_changed_pages(wiki, tmp_path):
     }
     assert wiki.count("info") == 1  # revision ids of all 15 titles in one batched request
     assert second.fingerprint != first.fingerprint
-    docs = {d.title: d for d in read_documents(second.file(DOCUMENTS_FILE))}
+    docs = {d.title: d for path in second.shard_paths(DOCUMENTS_TABLE) for d in read_documents(path)}
     assert "revision 1" in docs["AI page 3"].text
     assert docs["AI page 3"].revision_id == wiki.pages["AI page 3"].revid
     assert second.stats["reused"] == len(wiki.pages) - 2
+    assert json.loads(second.file("summary.json").read_text())["previous"] == first.fingerprint
 
     wiki.requests.clear()
     third = run(wiki, tmp_path)
