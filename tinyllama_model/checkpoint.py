@@ -20,7 +20,7 @@ import pickle
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from tinyllama_model.files import atomic_path
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.model"  # same name as tinyllama_model.tokenizer.TOKENIZER_FILE
+MAX_CONFIG_BYTES = 1 << 24  # a config.json larger than this is not one this project wrote
 
 
 class CheckpointError(ValueError):
@@ -80,6 +81,12 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
             raise CheckpointError(
                 f"{path} is missing; a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
             )
+    if (size := config_path.stat().st_size) > MAX_CONFIG_BYTES:
+        raise CheckpointError(
+            f"{config_path} is {size:,} bytes, above the bound of {MAX_CONFIG_BYTES:,} (a model's settings "
+            "and fitted weights take a few kB, adapt_scales ~50 bytes a tensor); restore the config.json "
+            "saved with these weights"
+        )
     try:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as e:
@@ -112,17 +119,17 @@ def read_weight_shapes(directory: str | Path) -> dict[str, torch.Size]:
         raise CheckpointError(f"{weights_path} is truncated or not a safetensors file: {e}") from e
 
 
-def check_loadable(directory: str | Path, expected: dict[str, torch.Size], model_bytes: int) -> None:
+def check_loadable(directory: str | Path, expected: Mapping[str, tuple[int, ...]], model_bytes: int) -> None:
     """Refuse a model directory whose config.json cannot be loaded, before any tensor is allocated.
 
     `expected` are the shapes of the tensors that the model config.json describes stores, `model_bytes`
-    the memory that model takes (the caller learns both from a model built on the meta device, which
-    allocates nothing). Two limits, each with its reason:
+    the memory that model takes with what it loads beside its weights (the caller computes both from the
+    config, without building anything). Two limits, each with its reason:
     - the weights file must hold exactly those tensors (its header says): a config.json that was edited,
       or copied from another model, is named before it asks for any memory;
     - the model plus the weights loaded beside it must fit in this machine's memory: a config.json that
-      matches its weights yet sizes buffers in terabytes (RoPE tables of a max_seq_len of 10**12) fails
-      here, not in the allocator or by swapping the machine to a halt.
+      matches its weights yet sizes buffers in terabytes (RoPE tables, a corpus file's n-gram tables)
+      fails here, not in the allocator or by swapping the machine to a halt.
     """
     directory = Path(directory)
     weights_path = directory / WEIGHTS_FILE
@@ -149,14 +156,14 @@ def memory_bytes() -> int | None:
         return None
 
 
-def _mismatch(found: dict[str, torch.Size], expected: dict[str, torch.Size]) -> str:
+def _mismatch(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> str:
     """Missing, unexpected and mis-shaped tensors, or "" when the file holds exactly what is expected."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     shapes = [
         f"{k}: file {tuple(found[k])} vs config {tuple(expected[k])}"
         for k in sorted(set(found) & set(expected))
-        if found[k] != expected[k]
+        if tuple(found[k]) != tuple(expected[k])
     ]
     parts = []
     for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shapes", shapes)):

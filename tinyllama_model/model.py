@@ -34,7 +34,7 @@ from tinyllama_model.checkpoint import (
 from tinyllama_model.decode_weights import DecodeWeights, LayerWeights, matrix_groups, pack, weights_key
 from tinyllama_model.generate import generate_tensor
 from tinyllama_model.kv_cache import KVCache
-from tinyllama_model.mixture.corpus_ngrams import CorpusNgrams
+from tinyllama_model.mixture.corpus_ngrams import CorpusNgrams, corpus_file_tokens, table_bytes
 from tinyllama_model.model_config import ModelConfig  # also imported from here by most callers
 
 
@@ -458,22 +458,28 @@ class TinyLlama(nn.Module):
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> TinyLlama:
         """Rebuild a model from its directory; weights that do not fit config.json are an error.
 
-        The model is first built on the meta device (shapes, no memory), so a config.json that does not
-        fit the weights or this machine is refused before anything is allocated (`check_loadable`).
+        The config is checked first by arithmetic: its bounds (`ModelConfig`), the tensors it describes
+        against the weights file's header, and the memory it needs (with the corpus n-grams' tokens and
+        tables) against this machine's (`check_loadable`), so a config.json that does not fit is refused
+        before any module is built or anything is allocated.
         """
         cfg = ModelConfig.from_dict(read_model_config(directory))
-        with torch.device("meta"):
-            skeleton = cls(cfg)
-        expected = {k: v.shape for k, v in skeleton.state_dict().items()}
-        if cfg.tie_embeddings:
-            expected.pop("output.weight")
-        n_bytes = sum(t.nbytes for t in (*skeleton.parameters(), *skeleton.buffers()))
-        check_loadable(directory, expected, n_bytes)
+        n_bytes = load_bytes(cfg)
+        if cfg.corpus_ngram_weights is not None:
+            n_bytes += table_bytes(corpus_file_tokens(directory), len(cfg.corpus_ngram_weights))
+        check_loadable(directory, cfg.parameter_shapes(), n_bytes)
         model = cls(cfg)
         model.load_state_dict(read_model_weights(directory), strict=not cfg.tie_embeddings)
         if cfg.corpus_ngram_weights is not None:
             model.corpus_ngrams = CorpusNgrams.load(directory, cfg.vocab_size, len(cfg.corpus_ngram_weights))
         return model.to(map_location)
+
+
+def load_bytes(cfg: ModelConfig) -> int:
+    """The memory a model of this config takes once built: its parameters and RoPE tables, in the
+    default dtype (as `TinyLlama(cfg)` makes them)."""
+    elements = sum(math.prod(shape) for shape in cfg.parameter_shapes().values()) + cfg.buffer_elements()
+    return elements * torch.get_default_dtype().itemsize
 
 
 @functools.cache
