@@ -20,6 +20,7 @@ from typing import Any
 
 from tinyllama_model.config_fields import operational, operational_fields
 from tinyllama_model.errors import ConfigError
+from tinyllama_model.model_config import DOC_CACHE_MAX_ORDER
 
 OPTIMIZERS = ("adamw", "muon")  # what `optim.build_optimizer` can build
 DTYPES = ("auto", "float32", "bfloat16", "float64")
@@ -223,7 +224,8 @@ class TrainConfig:
         _require(ok, "ema_decay", "a number in (0, 1), e.g. 0.995, or null")
         orders = self.doc_cache_orders
         is_int = isinstance(orders, int) and not isinstance(orders, bool)
-        _require(is_int and 0 <= orders <= 8, "doc_cache_orders", "an integer in 0..8 (3 is tuned)")
+        ok = is_int and 0 <= orders <= DOC_CACHE_MAX_ORDER
+        _require(ok, "doc_cache_orders", f"an integer in 0..{DOC_CACHE_MAX_ORDER} (3 is tuned)")
         orders = self.corpus_ngram_orders
         is_int = isinstance(orders, int) and not isinstance(orders, bool)
         _require(is_int and 0 <= orders <= 4, "corpus_ngram_orders", "an integer in 0..4 (4 is tuned)")
