@@ -28,7 +28,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from tinyllama_model.files import atomic_path
+from tinyllama_model.files import atomic_path, atomic_write
+from tinyllama_model.model_config import ModelConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -96,6 +97,15 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
             f"{config_path} holds a JSON {_json_kind(config)}, not an object of model settings such as "
             '{"dim": 512, "n_layers": 8, ...}; restore the config.json saved with these weights'
         )
+    return config
+
+
+def update_model_config(directory: str | Path, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Set `changes` in a model directory's config.json (the fits after training write their weights so),
+    checked as a `ModelConfig` and written atomically: a failed update leaves the old file."""
+    config = {**read_model_config(directory), **changes}
+    ModelConfig.from_dict(config)
+    atomic_write(Path(directory) / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return config
 
 

@@ -11,9 +11,10 @@ last 1..4 tokens anywhere in the training corpus. This is the n-gram side of inf
 u depends on the order of the longest context found and on log2 of its count (`table_shape`). Contexts
 never cross a document boundary: an EOS may only open one (the start of a document is a context too).
 
-Storage: the model directory keeps the training token stream itself (`CORPUS_FILE`, 2 bytes a token), and
-the tables are built from it when first asked (`CorpusNgrams.tables`): sorting ~1M contexts per order
-takes about a second, and the tables would take ~30x the space. A context of up to 4 tokens packs exactly
+Storage: the model directory keeps the training token stream itself (`CORPUS_FILE`, 2 bytes a token), or
+on a corpus past `train.corpus_ngram_max_tokens` whole documents spread over it (doc_sample.py), so the
+model does not grow with the corpus; the tables are built from it when first asked
+(`CorpusNgrams.tables`), since they would take ~30x the space. A context of up to 4 tokens packs exactly
 into a uint64 (16 bits a token, vocabularies up to 65,536), so lookups are exact, with no hash collisions.
 """
 

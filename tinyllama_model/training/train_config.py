@@ -83,6 +83,22 @@ class TrainConfig:
             "(tinyllama_model/mixture/corpus_ngrams.py); 0: none."
         ),
     )
+    fit_max_tokens: int = field(
+        default=2_000_000,
+        metadata=_doc(
+            "What follows training (calibration, the experts' fits, adaptation's) reads at most this many "
+            "validation tokens: whole documents spread evenly over the split "
+            "(tinyllama_model/doc_sample.py); a smaller split is read whole."
+        ),
+    )
+    corpus_ngram_max_tokens: int = field(
+        default=2_000_000,
+        metadata=_doc(
+            "The corpus n-grams count at most this many training tokens, whole documents spread evenly over "
+            "the split, and ship them with the model (2 bytes each), so the model does not grow with the "
+            "corpus; a smaller split is taken whole."
+        ),
+    )
     calibration_temperatures: tuple[float, ...] = field(
         default=(),
         metadata=_doc(
@@ -189,6 +205,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON gives lists
         positive = [
+            "fit_max_tokens",
+            "corpus_ngram_max_tokens",
             "batch_size",
             "grad_accum",
             "eval_every",
