@@ -34,7 +34,7 @@ from tinyllama_model.hardware import autocast_for, resolve_device
 from tinyllama_model.model import TinyLlama
 from tinyllama_model.tokenizer import EOS_ID, Tokenizer
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 MODEL_DIR = "model"  # inside the train artifact
 
 

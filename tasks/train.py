@@ -77,7 +77,7 @@ from tinyllama_model.training.launch import trainer_from_run_dir, write_run_spec
 from tinyllama_model.training.run_state import BEST_DIR, METRICS_FILE, RESULT_FILE
 from tinyllama_model.training.train_config import TrainConfig
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 log = logging.getLogger(__name__)
 
 
