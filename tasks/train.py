@@ -229,8 +229,8 @@ def refit_mixture(
     model_dir: Path, work: Path, cfg: TrainConfig, unadapted: np.ndarray | None = None
 ) -> dict[str, Any]:
     """Fit the mixture again on the validation split, now on what the network predicts with: adapted as
-    chosen (weights fitted on the unadapted network trust the experts too much: held-out bpb -0.009 /
-    -0.002 on splits 0 / 1), with a share of the unadapted network, the document cache, the corpus
+    chosen (weights fitted on the unadapted network trust the experts too much; measurements:
+    docs/tuning-log.md), with a share of the unadapted network, the document cache, the corpus
     n-grams, then the neural cache on the states of the same pass; then each expert's weights once more
     with the others fixed (`refit_chain`). The summary has the validation loss after each. `unadapted`:
     the network's sliding-window log-probabilities of the split, when `fit_mixture` has computed them."""

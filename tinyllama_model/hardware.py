@@ -57,7 +57,7 @@ def compile_blocker(device: torch.device) -> str | None:
 
 
 # bf16 autocast also converts activations and casts back, so a bf16 matmul only pays on a CPU when it is
-# clearly faster than fp32: 2.4x on AVX512-BF16 parts, 0.1-0.5x on AVX2 parts that emulate it
+# clearly faster than fp32 (measured speedups per CPU family: docs/tuning-log.md)
 BF16_MIN_SPEEDUP = 1.5
 CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
 

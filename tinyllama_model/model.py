@@ -58,9 +58,8 @@ class RMSNorm(nn.Module):
         """`forward` spelled out in six plain ops, for the one-token decode loop; the same bits.
 
         On a CPU F.rms_norm is a composite of ~10 ATen calls, and in that loop every call runs cold: the
-        weight matrix streamed just before has evicted the dispatcher's code and data from L2. On a (1, 512)
-        row it takes 8 us warm and 31-38 us after a 6 MB matmul (AMX Xeon, torch 2.13). With the loop's other
-        savings (the cache's per-layer views, `narrow`) a 512/8/8 step took 5.00 against 5.33 ms.
+        weight matrix streamed just before has evicted the dispatcher's code and data from L2 (measurements:
+        docs/tuning-log.md).
         """
         if x.dtype in (torch.float32, torch.float64):
             return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
@@ -109,8 +108,8 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
     """Causal SDPA; under CPU bf16 autocast, in fp32, because PyTorch's CPU flash-attention backward runs
-    ~5x slower in bf16 (18 against 3.5 ms for batch 32, 6 heads, 64 x 32 on an AMX Xeon, torch 2.13): it
-    cost a dim-192 step a third of its time. The projections around it are where bf16 pays.
+    several times slower in bf16 (measurements: docs/tuning-log.md). The projections around it are where
+    bf16 pays.
     """
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
@@ -398,8 +397,8 @@ class TinyLlama(nn.Module):
         transformers export all read the calibrated network, with no new config key.
 
         A network trained for several epochs on a small corpus is overconfident on text it never saw
-        (the 10-minute preset's, alone: held-out bpb 1.7816 -> 1.7640 at 1.1). Under a soft cap the
-        logits are not linear in that weight, so a capped model is refused.
+        (measurements: docs/tuning-log.md). Under a soft cap the logits are not linear in that weight, so a
+        capped model is refused.
         """
         if self.config.logit_softcap is not None:
             raise ValueError(

@@ -33,7 +33,7 @@ class ModelConfig:
     # levers from the small-budget records (modded-nanogpt, nanochat); the defaults are plain LLaMA, and
     # `export.py` refuses a model that uses one Llama cannot express
     mlp: str = "swiglu"  # "relu2": w2(relu(w1 x)^2), two matrices of 4*dim instead of SwiGLU's three
-    qk_norm: bool = False  # RMS-normalise each head's queries and keys (no gain): bounded attention logits
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys: bounded attention logits
     zero_init_proj: bool = False  # attention.wo and feed_forward.w2 start at 0: each block starts as identity
     logit_softcap: float | None = None  # logits = c * tanh(logits / c): no runaway logits early in training
     value_embeds: bool = False  # a token table per alternate layer added to v through a learned gate

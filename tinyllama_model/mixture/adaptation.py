@@ -3,9 +3,8 @@
 Why: a network trained for minutes on a CPU knows the corpus only roughly, and an article it never saw
 has its own subject, names and style. Krause et al. (2018, "Dynamic Evaluation of Neural Sequence
 Models") let the model take a gradient step on each segment of text once it has predicted it; the next
-segment is then predicted by weights that have read the document so far. On held-out Wikipedia articles
-this takes the 10-minute network alone from 1.62 / 1.79 bits per byte to 1.53 / 1.63 (two splits), and
-0.04-0.05 off the mixture with the document cache and corpus n-grams (README, "Benchmarks").
+segment is then predicted by weights that have read the document so far (what it gains: README,
+"Benchmarks"; measurements: docs/tuning-log.md).
 
 The rule, the same for scoring and for generation:
 - A document starts after an EOS (or at the start of the text) with the trained weights.
@@ -15,9 +14,9 @@ The rule, the same for scoring and for generation:
   tensor's `adapt_scales` entry.
 - The scales are Krause et al.'s RMS normalisation, one figure per tensor: 1 / the RMS of the tensor's
   gradient over the validation split's chunks at the trained weights (`gradient_scales`). Each tensor
-  then moves by about the same amount for the same surprise, whatever its gradients' size: held-out bpb
-  -0.003 / -0.007 against one rate for all (README, "Benchmarks"). Per element it was no better and can
-  diverge: a weight with almost no gradient on the validation split gets a huge step on an article.
+  then moves by about the same amount for the same surprise, whatever its gradients' size (measurements
+  against one rate for all, and per element: docs/tuning-log.md); per element can diverge: a weight with
+  almost no gradient on the validation split gets a huge step on an article.
 - Every token is predicted before the weights have seen it, so bits per byte stay honest; at EOS the
   weights go back to the trained ones. A chunk is learned only when it is complete, so generation
   predicts each token with the weights that scoring would.
@@ -45,7 +44,7 @@ from torch import nn
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.tokenizer import EOS_ID
 
-FIT_MAX_TOKENS = 32_768  # rates are tried on the validation split's first tokens: ~15 s each on 2 cores
+FIT_MAX_TOKENS = 32_768  # rates are tried on the sample's first tokens, each a full adapting pass over them
 
 
 def stride_for(config: Any) -> int:

@@ -176,12 +176,11 @@ def refit_chain(base_logprobs: np.ndarray, experts: Sequence[Expert], weights: S
 
     Fitted one at a time, an early expert's weights are chosen before anyone knows what the later ones
     add, and they cover the same targets (the document cache and the neural cache both predict a repeated
-    name); refitted, the unadapted network's share rose from 0.15 / 0.21 to 0.31 / 0.37 (splits 0 / 1).
+    name), so refitted they change (measurements: docs/tuning-log.md).
     Later experts make the final probability affine in an earlier expert's mixture, `scale * mixture +
     offset`, so each refit is the same convex one-weight search as the first fit; a refit that would
-    score these targets worse is not taken, so the chain never gets worse on them. On the two shipped
-    10-minute networks one pass took held-out bpb from 1.4393 / 1.4997 to 1.4333 / 1.4967; a second pass
-    moved the fourth decimal.
+    score these targets worse is not taken, so the chain never gets worse on them. One pass: a second
+    gained next to nothing (measurements: docs/tuning-log.md).
     """
     weights = list(weights)
     for k, (bucket, prob, shape) in enumerate(experts):
