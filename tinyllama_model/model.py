@@ -8,8 +8,9 @@ unchanged into `LlamaForCausalLM` with no permutation.
 
 The training forward (`TinyLlama.forward`) is a straight line: no KV-cache branches, causal attention via
 `scaled_dot_product_attention(is_causal=True)`. Incremental decoding goes through `forward_cached` with a
-`KVCache` object (`kv_cache.py`) that only inference code creates. Sampling lives in `generate.py`; files
-on disk in `checkpoint.py`.
+`KVCache` object (`kv_cache.py`) that only inference code creates; its one-token step, on weights packed
+for it, is `decode.py`. RoPE and the key/value head sharing are `attention_math.py`. Sampling lives in
+`generate.py`; files on disk in `checkpoint.py`.
 
 Levers from the small-budget speedrun records (ReLU^2, QK-norm, zero-init projections, logit soft-capping,
 value embeddings) are `ModelConfig` flags, all off by default: off, the model is plain LLaMA.
@@ -17,7 +18,6 @@ value embeddings) are `ModelConfig` flags, all off by default: off, the model is
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
@@ -25,13 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinyllama_model.attention_math import apply_rope, repeat_kv, rope_tables
 from tinyllama_model.checkpoint import (
     check_loadable,
     read_model_config,
     read_model_weights,
     save_model_dir,
 )
-from tinyllama_model.decode_weights import DecodeWeights, LayerWeights, matrix_groups, pack, weights_key
+from tinyllama_model.decode import compiled_decode_one, decode_one
+from tinyllama_model.decode_weights import DecodeWeights, matrix_groups, pack, weights_key
 from tinyllama_model.generate import generate_tensor
 from tinyllama_model.kv_cache import KVCache
 from tinyllama_model.mixture.corpus_ngrams import CorpusNgrams, corpus_file_tokens, table_bytes
@@ -53,57 +55,6 @@ class RMSNorm(nn.Module):
         if x.dtype in (torch.float32, torch.float64):
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).type_as(x)
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """`forward` spelled out in six plain ops, for the one-token decode loop; the same bits.
-
-        On a CPU F.rms_norm is a composite of ~10 ATen calls, and in that loop every call runs cold: the
-        weight matrix streamed just before has evicted the dispatcher's code and data from L2 (measurements:
-        docs/tuning-log.md).
-        """
-        if x.dtype in (torch.float32, torch.float64):
-            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
-        xf = x.float()
-        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
-
-
-# -- rotary position embeddings (pure functions) ----------------------------------------------------
-
-
-def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin of position * frequency, each (max_seq_len, 2, head_dim // 2), float32.
-
-    HF Llama computes `x * cos + rotate_half(x) * sin` with cos = cat(c, c), sin = cat(s, s) and
-    rotate_half(x) = cat(-x2, x1). Viewing the head dimension as two halves (2, hd/2), that is
-    `[x1, x2] * [c, c] + [x2, x1] * [-s, s]`: these are the [c, c] and [-s, s] tables.
-    """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (hd/2,)
-    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, hd/2)
-    cos, sin = angles.cos(), angles.sin()
-    return torch.stack((cos, cos), dim=1), torch.stack((-sin, sin), dim=1)  # (T, 2, hd/2) each
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (..., T, head_dim) by position, in HF's rotate_half layout (see `rope_tables`).
-
-    Dimension i is paired with i + head_dim/2, not with its neighbour (interleaved, as in meta-llama's
-    complex-number version). The halves are swapped with `flip` rather than sliced and concatenated:
-    fewer passes over memory, and a backward with no zero-filled slice gradients.
-    cos/sin: (T, 2, hd/2) in training, (B, 1, T, 2, hd/2) for cached steps; for a one-token step x is
-    (B, heads, hd) and cos/sin (2, hd/2), or (B, 1, 2, hd/2) when rows sit at different positions.
-    """
-    xr = x.unflatten(-1, (2, x.shape[-1] // 2))  # (..., T, 2, hd/2): [x1, x2]
-    if cos.dtype != x.dtype:  # under autocast q/k are bf16 while the tables are fp32
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return (xr * cos + xr.flip(-2) * sin).flatten(-2)
-
-
-def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """(B, n_kv, T, hd) -> (B, n_kv * n_rep, T, hd): query head h reads key/value head h // n_rep."""
-    if n_rep == 1:
-        return x
-    b, n_kv, t, hd = x.shape
-    return x[:, :, None].expand(b, n_kv, n_rep, t, hd).reshape(b, n_kv * n_rep, t, hd)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
@@ -179,31 +130,6 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
 
-    def decode_one(self, x, cos, sin, k_cache, v_cache, pos, mask, ve, packed: LayerWeights) -> torch.Tensor:
-        """`forward_cached` for one new position per row, x (B, C), on the packed matrices.
-
-        The same maths in fewer ops, since on a CPU a decode step's time beyond streaming the weights is
-        per-op overhead: with one query position there is no time axis to transpose, and q and k are
-        normalised and rotated as one (B, nh + nkv, hd) tensor.
-        """
-        b = x.size(0)
-        nh, nkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = x @ packed.qkv  # (B, (nh + 2 nkv) hd): wq | wk | wv
-        qk = qkv[:, : (nh + nkv) * hd].view(b, nh + nkv, hd)
-        v = qkv[:, (nh + nkv) * hd :].view(b, nkv, hd)
-        if self.qk_norm_eps is not None:
-            qk = F.rms_norm(qk, (hd,), eps=self.qk_norm_eps)
-        if self.ve_gate is not None and ve is not None:
-            gate = 2 * torch.sigmoid(self.ve_gate(x[:, : self.ve_gate.in_features]))  # (B, nkv)
-            v = v + gate[..., None] * ve.view(b, nkv, hd)
-        qk = apply_rope(qk, cos, sin)
-        k_cache.narrow(2, pos, 1).copy_(qk[:, nh:, None])  # caches are (B, nkv, max_seq_len + 1, hd)
-        v_cache.narrow(2, pos, 1).copy_(v[:, :, None])
-        k = repeat_kv(k_cache.narrow(2, 0, pos + 1), self.n_rep)  # (B, nh, pos+1, hd)
-        v = repeat_kv(v_cache.narrow(2, 0, pos + 1), self.n_rep)
-        y = F.scaled_dot_product_attention(qk[:, :nh, None], k, v, attn_mask=mask)  # (B, nh, 1, hd)
-        return y.view(b, nh * hd) @ packed.wo
-
 
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x); or ReLU^2 (mlp="relu2"): w2(relu(w1 x)^2), no w3."""
@@ -218,14 +144,6 @@ class FeedForward(nn.Module):
         if self.w3 is None:
             return self.w2(F.relu(self.w1(x)).square())
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-    def forward_packed(self, x: torch.Tensor, packed: LayerWeights) -> torch.Tensor:
-        """The same with the matrices laid out for decoding: w1 | w3 in one matmul."""
-        up = x @ packed.w13
-        if self.w3 is None:
-            return F.relu(up).square() @ packed.w2
-        gate, linear = up.chunk(2, dim=-1)
-        return (F.silu(gate) * linear) @ packed.w2
 
 
 class Block(nn.Module):
@@ -247,11 +165,6 @@ class Block(nn.Module):
         x_norm = self.attention_norm(x)
         h = x + self.attention.forward_cached(x_norm, cos, sin, k_cache, v_cache, pos, mask, ve)
         return h + self.feed_forward(self.ffn_norm(h))
-
-    def decode_one(self, x, cos, sin, k_cache, v_cache, pos, mask, ve, packed: LayerWeights) -> torch.Tensor:
-        x_norm = self.attention_norm.decode(x)
-        h = x + self.attention.decode_one(x_norm, cos, sin, k_cache, v_cache, pos, mask, ve, packed)
-        return h + self.feed_forward.forward_packed(self.ffn_norm.decode(h), packed)
 
 
 class TinyLlama(nn.Module):
@@ -324,13 +237,13 @@ class TinyLlama(nn.Module):
         """Run T new tokens (B, T) through the model, appending to `cache`; returns float32 logits.
 
         (B, 1, V) with last_only (decoding), else (B, T, V). The caller keeps pos + T <= max_seq_len.
-        One token (T = 1, the decode loop) takes `_decode_one`.
+        One token (T = 1, the decode loop) takes the packed step of decode.py.
         """
         _, t = idx.shape
         if cache.pos + t > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} positions; {cache.pos} used, {t} more asked")
         if t == 1 and cache.decode_weights is not None:
-            step = compiled_decode_one() if self.compile_decode else TinyLlama._decode_one
+            step = compiled_decode_one() if self.compile_decode else decode_one
             return step(self, idx, cache)
         positions, mask = cache.positions_and_mask(t)  # (B or 1, T)
         cos = self.rope_cos[positions][:, None]  # (B or 1, 1, T, 2, hd/2)
@@ -343,26 +256,6 @@ class TinyLlama(nn.Module):
         cache.pos += t
         h = self.norm(h[:, -1:] if last_only else h)
         return self._logits(h)
-
-    def _decode_one(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One token per row (B, 1) -> (B, 1, V), on the matrices the cache holds packed for it.
-
-        The hot loop of generation: rows stay (B, C), with no time axis (`Attention.decode_one`).
-        """
-        b, pos = idx.size(0), cache.pos
-        if cache.pad is None:  # every row at the same position, every cached slot visible
-            cos, sin, mask = self.rope_cos[pos], self.rope_sin[pos], None  # (2, hd/2)
-        else:
-            positions, mask = cache.positions_and_mask(1)  # (B, 1)
-            cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B, 1, 2, hd/2): over heads
-        weights = cache.decode_weights
-        h = self.tok_embeddings(idx).view(b, -1)
-        for i, layer in enumerate(self.layers):
-            ve = self._value_embed(i, idx)
-            k, v = cache.k_layers[i], cache.v_layers[i]
-            h = layer.decode_one(h, cos, sin, k, v, pos, mask, ve, weights.layers[i])
-        cache.pos += 1
-        return self._logits(self.norm.decode(h), weights.output)[:, None]
 
     def decode_weights(self) -> DecodeWeights:
         """The matrices packed for one-token decoding, packed again whenever a weight has changed."""
@@ -479,18 +372,3 @@ def load_bytes(cfg: ModelConfig) -> int:
     default dtype (as `TinyLlama(cfg)` makes them)."""
     elements = sum(math.prod(shape) for shape in cfg.parameter_shapes().values()) + cfg.buffer_elements()
     return elements * torch.get_default_dtype().itemsize
-
-
-@functools.cache
-def compiled_decode_one():
-    """`TinyLlama._decode_one` through torch.compile, built once per process and shared by every model.
-
-    The compiled step fuses each layer's norms, rotary, cache writes and activation into a few C++ kernels
-    around the matmuls, so a step pays fewer of the per-call costs that every ATen call after a weight
-    stream pays cold (`RMSNorm.decode`). `dynamic=True` makes the cache position and the batch size symbols,
-    so a graph serves every position; Dynamo still builds one per kind of cache (padded or not) and one for
-    a batch of 1. Parameters are inputs, not constants, so a copy of the model (adaptation.py) or new
-    weights reuse the graphs. The build costs seconds once per process (Inductor caches it on
-    disk); greedy output stays that of the eager step (tests/tinyllama_model/test_compiled_decode.py).
-    """
-    return torch.compile(TinyLlama._decode_one, dynamic=True)
