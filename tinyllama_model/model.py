@@ -13,7 +13,8 @@ for it, is `decode.py`. RoPE and the key/value head sharing are `attention_math.
 `generate.py`; files on disk in `checkpoint.py`.
 
 Levers from the small-budget speedrun records (ReLU^2, QK-norm, zero-init projections, logit soft-capping,
-value embeddings) are `ModelConfig` flags, all off by default: off, the model is plain LLaMA.
+value embeddings) are `ModelConfig` flags, all off by default and in every preset: off, the model is plain
+LLaMA. Their maths is the levers section at the bottom, each called from one marked line above.
 """
 
 from __future__ import annotations
@@ -79,9 +80,8 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.dropout = cfg.dropout
-        self.qk_norm_eps = cfg.norm_eps if cfg.qk_norm else None
-        # value embeddings: v += 2 * sigmoid(gate(x[..., :C])) * ve per kv head; zero init = a gate of 1
-        self.ve_gate = nn.Linear(cfg.ve_gate_channels, cfg.kv_heads, bias=False) if has_ve else None
+        self.qk_norm_eps = cfg.norm_eps if cfg.qk_norm else None  # lever (levers section below)
+        self.ve_gate = value_embed_gate(cfg) if has_ve else None  # lever (levers section below)
 
     def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ve: torch.Tensor | None):
         b, t, _ = x.shape
@@ -90,12 +90,9 @@ class Attention(nn.Module):
         k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         if self.qk_norm_eps is not None:
-            q = F.rms_norm(q, (self.head_dim,), eps=self.qk_norm_eps)
-            k = F.rms_norm(k, (self.head_dim,), eps=self.qk_norm_eps)
+            q, k = qk_rms_norm(q, k, self.qk_norm_eps)
         if self.ve_gate is not None and ve is not None:
-            gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate.in_features]))  # (B, T, nkv)
-            ve = ve.view(b, t, self.n_kv_heads, self.head_dim)
-            v = v + (gate.unsqueeze(-1) * ve).transpose(1, 2)  # (B, nkv, T, hd)
+            v = v + gated_value_embed(self.ve_gate, x, ve).transpose(1, 2)  # (B, nkv, T, hd)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(
@@ -132,7 +129,7 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x); or ReLU^2 (mlp="relu2"): w2(relu(w1 x)^2), no w3."""
+    """SwiGLU: w2(silu(w1 x) * w3 x); or the ReLU^2 lever (mlp="relu2", levers section): no w3."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -142,7 +139,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.w3 is None:
-            return self.w2(F.relu(self.w1(x)).square())
+            return self.w2(relu_squared(self.w1(x)))
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
@@ -192,11 +189,9 @@ class TinyLlama(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layers) so the stream's variance stays O(1)
-        # (zero_init_proj: start them at 0 instead, as modded-nanogpt does)
         for name, p in self.named_parameters():
             if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
-                std = 0.0 if cfg.zero_init_proj else 0.02 / math.sqrt(2 * cfg.n_layers)
-                nn.init.normal_(p, mean=0.0, std=std)
+                nn.init.normal_(p, mean=0.0, std=residual_projection_std(cfg))
             elif name.endswith("attention.ve_gate.weight"):
                 nn.init.zeros_(p)
 
@@ -281,7 +276,7 @@ class TinyLlama(nn.Module):
             torch.promote_types(h.dtype, torch.float32)
         )
         cap = self.config.logit_softcap
-        return logits if cap is None else cap * torch.tanh(logits / cap)
+        return logits if cap is None else soft_cap(logits, cap)
 
     @torch.no_grad()
     def scale_logits(self, temperature: float) -> None:
@@ -365,6 +360,48 @@ class TinyLlama(nn.Module):
         if cfg.corpus_ngram_weights is not None:
             model.corpus_ngrams = CorpusNgrams.load(directory, cfg.vocab_size, len(cfg.corpus_ngram_weights))
         return model.to(map_location)
+
+
+# -- levers no preset uses ------------------------------------------------------------------------------
+# From the small-budget speedrun records (modded-nanogpt, nanochat): ModelConfig flags, off by default and
+# off in every preset, kept here together rather than deleted until they are measured at the `wikipedia`
+# preset's shape (what they did at the presets' shapes: docs/tuning-log.md). Off, the model is plain
+# LLaMA, and export.py refuses a model that uses one. decode.py spells qk_norm and the value embeddings
+# out again for its one-token step; train.head_lr, the optimiser's lever, lives in optim.py.
+
+
+def relu_squared(x: torch.Tensor) -> torch.Tensor:
+    """mlp="relu2": relu(x)^2 between w1 and w2, two matrices of 4*dim instead of SwiGLU's three."""
+    return F.relu(x).square()
+
+
+def qk_rms_norm(q: torch.Tensor, k: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """qk_norm: each head's queries and keys RMS-normalised (no weight), so attention logits stay bounded."""
+    return F.rms_norm(q, (q.size(-1),), eps=eps), F.rms_norm(k, (k.size(-1),), eps=eps)
+
+
+def value_embed_gate(cfg: ModelConfig) -> nn.Linear:
+    """value_embeds: the gate of a layer's value embedding, read from the block input's leading channels
+    (zero init: a gate of 1); the token tables themselves are `TinyLlama.value_embeds`."""
+    return nn.Linear(cfg.ve_gate_channels, cfg.kv_heads, bias=False)
+
+
+def gated_value_embed(gate: nn.Linear, x: torch.Tensor, ve: torch.Tensor) -> torch.Tensor:
+    """value_embeds: 2 * sigmoid(gate(x[..., :C])) * ve per kv head, x (B, T, C), ve (B, T, nkv * hd) ->
+    (B, T, nkv, hd), added to the values."""
+    weight = 2 * torch.sigmoid(gate(x[..., : gate.in_features]))  # (B, T, nkv)
+    return weight.unsqueeze(-1) * ve.view(*ve.shape[:-1], gate.out_features, -1)
+
+
+def residual_projection_std(cfg: ModelConfig) -> float:
+    """The init std of attention.wo and feed_forward.w2: GPT-2's 0.02 / sqrt(2 * n_layers), or 0 with
+    zero_init_proj (each block starts as the identity, as in modded-nanogpt)."""
+    return 0.0 if cfg.zero_init_proj else 0.02 / math.sqrt(2 * cfg.n_layers)
+
+
+def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """logit_softcap: cap * tanh(logits / cap), so no logit runs away early in training."""
+    return cap * torch.tanh(logits / cap)
 
 
 def load_bytes(cfg: ModelConfig) -> int:
