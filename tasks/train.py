@@ -392,6 +392,8 @@ SUMMARY_ROWS = (
     ("MFU", "mfu"),
     ("best val bpb", "best_val_bpb"),
     ("final val bpb", "final_val_bpb"),
+    ("validation tokens the fits read", "fit_val_tokens"),
+    ("training tokens of the corpus n-grams (shipped)", "corpus_ngram_tokens"),
     ("val loss, model alone (sliding windows)", "val_loss_sliding_model_alone"),
     ("calibration: temperature", "calibration_temperature"),
     ("... val loss, model calibrated", "val_loss_sliding_calibrated"),

@@ -28,6 +28,7 @@ from torch import nn
 
 from tinyllama_model.attention_math import apply_rope, repeat_kv, rope_tables
 from tinyllama_model.checkpoint import (
+    CONFIG_FILE,
     check_loadable,
     read_model_config,
     read_model_weights,
@@ -35,6 +36,7 @@ from tinyllama_model.checkpoint import (
 )
 from tinyllama_model.decode import compiled_decode_one, decode_one
 from tinyllama_model.decode_weights import DecodeWeights, matrix_groups, pack, weights_key
+from tinyllama_model.errors import ConfigError
 from tinyllama_model.generate import generate_tensor
 from tinyllama_model.kv_cache import KVCache
 from tinyllama_model.mixture.corpus_ngrams import CorpusNgrams, corpus_file_tokens, table_bytes
@@ -350,7 +352,10 @@ class TinyLlama(nn.Module):
         tables) against this machine's (`check_loadable`), so a config.json that does not fit is refused
         before any module is built or anything is allocated.
         """
-        cfg = ModelConfig.from_dict(read_model_config(directory))
+        try:
+            cfg = ModelConfig.from_dict(read_model_config(directory))
+        except ConfigError as err:  # name the file: the config came from it, not from the caller
+            raise ConfigError(f"{Path(directory) / CONFIG_FILE}: {err}") from err
         n_bytes = load_bytes(cfg)
         if cfg.corpus_ngram_weights is not None:
             n_bytes += table_bytes(corpus_file_tokens(directory), len(cfg.corpus_ngram_weights))

@@ -72,7 +72,7 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and value > bound:
                 raise ConfigError(
-                    f"{name}={value:,} is above its bound of {bound:,}; this is far past any model this "
+                    f"{name}={value} is above its bound of {bound:,}; this is far past any model this "
                     "project trains: check the config.json or the --set value it came from"
                 )
         if self.dim % self.n_heads:

@@ -158,7 +158,7 @@ def test_a_config_json_that_is_not_an_object_is_refused(model_dir: Path, tmp_pat
 def test_a_config_json_that_would_allocate_terabytes_is_refused_before_allocating(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    # 1.3 TB of embeddings; RoPE tables of 4 TB (a max_seq_len of 10**12) are tested in test_checkpoint.py
+    # 1.3 TB of embeddings, past the bound on vocab_size; every bound is tested in test_checkpoint.py
     config = {**json.loads((model_dir / "config.json").read_text()), "vocab_size": 10**10}
     bad = _copy_with_config(model_dir, tmp_path / "model", json.dumps(config))
     out = _run("generate", "-m", str(bad), "--prompt", "x", "-n", "2")
