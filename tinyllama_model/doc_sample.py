@@ -15,6 +15,8 @@ import numpy as np
 
 from tinyllama_model.tokenizer import EOS_ID
 
+SCAN_CHUNK_TOKENS = 1 << 24  # the EOS scan compares this many tokens at a time: a 16 MB mask, not the split's
+
 
 def spread_documents(lengths: np.ndarray, max_tokens: int) -> np.ndarray:
     """Indices, in order, of whole documents spread evenly over the split whose lengths sum to at most
@@ -43,7 +45,7 @@ def sample_stream(stream: np.ndarray, max_tokens: int, eos_id: int = EOS_ID) -> 
     and a closing EOS; else (one document longer than the budget) the stream's first `max_tokens`."""
     if len(stream) <= max_tokens:
         return stream
-    starts = np.flatnonzero(stream == eos_id)
+    starts = _positions_of(stream, eos_id)
     if len(starts) == 0 or starts[0] != 0:
         starts = np.concatenate([[0], starts])
     ends = np.append(starts[1:], len(stream))
@@ -54,3 +56,12 @@ def sample_stream(stream: np.ndarray, max_tokens: int, eos_id: int = EOS_ID) -> 
         return np.asarray(stream[:max_tokens])
     parts = [stream[starts[i] : ends[i]] for i in picks]
     return np.concatenate([*parts, np.array([eos_id], dtype=stream.dtype)])
+
+
+def _positions_of(stream: np.ndarray, token: int) -> np.ndarray:
+    """Where `token` occurs in a (memory-mapped) stream, found a chunk at a time."""
+    found = [
+        np.flatnonzero(stream[i : i + SCAN_CHUNK_TOKENS] == token) + i
+        for i in range(0, len(stream), SCAN_CHUNK_TOKENS)
+    ]
+    return np.concatenate(found) if found else np.arange(0)

@@ -53,3 +53,13 @@ def test_a_document_longer_than_the_budget_gives_the_streams_start():
     stream = pack_documents([np.full(500, 7), np.full(500, 8)], EOS_ID)
     assert np.array_equal(sample_stream(stream, 100), stream[:100])
     assert spread_documents(np.array([500, 500]), 100).size == 0
+
+
+def test_the_document_scan_reads_the_stream_a_chunk_at_a_time_with_the_same_result(monkeypatch):
+    from tinyllama_model import doc_sample
+
+    stream = pack_documents(docs(200), EOS_ID)
+    whole = sample_stream(stream, 1_500)
+    monkeypatch.setattr(doc_sample, "SCAN_CHUNK_TOKENS", 7)  # documents and EOSs straddle the chunks
+    assert np.array_equal(sample_stream(stream, 1_500), whole)
+    assert np.array_equal(doc_sample._positions_of(stream, EOS_ID), np.flatnonzero(stream == EOS_ID))
