@@ -6,6 +6,7 @@ Each command imports what it needs when it runs, so `tinyllama generate` never s
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -236,17 +237,20 @@ def generate(
             _fail(f"--prompt {text!r} {problem} (check the terminal's or the script's encoding)")
     net, tokenizer = _load(model, device, compile_decode)
     options = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, model_only)
-    if stream:
-        for text in prompt:
-            typer.secho(text, bold=True, nl=False)
-            for delta in stream_text(net, tokenizer, text, **options):
-                typer.echo(delta, nl=False)
-            typer.echo()
-    else:
-        completions = generate_text(net, tokenizer, list(prompt), **options)
-        for text, completion in zip(prompt, completions, strict=True):
-            typer.secho(text, bold=True, nl=False)
-            typer.echo(completion)
+    with _bad_input_fails():  # a prompt the model refuses (too long) ends the command with the reason
+        if stream:
+            for text in prompt:
+                pieces = stream_text(net, tokenizer, text, **options)
+                first = next(pieces, "")  # the prompt is checked before its first piece
+                typer.secho(text, bold=True, nl=False)
+                for delta in itertools.chain([first], pieces):
+                    typer.echo(delta, nl=False)
+                typer.echo()
+        else:
+            completions = generate_text(net, tokenizer, list(prompt), **options)
+            for text, completion in zip(prompt, completions, strict=True):
+                typer.secho(text, bold=True, nl=False)
+                typer.echo(completion)
 
 
 @app.command()
@@ -284,9 +288,13 @@ def chat(
         if problem := _not_utf8(text):
             typer.secho(f"error: that line {problem}; type it again", fg=typer.colors.RED, err=True)
             continue
-        for delta in stream_text(net, tokenizer, text, **options):
-            sys.stdout.write(delta)
-            sys.stdout.flush()
+        try:
+            for delta in stream_text(net, tokenizer, text, **options):
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+        except ValueError as err:  # a prompt the model refuses (too long): say why, keep the session
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            continue
         typer.echo()
 
 

@@ -28,13 +28,14 @@ from tasks.storage.artifacts import Artifact, materialize, phase_fingerprint, pu
 from tasks.storage.cache_records import artifact_cache
 from tasks.tokenizer import read_split
 from tinyllama_model.data import pack_documents
+from tinyllama_model.doc_sample import spread_documents
 from tinyllama_model.evaluation import evaluate_stream
 from tinyllama_model.generate import generate_text
 from tinyllama_model.hardware import autocast_for, resolve_device
 from tinyllama_model.model import TinyLlama
 from tinyllama_model.tokenizer import EOS_ID, Tokenizer
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 MODEL_DIR = "model"  # inside the train artifact
 
 
@@ -57,6 +58,15 @@ class EvaluateConfig(BaseModel):
         None,
         ge=1,
         description="Sliding-window step in tokens; None: half the context (every token still counts).",
+    )
+    max_tokens: int = Field(
+        2_000_000,
+        ge=1,
+        description=(
+            "Score at most this many validation tokens: whole documents spread evenly over the split "
+            "(tinyllama_model/doc_sample.py); a smaller split is scored whole. It decides what the "
+            "metrics are measured on, so it is part of the phase's fingerprint."
+        ),
     )
     batch_size: int = Field(32, ge=1, description="Windows scored per forward pass.")
     device: str = Field("auto", description="auto (cuda if present, else cpu), cpu, cuda, cuda:N.")
@@ -190,6 +200,27 @@ VAL_KEYS = {
 }
 
 
+def validation_sample(tokens: Artifact, max_tokens: int) -> tuple[list[np.ndarray], int, int]:
+    """The validation documents to score, their bytes, and the number in the split: whole documents
+    spread evenly over it (`spread_documents`) whose packed stream, each with its EOS, holds at most
+    `max_tokens`. Two streamed passes over the split: its lengths, then the documents picked."""
+    lengths = np.array([len(toks) + 1 for _, toks, _ in read_split(tokens, "val")], dtype=np.int64)
+    if len(lengths) == 0:
+        raise ValueError(f"{tokens.path} has no validation documents; re-run encode with >= 2 documents")
+    picked = spread_documents(lengths, max_tokens - 1)  # and the stream's closing EOS
+    if len(picked) == 0:
+        raise ValueError(
+            f"evaluate.max_tokens={max_tokens:,} holds no whole validation document (the first has "
+            f"{lengths[0]:,} tokens with its EOS); raise evaluate.max_tokens"
+        )
+    wanted, docs, n_bytes = set(picked.tolist()), [], 0
+    for i, (_doc_id, toks, size) in enumerate(read_split(tokens, "val")):
+        if i in wanted:
+            docs.append(np.array(toks))
+            n_bytes += size
+    return docs, n_bytes, len(lengths)
+
+
 def run_evaluate(cfg: EvaluateConfig, model: Artifact, tokens: Artifact, root: str | Path) -> Artifact:
     model, tokens = materialize(model), materialize(tokens)
     fp = phase_fingerprint("evaluate", CODE_VERSION, cfg=cfg, model=model, tokens=tokens)
@@ -197,16 +228,11 @@ def run_evaluate(cfg: EvaluateConfig, model: Artifact, tokens: Artifact, root: s
     def build(out: Path) -> dict[str, Any]:
         model_dir = model.file(MODEL_DIR)
         net = TinyLlama.from_pretrained(model_dir)
-        docs, n_bytes = [], 0
-        for _doc_id, toks, size in read_split(tokens, "val"):
-            docs.append(toks)
-            n_bytes += size
-        if not docs:
-            raise ValueError(f"{tokens.path} has no validation documents; re-run encode with >= 2 documents")
+        docs, n_bytes, in_split = validation_sample(tokens, cfg.max_tokens)
         metrics = score_documents(
             net, docs, n_bytes, stride=cfg.stride, batch_size=cfg.batch_size, device=cfg.device
         )
-        metrics["documents"] = len(docs)
+        metrics.update(documents=len(docs), documents_in_split=in_split)
         tok = Tokenizer(model_dir)
         with torch.no_grad():
             samples = generate_text(

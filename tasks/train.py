@@ -48,8 +48,9 @@ from tasks.storage.cache_records import artifact_cache
 from tasks.storage.store_sync import WorkMirror
 from tasks.tokenizer import read_split
 from tasks.tracking.mlflow_run import RunRef
-from tinyllama_model.checkpoint import CONFIG_FILE
+from tinyllama_model.checkpoint import update_model_config
 from tinyllama_model.data import token_dtype, write_packed
+from tinyllama_model.doc_sample import sample_stream
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import mixture_logprobs, sliding_logprobs, tempered_logprobs
 from tinyllama_model.mixture import neural_cache
@@ -76,7 +77,7 @@ from tinyllama_model.training.launch import trainer_from_run_dir, write_run_spec
 from tinyllama_model.training.run_state import BEST_DIR, METRICS_FILE, RESULT_FILE
 from tinyllama_model.training.train_config import TrainConfig
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 log = logging.getLogger(__name__)
 
 
@@ -127,6 +128,13 @@ def prepare_run(
     )
 
 
+def split_sample(work: Path, split: str, vocab_size: int, max_tokens: int) -> np.ndarray:
+    """At most `max_tokens` of a packed split in the work folder, whole documents spread over it
+    (`sample_stream`), read through a memory map: only the sample is held in memory."""
+    stream = np.memmap(work / f"{split}.bin", dtype=token_dtype(vocab_size), mode="r")
+    return np.array(sample_stream(stream, max_tokens))
+
+
 def check_experts(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     """Refuse before training what the experts' fit would refuse after it."""
     if train_cfg.corpus_ngram_orders and model_cfg.vocab_size > MAX_VOCAB:
@@ -155,8 +163,7 @@ def fit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> tuple[dict[str
     log-probabilities of the split come back beside it, for `refit_mixture`.
     """
     model = TinyLlama.from_pretrained(model_dir).eval()
-    dtype = token_dtype(model.config.vocab_size)
-    val = np.fromfile(work / "val.bin", dtype=dtype)
+    val = split_sample(work, "val", model.config.vocab_size, cfg.fit_max_tokens)
     temperatures = sorted({1.0, *cfg.calibration_temperatures})
     tempered = tempered_logprobs(model, val, model.config.max_seq_len, temperatures, batch_size=32)
     names, experts = [], []  # the summary's name of each; (bucket, probability, weight-table shape)
@@ -165,27 +172,31 @@ def fit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> tuple[dict[str
         experts.append((*stream_hits(val, cfg.doc_cache_orders), doc_cache_shape(cfg.doc_cache_orders)))
     corpus = None
     if cfg.corpus_ngram_orders:
-        train = np.fromfile(work / "train.bin", dtype=dtype)
+        train = split_sample(work, "train", model.config.vocab_size, cfg.corpus_ngram_max_tokens)
         corpus = CorpusNgrams(train, model.config.vocab_size, cfg.corpus_ngram_orders)
         names.append("corpus_ngrams")
         experts.append((*corpus.stream_hits(val), corpus_shape(cfg.corpus_ngram_orders)))
     fits = [fit_chain(network, experts) for network in tempered]
     best = min(range(len(temperatures)), key=lambda k: -fits[k][1][-1].mean())
-    stats: dict[str, Any] = {"val_loss_sliding_model_alone": -float(tempered[temperatures.index(1.0)].mean())}
+    stats: dict[str, Any] = {
+        "val_loss_sliding_model_alone": -float(tempered[temperatures.index(1.0)].mean()),
+        "fit_val_tokens": len(val),
+    }
     if cfg.calibration_temperatures:
         stats["calibration_temperature"] = temperatures[best]
         stats["val_loss_sliding_calibrated"] = -float(tempered[best].mean())
         if temperatures[best] != 1.0:
             model.scale_logits(temperatures[best])
             model.save_pretrained(model_dir, model_dir / TOKENIZER_FILE)
-    config = json.loads((model_dir / CONFIG_FILE).read_text())
     weights, after = fits[best]
+    fitted_weights = {}
     for name, (bucket, _, _), fitted, logprobs in zip(names, experts, weights, after[1:], strict=True):
-        config[CONFIG_KEYS[name]] = fitted
+        fitted_weights[CONFIG_KEYS[name]] = fitted
         stats.update({f"val_loss_sliding_{name}": -float(logprobs.mean()), f"{name}_matched": _share(bucket)})
     if corpus is not None:
         corpus.save(model_dir)
-    (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        stats["corpus_ngram_tokens"] = len(corpus.tokens)
+    update_model_config(model_dir, fitted_weights)
     return stats, tempered[best]
 
 
@@ -199,7 +210,7 @@ def fit_adaptation(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, A
     share of the unadapted network, then the experts as fitted. None (off) when none beats the network
     unadapted."""
     model = TinyLlama.from_pretrained(model_dir).eval()
-    val = np.fromfile(work / "val.bin", dtype=token_dtype(model.config.vocab_size))[:FIT_MAX_TOKENS]
+    val = split_sample(work, "val", model.config.vocab_size, cfg.fit_max_tokens)[:FIT_MAX_TOKENS]
     anywhere, unadapted = _unadapted_expert(model, val)
 
     def loss_of(tokens: np.ndarray, logprobs: np.ndarray) -> float:
@@ -210,9 +221,7 @@ def fit_adaptation(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, A
 
     scales = gradient_scales(model, val)
     lr, loss, static = fit_learning_rate(model, val, cfg.adapt_lrs, loss_of, scales)
-    config = json.loads((model_dir / CONFIG_FILE).read_text())
-    config.update(adapt_lr=lr, adapt_scales=scales if lr is not None else None)
-    (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    update_model_config(model_dir, {"adapt_lr": lr, "adapt_scales": scales if lr is not None else None})
     return {"adapt_lr": lr, "val_loss_adapt_fit_unadapted": static, "val_loss_adapt_fit_adapted": loss}
 
 
@@ -220,17 +229,17 @@ def refit_mixture(
     model_dir: Path, work: Path, cfg: TrainConfig, unadapted: np.ndarray | None = None
 ) -> dict[str, Any]:
     """Fit the mixture again on the validation split, now on what the network predicts with: adapted as
-    chosen (weights fitted on the unadapted network trust the experts too much: held-out bpb -0.009 /
-    -0.002 on splits 0 / 1), with a share of the unadapted network, the document cache, the corpus
+    chosen (weights fitted on the unadapted network trust the experts too much; measurements:
+    docs/tuning-log.md), with a share of the unadapted network, the document cache, the corpus
     n-grams, then the neural cache on the states of the same pass; then each expert's weights once more
     with the others fixed (`refit_chain`). The summary has the validation loss after each. `unadapted`:
     the network's sliding-window log-probabilities of the split, when `fit_mixture` has computed them."""
     model = TinyLlama.from_pretrained(model_dir).eval()
     mcfg = model.config
-    val = np.fromfile(work / "val.bin", dtype=token_dtype(mcfg.vocab_size))
+    val = split_sample(work, "val", mcfg.vocab_size, cfg.fit_max_tokens)
     logprobs, states = document_pass(model, val, mcfg.adapt_lr, mcfg.adapt_scales)
     stats: dict[str, Any] = {"val_loss_refit_network": -float(logprobs.mean())}
-    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    config: dict[str, Any] = {}  # what the refit changes in config.json
     # (config key, (bucket, probability) per target, the table's shape as fitted, as stored)
     experts: list[tuple[str, tuple[np.ndarray, np.ndarray], tuple, tuple]] = []
     if mcfg.adapt_lr is not None:
@@ -254,7 +263,7 @@ def refit_mixture(
     stats["val_loss_refit_jointly"] = -float(chain_logprobs(logprobs, chain, fits).mean())
     for (key, _, _, stored), weights in zip(experts, fits, strict=True):
         config[key] = np.reshape(weights, stored).tolist()
-    (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    update_model_config(model_dir, config)
     return stats
 
 
@@ -383,6 +392,8 @@ SUMMARY_ROWS = (
     ("MFU", "mfu"),
     ("best val bpb", "best_val_bpb"),
     ("final val bpb", "final_val_bpb"),
+    ("validation tokens the fits read", "fit_val_tokens"),
+    ("training tokens of the corpus n-grams (shipped)", "corpus_ngram_tokens"),
     ("val loss, model alone (sliding windows)", "val_loss_sliding_model_alone"),
     ("calibration: temperature", "calibration_temperature"),
     ("... val loss, model calibrated", "val_loss_sliding_calibrated"),

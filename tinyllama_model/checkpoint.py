@@ -20,7 +20,7 @@ import pickle
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from tinyllama_model.files import atomic_path
+from tinyllama_model.files import atomic_path, atomic_write
+from tinyllama_model.model_config import ModelConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.model"  # same name as tinyllama_model.tokenizer.TOKENIZER_FILE
+MAX_CONFIG_BYTES = 1 << 24  # a config.json larger than this is not one this project wrote
 
 
 class CheckpointError(ValueError):
@@ -80,6 +82,12 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
             raise CheckpointError(
                 f"{path} is missing; a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
             )
+    if (size := config_path.stat().st_size) > MAX_CONFIG_BYTES:
+        raise CheckpointError(
+            f"{config_path} is {size:,} bytes, above the bound of {MAX_CONFIG_BYTES:,} (a model's settings "
+            "and fitted weights take a few kB, adapt_scales ~50 bytes a tensor); restore the config.json "
+            "saved with these weights"
+        )
     try:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as e:
@@ -89,6 +97,15 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
             f"{config_path} holds a JSON {_json_kind(config)}, not an object of model settings such as "
             '{"dim": 512, "n_layers": 8, ...}; restore the config.json saved with these weights'
         )
+    return config
+
+
+def update_model_config(directory: str | Path, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Set `changes` in a model directory's config.json (the fits after training write their weights so),
+    checked as a `ModelConfig` and written atomically: a failed update leaves the old file."""
+    config = {**read_model_config(directory), **changes}
+    ModelConfig.from_dict(config)
+    atomic_write(Path(directory) / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return config
 
 
@@ -112,17 +129,17 @@ def read_weight_shapes(directory: str | Path) -> dict[str, torch.Size]:
         raise CheckpointError(f"{weights_path} is truncated or not a safetensors file: {e}") from e
 
 
-def check_loadable(directory: str | Path, expected: dict[str, torch.Size], model_bytes: int) -> None:
+def check_loadable(directory: str | Path, expected: Mapping[str, tuple[int, ...]], model_bytes: int) -> None:
     """Refuse a model directory whose config.json cannot be loaded, before any tensor is allocated.
 
     `expected` are the shapes of the tensors that the model config.json describes stores, `model_bytes`
-    the memory that model takes (the caller learns both from a model built on the meta device, which
-    allocates nothing). Two limits, each with its reason:
+    the memory that model takes with what it loads beside its weights (the caller computes both from the
+    config, without building anything). Two limits, each with its reason:
     - the weights file must hold exactly those tensors (its header says): a config.json that was edited,
       or copied from another model, is named before it asks for any memory;
     - the model plus the weights loaded beside it must fit in this machine's memory: a config.json that
-      matches its weights yet sizes buffers in terabytes (RoPE tables of a max_seq_len of 10**12) fails
-      here, not in the allocator or by swapping the machine to a halt.
+      matches its weights yet sizes buffers in terabytes (RoPE tables, a corpus file's n-gram tables)
+      fails here, not in the allocator or by swapping the machine to a halt.
     """
     directory = Path(directory)
     weights_path = directory / WEIGHTS_FILE
@@ -149,14 +166,14 @@ def memory_bytes() -> int | None:
         return None
 
 
-def _mismatch(found: dict[str, torch.Size], expected: dict[str, torch.Size]) -> str:
+def _mismatch(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> str:
     """Missing, unexpected and mis-shaped tensors, or "" when the file holds exactly what is expected."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     shapes = [
         f"{k}: file {tuple(found[k])} vs config {tuple(expected[k])}"
         for k in sorted(set(found) & set(expected))
-        if found[k] != expected[k]
+        if tuple(found[k]) != tuple(expected[k])
     ]
     parts = []
     for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shapes", shapes)):

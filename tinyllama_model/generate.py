@@ -7,9 +7,10 @@ Rules (the same with and without the cache, so both give the same tokens):
   contains BOS (id 3), so BOS would be a token the model has never seen. An empty text prompt becomes
   [EOS], i.e. "a new document starts here".
 - Context window: the model sees at most `max_seq_len` of the most recent tokens. A longer prompt
-  keeps its last `max_seq_len` tokens. When the window is full, it is cut to its last
-  `max_seq_len // 2` tokens and the cache is rebuilt from them, so generation can run past the context
-  window at the cost of one prefill every `max_seq_len // 2` tokens (not one per token).
+  keeps its last `max_seq_len` tokens; a prompt past `MAX_PROMPT_TOKENS` is refused. When the window is
+  full, it is cut to its last `max_seq_len // 2` tokens and the cache is rebuilt from them, so
+  generation can run past the context window at the cost of one prefill every `max_seq_len // 2` tokens
+  (not one per token).
 - Several prompts run as one batch, left-padded: padding is masked out and rotary positions count
   from each row's first real token, so a row gets the tokens it would get alone (exactly so until the
   window first slides: it slides for all rows together, when the longest row fills it).
@@ -45,6 +46,10 @@ from tinyllama_model.tokenizer import EOS_ID, PAD_ID
 
 if TYPE_CHECKING:
     from tinyllama_model.tokenizer import Tokenizer
+
+# the longest prompt accepted: the document cache, the neural cache and adaptation read all of it, so
+# its cost (memory and the time to first token) grows with it, not with the context window
+MAX_PROMPT_TOKENS = 16_384
 
 
 class Decoder(Protocol):
@@ -140,6 +145,11 @@ def _check_request(prompts: Sequence[Sequence[int]], max_new_tokens: int, vocab:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (use [EOS] to start a new document)")
+    if (longest := max(len(p) for p in prompts)) > MAX_PROMPT_TOKENS:
+        raise ValueError(
+            f"a prompt of {longest:,} tokens is longer than the {MAX_PROMPT_TOKENS:,} a model accepts (the "
+            "experts read the whole prompt, not just the context window); shorten it to its last part"
+        )
     if any(not 0 <= t < vocab for p in prompts for t in p):
         raise ValueError(f"prompt ids must be in [0, {vocab}) (the model's vocab_size)")
 

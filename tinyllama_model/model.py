@@ -8,16 +8,17 @@ unchanged into `LlamaForCausalLM` with no permutation.
 
 The training forward (`TinyLlama.forward`) is a straight line: no KV-cache branches, causal attention via
 `scaled_dot_product_attention(is_causal=True)`. Incremental decoding goes through `forward_cached` with a
-`KVCache` object (`kv_cache.py`) that only inference code creates. Sampling lives in `generate.py`; files
-on disk in `checkpoint.py`.
+`KVCache` object (`kv_cache.py`) that only inference code creates; its one-token step, on weights packed
+for it, is `decode.py`. RoPE and the key/value head sharing are `attention_math.py`. Sampling lives in
+`generate.py`; files on disk in `checkpoint.py`.
 
 Levers from the small-budget speedrun records (ReLU^2, QK-norm, zero-init projections, logit soft-capping,
-value embeddings) are `ModelConfig` flags, all off by default: off, the model is plain LLaMA.
+value embeddings) are `ModelConfig` flags, all off by default and in every preset: off, the model is plain
+LLaMA. Their maths is the levers section at the bottom, each called from one marked line above.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
@@ -25,16 +26,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinyllama_model.attention_math import apply_rope, repeat_kv, rope_tables
 from tinyllama_model.checkpoint import (
+    CONFIG_FILE,
     check_loadable,
     read_model_config,
     read_model_weights,
     save_model_dir,
 )
-from tinyllama_model.decode_weights import DecodeWeights, LayerWeights, matrix_groups, pack, weights_key
+from tinyllama_model.decode import compiled_decode_one, decode_one
+from tinyllama_model.decode_weights import DecodeWeights, matrix_groups, pack, weights_key
+from tinyllama_model.errors import ConfigError
 from tinyllama_model.generate import generate_tensor
 from tinyllama_model.kv_cache import KVCache
-from tinyllama_model.mixture.corpus_ngrams import CorpusNgrams
+from tinyllama_model.mixture.corpus_ngrams import CorpusNgrams, corpus_file_tokens, table_bytes
 from tinyllama_model.model_config import ModelConfig  # also imported from here by most callers
 
 
@@ -54,63 +59,11 @@ class RMSNorm(nn.Module):
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).type_as(x)
 
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """`forward` spelled out in six plain ops, for the one-token decode loop; the same bits.
-
-        On a CPU F.rms_norm is a composite of ~10 ATen calls, and in that loop every call runs cold: the
-        weight matrix streamed just before has evicted the dispatcher's code and data from L2. On a (1, 512)
-        row it takes 8 us warm and 31-38 us after a 6 MB matmul (AMX Xeon, torch 2.13). With the loop's other
-        savings (the cache's per-layer views, `narrow`) a 512/8/8 step took 5.00 against 5.33 ms.
-        """
-        if x.dtype in (torch.float32, torch.float64):
-            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
-        xf = x.float()
-        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
-
-
-# -- rotary position embeddings (pure functions) ----------------------------------------------------
-
-
-def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin of position * frequency, each (max_seq_len, 2, head_dim // 2), float32.
-
-    HF Llama computes `x * cos + rotate_half(x) * sin` with cos = cat(c, c), sin = cat(s, s) and
-    rotate_half(x) = cat(-x2, x1). Viewing the head dimension as two halves (2, hd/2), that is
-    `[x1, x2] * [c, c] + [x2, x1] * [-s, s]`: these are the [c, c] and [-s, s] tables.
-    """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (hd/2,)
-    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, hd/2)
-    cos, sin = angles.cos(), angles.sin()
-    return torch.stack((cos, cos), dim=1), torch.stack((-sin, sin), dim=1)  # (T, 2, hd/2) each
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (..., T, head_dim) by position, in HF's rotate_half layout (see `rope_tables`).
-
-    Dimension i is paired with i + head_dim/2, not with its neighbour (interleaved, as in meta-llama's
-    complex-number version). The halves are swapped with `flip` rather than sliced and concatenated:
-    fewer passes over memory, and a backward with no zero-filled slice gradients.
-    cos/sin: (T, 2, hd/2) in training, (B, 1, T, 2, hd/2) for cached steps; for a one-token step x is
-    (B, heads, hd) and cos/sin (2, hd/2), or (B, 1, 2, hd/2) when rows sit at different positions.
-    """
-    xr = x.unflatten(-1, (2, x.shape[-1] // 2))  # (..., T, 2, hd/2): [x1, x2]
-    if cos.dtype != x.dtype:  # under autocast q/k are bf16 while the tables are fp32
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return (xr * cos + xr.flip(-2) * sin).flatten(-2)
-
-
-def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """(B, n_kv, T, hd) -> (B, n_kv * n_rep, T, hd): query head h reads key/value head h // n_rep."""
-    if n_rep == 1:
-        return x
-    b, n_kv, t, hd = x.shape
-    return x[:, :, None].expand(b, n_kv, n_rep, t, hd).reshape(b, n_kv * n_rep, t, hd)
-
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
     """Causal SDPA; under CPU bf16 autocast, in fp32, because PyTorch's CPU flash-attention backward runs
-    ~5x slower in bf16 (18 against 3.5 ms for batch 32, 6 heads, 64 x 32 on an AMX Xeon, torch 2.13): it
-    cost a dim-192 step a third of its time. The projections around it are where bf16 pays.
+    several times slower in bf16 (measurements: docs/tuning-log.md). The projections around it are where
+    bf16 pays.
     """
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
@@ -129,9 +82,8 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.dropout = cfg.dropout
-        self.qk_norm_eps = cfg.norm_eps if cfg.qk_norm else None
-        # value embeddings: v += 2 * sigmoid(gate(x[..., :C])) * ve per kv head; zero init = a gate of 1
-        self.ve_gate = nn.Linear(cfg.ve_gate_channels, cfg.kv_heads, bias=False) if has_ve else None
+        self.qk_norm_eps = cfg.norm_eps if cfg.qk_norm else None  # lever (levers section below)
+        self.ve_gate = value_embed_gate(cfg) if has_ve else None  # lever (levers section below)
 
     def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ve: torch.Tensor | None):
         b, t, _ = x.shape
@@ -140,12 +92,9 @@ class Attention(nn.Module):
         k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         if self.qk_norm_eps is not None:
-            q = F.rms_norm(q, (self.head_dim,), eps=self.qk_norm_eps)
-            k = F.rms_norm(k, (self.head_dim,), eps=self.qk_norm_eps)
+            q, k = qk_rms_norm(q, k, self.qk_norm_eps)
         if self.ve_gate is not None and ve is not None:
-            gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate.in_features]))  # (B, T, nkv)
-            ve = ve.view(b, t, self.n_kv_heads, self.head_dim)
-            v = v + (gate.unsqueeze(-1) * ve).transpose(1, 2)  # (B, nkv, T, hd)
+            v = v + gated_value_embed(self.ve_gate, x, ve).transpose(1, 2)  # (B, nkv, T, hd)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(
@@ -180,34 +129,9 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
 
-    def decode_one(self, x, cos, sin, k_cache, v_cache, pos, mask, ve, packed: LayerWeights) -> torch.Tensor:
-        """`forward_cached` for one new position per row, x (B, C), on the packed matrices.
-
-        The same maths in fewer ops, since on a CPU a decode step's time beyond streaming the weights is
-        per-op overhead: with one query position there is no time axis to transpose, and q and k are
-        normalised and rotated as one (B, nh + nkv, hd) tensor.
-        """
-        b = x.size(0)
-        nh, nkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = x @ packed.qkv  # (B, (nh + 2 nkv) hd): wq | wk | wv
-        qk = qkv[:, : (nh + nkv) * hd].view(b, nh + nkv, hd)
-        v = qkv[:, (nh + nkv) * hd :].view(b, nkv, hd)
-        if self.qk_norm_eps is not None:
-            qk = F.rms_norm(qk, (hd,), eps=self.qk_norm_eps)
-        if self.ve_gate is not None and ve is not None:
-            gate = 2 * torch.sigmoid(self.ve_gate(x[:, : self.ve_gate.in_features]))  # (B, nkv)
-            v = v + gate[..., None] * ve.view(b, nkv, hd)
-        qk = apply_rope(qk, cos, sin)
-        k_cache.narrow(2, pos, 1).copy_(qk[:, nh:, None])  # caches are (B, nkv, max_seq_len + 1, hd)
-        v_cache.narrow(2, pos, 1).copy_(v[:, :, None])
-        k = repeat_kv(k_cache.narrow(2, 0, pos + 1), self.n_rep)  # (B, nh, pos+1, hd)
-        v = repeat_kv(v_cache.narrow(2, 0, pos + 1), self.n_rep)
-        y = F.scaled_dot_product_attention(qk[:, :nh, None], k, v, attn_mask=mask)  # (B, nh, 1, hd)
-        return y.view(b, nh * hd) @ packed.wo
-
 
 class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x); or ReLU^2 (mlp="relu2"): w2(relu(w1 x)^2), no w3."""
+    """SwiGLU: w2(silu(w1 x) * w3 x); or the ReLU^2 lever (mlp="relu2", levers section): no w3."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -217,16 +141,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.w3 is None:
-            return self.w2(F.relu(self.w1(x)).square())
+            return self.w2(relu_squared(self.w1(x)))
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-    def forward_packed(self, x: torch.Tensor, packed: LayerWeights) -> torch.Tensor:
-        """The same with the matrices laid out for decoding: w1 | w3 in one matmul."""
-        up = x @ packed.w13
-        if self.w3 is None:
-            return F.relu(up).square() @ packed.w2
-        gate, linear = up.chunk(2, dim=-1)
-        return (F.silu(gate) * linear) @ packed.w2
 
 
 class Block(nn.Module):
@@ -248,11 +164,6 @@ class Block(nn.Module):
         x_norm = self.attention_norm(x)
         h = x + self.attention.forward_cached(x_norm, cos, sin, k_cache, v_cache, pos, mask, ve)
         return h + self.feed_forward(self.ffn_norm(h))
-
-    def decode_one(self, x, cos, sin, k_cache, v_cache, pos, mask, ve, packed: LayerWeights) -> torch.Tensor:
-        x_norm = self.attention_norm.decode(x)
-        h = x + self.attention.decode_one(x_norm, cos, sin, k_cache, v_cache, pos, mask, ve, packed)
-        return h + self.feed_forward.forward_packed(self.ffn_norm.decode(h), packed)
 
 
 class TinyLlama(nn.Module):
@@ -280,11 +191,9 @@ class TinyLlama(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layers) so the stream's variance stays O(1)
-        # (zero_init_proj: start them at 0 instead, as modded-nanogpt does)
         for name, p in self.named_parameters():
             if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
-                std = 0.0 if cfg.zero_init_proj else 0.02 / math.sqrt(2 * cfg.n_layers)
-                nn.init.normal_(p, mean=0.0, std=std)
+                nn.init.normal_(p, mean=0.0, std=residual_projection_std(cfg))
             elif name.endswith("attention.ve_gate.weight"):
                 nn.init.zeros_(p)
 
@@ -325,13 +234,13 @@ class TinyLlama(nn.Module):
         """Run T new tokens (B, T) through the model, appending to `cache`; returns float32 logits.
 
         (B, 1, V) with last_only (decoding), else (B, T, V). The caller keeps pos + T <= max_seq_len.
-        One token (T = 1, the decode loop) takes `_decode_one`.
+        One token (T = 1, the decode loop) takes the packed step of decode.py.
         """
         _, t = idx.shape
         if cache.pos + t > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} positions; {cache.pos} used, {t} more asked")
         if t == 1 and cache.decode_weights is not None:
-            step = compiled_decode_one() if self.compile_decode else TinyLlama._decode_one
+            step = compiled_decode_one() if self.compile_decode else decode_one
             return step(self, idx, cache)
         positions, mask = cache.positions_and_mask(t)  # (B or 1, T)
         cos = self.rope_cos[positions][:, None]  # (B or 1, 1, T, 2, hd/2)
@@ -344,26 +253,6 @@ class TinyLlama(nn.Module):
         cache.pos += t
         h = self.norm(h[:, -1:] if last_only else h)
         return self._logits(h)
-
-    def _decode_one(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One token per row (B, 1) -> (B, 1, V), on the matrices the cache holds packed for it.
-
-        The hot loop of generation: rows stay (B, C), with no time axis (`Attention.decode_one`).
-        """
-        b, pos = idx.size(0), cache.pos
-        if cache.pad is None:  # every row at the same position, every cached slot visible
-            cos, sin, mask = self.rope_cos[pos], self.rope_sin[pos], None  # (2, hd/2)
-        else:
-            positions, mask = cache.positions_and_mask(1)  # (B, 1)
-            cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B, 1, 2, hd/2): over heads
-        weights = cache.decode_weights
-        h = self.tok_embeddings(idx).view(b, -1)
-        for i, layer in enumerate(self.layers):
-            ve = self._value_embed(i, idx)
-            k, v = cache.k_layers[i], cache.v_layers[i]
-            h = layer.decode_one(h, cos, sin, k, v, pos, mask, ve, weights.layers[i])
-        cache.pos += 1
-        return self._logits(self.norm.decode(h), weights.output)[:, None]
 
     def decode_weights(self) -> DecodeWeights:
         """The matrices packed for one-token decoding, packed again whenever a weight has changed."""
@@ -389,7 +278,7 @@ class TinyLlama(nn.Module):
             torch.promote_types(h.dtype, torch.float32)
         )
         cap = self.config.logit_softcap
-        return logits if cap is None else cap * torch.tanh(logits / cap)
+        return logits if cap is None else soft_cap(logits, cap)
 
     @torch.no_grad()
     def scale_logits(self, temperature: float) -> None:
@@ -398,8 +287,8 @@ class TinyLlama(nn.Module):
         transformers export all read the calibrated network, with no new config key.
 
         A network trained for several epochs on a small corpus is overconfident on text it never saw
-        (the 10-minute preset's, alone: held-out bpb 1.7816 -> 1.7640 at 1.1). Under a soft cap the
-        logits are not linear in that weight, so a capped model is refused.
+        (measurements: docs/tuning-log.md). Under a soft cap the logits are not linear in that weight, so a
+        capped model is refused.
         """
         if self.config.logit_softcap is not None:
             raise ValueError(
@@ -458,17 +347,19 @@ class TinyLlama(nn.Module):
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> TinyLlama:
         """Rebuild a model from its directory; weights that do not fit config.json are an error.
 
-        The model is first built on the meta device (shapes, no memory), so a config.json that does not
-        fit the weights or this machine is refused before anything is allocated (`check_loadable`).
+        The config is checked first by arithmetic: its bounds (`ModelConfig`), the tensors it describes
+        against the weights file's header, and the memory it needs (with the corpus n-grams' tokens and
+        tables) against this machine's (`check_loadable`), so a config.json that does not fit is refused
+        before any module is built or anything is allocated.
         """
-        cfg = ModelConfig.from_dict(read_model_config(directory))
-        with torch.device("meta"):
-            skeleton = cls(cfg)
-        expected = {k: v.shape for k, v in skeleton.state_dict().items()}
-        if cfg.tie_embeddings:
-            expected.pop("output.weight")
-        n_bytes = sum(t.nbytes for t in (*skeleton.parameters(), *skeleton.buffers()))
-        check_loadable(directory, expected, n_bytes)
+        try:
+            cfg = ModelConfig.from_dict(read_model_config(directory))
+        except ConfigError as err:  # name the file: the config came from it, not from the caller
+            raise ConfigError(f"{Path(directory) / CONFIG_FILE}: {err}") from err
+        n_bytes = load_bytes(cfg)
+        if cfg.corpus_ngram_weights is not None:
+            n_bytes += table_bytes(corpus_file_tokens(directory), len(cfg.corpus_ngram_weights))
+        check_loadable(directory, cfg.parameter_shapes(), n_bytes)
         model = cls(cfg)
         model.load_state_dict(read_model_weights(directory), strict=not cfg.tie_embeddings)
         if cfg.corpus_ngram_weights is not None:
@@ -476,16 +367,50 @@ class TinyLlama(nn.Module):
         return model.to(map_location)
 
 
-@functools.cache
-def compiled_decode_one():
-    """`TinyLlama._decode_one` through torch.compile, built once per process and shared by every model.
+# -- levers no preset uses ------------------------------------------------------------------------------
+# From the small-budget speedrun records (modded-nanogpt, nanochat): ModelConfig flags, off by default and
+# off in every preset, kept here together rather than deleted until they are measured at the `wikipedia`
+# preset's shape (what they did at the presets' shapes: docs/tuning-log.md). Off, the model is plain
+# LLaMA, and export.py refuses a model that uses one. decode.py spells qk_norm and the value embeddings
+# out again for its one-token step; train.head_lr, the optimiser's lever, lives in optim.py.
 
-    The compiled step fuses each layer's norms, rotary, cache writes and activation into a few C++ kernels
-    around the matmuls, so a step pays fewer of the per-call costs that every ATen call after a weight
-    stream pays cold (`RMSNorm.decode`). `dynamic=True` makes the cache position and the batch size symbols,
-    so a graph serves every position; Dynamo still builds one per kind of cache (padded or not) and one for
-    a batch of 1. Parameters are inputs, not constants, so a copy of the model (adaptation.py) or new
-    weights reuse the graphs. The build costs seconds once per process (Inductor caches it on
-    disk); greedy output stays that of the eager step (tests/tinyllama_model/test_compiled_decode.py).
-    """
-    return torch.compile(TinyLlama._decode_one, dynamic=True)
+
+def relu_squared(x: torch.Tensor) -> torch.Tensor:
+    """mlp="relu2": relu(x)^2 between w1 and w2, two matrices of 4*dim instead of SwiGLU's three."""
+    return F.relu(x).square()
+
+
+def qk_rms_norm(q: torch.Tensor, k: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """qk_norm: each head's queries and keys RMS-normalised (no weight), so attention logits stay bounded."""
+    return F.rms_norm(q, (q.size(-1),), eps=eps), F.rms_norm(k, (k.size(-1),), eps=eps)
+
+
+def value_embed_gate(cfg: ModelConfig) -> nn.Linear:
+    """value_embeds: the gate of a layer's value embedding, read from the block input's leading channels
+    (zero init: a gate of 1); the token tables themselves are `TinyLlama.value_embeds`."""
+    return nn.Linear(cfg.ve_gate_channels, cfg.kv_heads, bias=False)
+
+
+def gated_value_embed(gate: nn.Linear, x: torch.Tensor, ve: torch.Tensor) -> torch.Tensor:
+    """value_embeds: 2 * sigmoid(gate(x[..., :C])) * ve per kv head, x (B, T, C), ve (B, T, nkv * hd) ->
+    (B, T, nkv, hd), added to the values."""
+    weight = 2 * torch.sigmoid(gate(x[..., : gate.in_features]))  # (B, T, nkv)
+    return weight.unsqueeze(-1) * ve.view(*ve.shape[:-1], gate.out_features, -1)
+
+
+def residual_projection_std(cfg: ModelConfig) -> float:
+    """The init std of attention.wo and feed_forward.w2: GPT-2's 0.02 / sqrt(2 * n_layers), or 0 with
+    zero_init_proj (each block starts as the identity, as in modded-nanogpt)."""
+    return 0.0 if cfg.zero_init_proj else 0.02 / math.sqrt(2 * cfg.n_layers)
+
+
+def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """logit_softcap: cap * tanh(logits / cap), so no logit runs away early in training."""
+    return cap * torch.tanh(logits / cap)
+
+
+def load_bytes(cfg: ModelConfig) -> int:
+    """The memory a model of this config takes once built: its parameters and RoPE tables, in the
+    default dtype (as `TinyLlama(cfg)` makes them)."""
+    elements = sum(math.prod(shape) for shape in cfg.parameter_shapes().values()) + cfg.buffer_elements()
+    return elements * torch.get_default_dtype().itemsize

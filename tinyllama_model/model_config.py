@@ -33,7 +33,7 @@ class ModelConfig:
     # levers from the small-budget records (modded-nanogpt, nanochat); the defaults are plain LLaMA, and
     # `export.py` refuses a model that uses one Llama cannot express
     mlp: str = "swiglu"  # "relu2": w2(relu(w1 x)^2), two matrices of 4*dim instead of SwiGLU's three
-    qk_norm: bool = False  # RMS-normalise each head's queries and keys (no gain): bounded attention logits
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys: bounded attention logits
     zero_init_proj: bool = False  # attention.wo and feed_forward.w2 start at 0: each block starts as identity
     logit_softcap: float | None = None  # logits = c * tanh(logits / c): no runaway logits early in training
     value_embeds: bool = False  # a token table per alternate layer added to v through a learned gate
@@ -68,6 +68,13 @@ class ModelConfig:
         for name in ("n_kv_heads", "ffn_hidden_dim"):
             if getattr(self, name) is not None:
                 _require_positive_int(name, getattr(self, name))
+        for name, bound in SHAPE_BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None and value > bound:
+                raise ConfigError(
+                    f"{name}={value} is above its bound of {bound:,}; this is far past any model this "
+                    "project trains: check the config.json or the --set value it came from"
+                )
         if self.dim % self.n_heads:
             raise ConfigError(
                 f"dim={self.dim} is not divisible by n_heads={self.n_heads}; make dim a multiple of n_heads"
@@ -97,30 +104,17 @@ class ModelConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
         if self.mlp not in MLPS:
-            raise ConfigError(f"mlp={self.mlp!r} must be one of {', '.join(MLPS)}")
+            raise ConfigError(f"mlp={_shown(self.mlp)} must be one of {', '.join(MLPS)}")
         cap = self.logit_softcap
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
             raise ConfigError(f"logit_softcap={cap!r} must be a positive number (15 in nanochat) or None")
 
     def _check_experts(self) -> None:
+        self._check_adaptation()
         if self.doc_cache_weights is not None:
             _require_cache_weights(self.doc_cache_weights)
         if self.corpus_ngram_weights is not None:
             _require_corpus_weights(self.corpus_ngram_weights)
-        lr = self.adapt_lr
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
-            raise ConfigError(
-                f"adapt_lr={lr!r} must be a positive learning rate or null (no adaptation); "
-                "set train.adapt_lrs to have it chosen after training"
-            )
-        scales = self.adapt_scales
-        if scales is not None and not (
-            isinstance(scales, dict) and all(isinstance(k, str) and _is_scale(v) for k, v in scales.items())
-        ):
-            raise ConfigError(
-                f"adapt_scales must map parameter names to finite numbers >= 0 (got {str(scales)[:80]}); "
-                "leave it null and set train.adapt_lrs to have it measured after training"
-            )
         if self.adapt_static_weight is not None and not _is_weight(self.adapt_static_weight):
             raise ConfigError(
                 f"adapt_static_weight={self.adapt_static_weight!r} must be in [0, 1) or null; "
@@ -136,8 +130,34 @@ class ModelConfig:
             )
         if weights is not None and not _is_row(weights, NEURAL_CACHE_BUCKETS):
             raise ConfigError(
-                f"neural_cache_weights={weights!r} must be a list of {NEURAL_CACHE_BUCKETS} weights in "
+                f"neural_cache_weights={_shown(weights)} must be a list of {NEURAL_CACHE_BUCKETS} weights in "
                 "[0, 1), one per bucket of the best similarity; leave it null, set train.neural_cache_theta"
+            )
+
+    def _check_adaptation(self) -> None:
+        lr = self.adapt_lr
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+            raise ConfigError(
+                f"adapt_lr={lr!r} must be a positive learning rate or null (no adaptation); "
+                "set train.adapt_lrs to have it chosen after training"
+            )
+        scales = self.adapt_scales
+        if scales is None:
+            return
+        if not (
+            isinstance(scales, dict) and all(isinstance(k, str) and _is_scale(v) for k, v in scales.items())
+        ):
+            raise ConfigError(
+                f"adapt_scales must map parameter names to finite numbers >= 0 (got {_shown(scales)}); "
+                "leave it null and set train.adapt_lrs to have it measured after training"
+            )
+        names = self.parameter_shapes().keys()
+        if scales.keys() != names:  # one scale per parameter tensor, so its length is bounded by the shape
+            unknown, missing = sorted(scales.keys() - names), sorted(names - scales.keys())
+            raise ConfigError(
+                f"adapt_scales ({len(scales):,} entries) does not fit the network's {len(names):,} parameter "
+                f"tensors: unknown {_shown(unknown)}, missing {_shown(missing)}; delete adapt_scales and "
+                "adapt_lr from config.json, or retrain to refit them"
             )
 
     @property
@@ -173,6 +193,42 @@ class ModelConfig:
     @property
     def ve_gate_channels(self) -> int:
         return min(VE_GATE_CHANNELS, self.dim)
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name and shape of every parameter tensor `TinyLlama` holds (a tied head once), by arithmetic.
+
+        What a weights file must hold for this config, known without building a module: a config.json
+        of 8,000 layers is compared with its file's header in microseconds instead of seconds of meta
+        tensors (`TinyLlama.from_pretrained`); tests check it against the module for every lever.
+        """
+        d, v, h, hd = self.dim, self.vocab_size, self.hidden_dim, self.head_dim
+        q, kv = self.n_heads * hd, self.kv_heads * hd
+        shapes: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (v, d)}
+        for i in range(self.n_layers):
+            layer = {
+                "attention.wq.weight": (q, d),
+                "attention.wk.weight": (kv, d),
+                "attention.wv.weight": (kv, d),
+                "attention.wo.weight": (d, q),
+                "feed_forward.w1.weight": (h, d),
+                "feed_forward.w2.weight": (d, h),
+                "attention_norm.weight": (d,),
+                "ffn_norm.weight": (d,),
+            }
+            if self.mlp == "swiglu":
+                layer["feed_forward.w3.weight"] = (h, d)
+            if i in self.ve_layers:
+                layer["attention.ve_gate.weight"] = (self.kv_heads, self.ve_gate_channels)
+            shapes.update({f"layers.{i}.{name}": shape for name, shape in layer.items()})
+        shapes.update({f"value_embeds.{i}.weight": (v, kv) for i in self.ve_layers})
+        shapes["norm.weight"] = (d,)
+        if not self.tie_embeddings:
+            shapes["output.weight"] = (v, d)
+        return shapes
+
+    def buffer_elements(self) -> int:
+        """Elements of the buffers the model computes from the config: RoPE's cos and sin tables."""
+        return 2 * self.max_seq_len * self.head_dim
 
     def value_embed_params(self) -> int:
         """Parameters of the value-embedding tables: lookups, so they cost memory but no matmul FLOPs."""
@@ -227,6 +283,18 @@ class ModelConfig:
 
 
 MLPS = ("swiglu", "relu2")
+# upper bounds on a config's sizes, each far past any model this project trains (the wikipedia preset is
+# 8 layers of 512 with 12,000 ids) and well inside what a 64-bit index and a model file can hold: a
+# config.json beyond them is a typo or a hostile file, refused before any arithmetic on its shape
+SHAPE_BOUNDS = {
+    "n_layers": 1_024,
+    "dim": 65_536,
+    "vocab_size": 1 << 21,
+    "max_seq_len": 1 << 20,
+    "ffn_hidden_dim": 1 << 18,
+    "multiple_of": 1 << 16,
+}
+DOC_CACHE_MAX_ORDER = 8  # document cache: contexts of up to 8 tokens (train.doc_cache_orders' bound)
 CORPUS_MAX_ORDER, CORPUS_COUNT_BUCKETS = 4, 10  # corpus n-grams: 4 tokens fill a uint64; log2 count 0..9
 NEURAL_CACHE_BUCKETS = 7  # neural_cache weights: one per bucket of the best earlier state's cosine
 CACHE_COUNT_BUCKETS = 4  # doc_cache weights per (order, one continuation): n = 1, 2, 3, 4 or more
@@ -245,12 +313,18 @@ def _is_row(row: object, length: int) -> bool:
     return isinstance(row, list) and len(row) == length and all(map(_is_weight, row))
 
 
+def _shown(value: object, limit: int = 80) -> str:
+    """A value as an error message shows it: its repr, cut to `limit` characters (a list can be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _require_corpus_weights(table: object) -> None:
     """A (orders <= 4, 10) nested list of weights in [0, 1), as `doc_cache.fit_weights` writes it."""
     ok = isinstance(table, list) and 0 < len(table) <= CORPUS_MAX_ORDER
     if not (ok and all(_is_row(row, CORPUS_COUNT_BUCKETS) for row in table)):
         raise ConfigError(
-            f"corpus_ngram_weights={table!r} must be a list of [10 weights] per order (at most "
+            f"corpus_ngram_weights={_shown(table)} must be a list of [10 weights] per order (at most "
             f"{CORPUS_MAX_ORDER}), each in [0, 1); leave it null and set train.corpus_ngram_orders to fit it"
         )
 
@@ -261,12 +335,18 @@ def _require_cache_weights(table: object) -> None:
     def is_row(row: object) -> bool:
         return _is_row(row, CACHE_COUNT_BUCKETS)
 
+    if isinstance(table, list) and len(table) > DOC_CACHE_MAX_ORDER:
+        raise ConfigError(
+            f"doc_cache_weights has {len(table):,} orders, above the bound of {DOC_CACHE_MAX_ORDER} (a cache "
+            "of longer contexts costs memory with the square of the prompt and predicts no better); "
+            "leave it null and set train.doc_cache_orders (at most 8) to have it fitted"
+        )
     ok = isinstance(table, list) and len(table) > 0
     ok = ok and all(isinstance(o, list) and len(o) == 2 and all(map(is_row, o)) for o in table)
     if not ok:
         raise ConfigError(
-            f"doc_cache_weights={table!r} must be a list of [[4 weights], [4 weights]] per cache order, "
-            "each weight in [0, 1); leave it null and set train.doc_cache_orders to have them fitted"
+            f"doc_cache_weights={_shown(table)} must be a list of [[4 weights], [4 weights]] per cache "
+            "order, each weight in [0, 1); leave it null and set train.doc_cache_orders to have them fitted"
         )
 
 

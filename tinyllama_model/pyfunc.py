@@ -20,7 +20,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from tinyllama_model.generate import generate_text
@@ -155,5 +157,8 @@ class TinyLlamaPyfunc(mlflow.pyfunc.PythonModel):
         prompts = prompts_from_input(model_input)
         if not prompts:
             return []
-        with torch.inference_mode():
-            return generate_text(self.model, self.tokenizer, prompts, **sampling_kwargs(params))
+        try:
+            with torch.inference_mode():
+                return generate_text(self.model, self.tokenizer, prompts, **sampling_kwargs(params))
+        except ValueError as err:  # the request's fault (a prompt too long, a bad param): a 400, not a 500
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from err

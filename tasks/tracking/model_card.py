@@ -51,7 +51,7 @@ class ModelCard:
         parts = [self._head(), self._data(), self._model(), self._quality()]
         if with_samples and self.samples:
             parts.append(_samples(self.samples))
-        parts.append(self._limits())
+        parts += [self._loading(), self._limits()]
         return "\n\n".join(parts) + "\n"
 
     def description(self, max_chars: int = MAX_DESCRIPTION_CHARS) -> str:
@@ -168,6 +168,25 @@ class ModelCard:
         if "eval_tokens" in ev:
             lines.append(f"- measured on {int(ev['eval_tokens']):,} held-out tokens, every token scored")
         return "\n".join(lines if len(lines) > 2 else [*lines, "- not evaluated"])
+
+    def _loading(self) -> str:
+        """Who chooses the code that loading runs: the pyfunc imports the code shipped with the version."""
+        name = self.model_name
+        return "\n".join(
+            [
+                "## Loading it safely",
+                "",
+                f'- `mlflow.pyfunc.load_model("models:/{name}@champion")` imports and runs the Python code '
+                "shipped with that version (its model script and `code/` folder): whoever can register a "
+                "version or move an alias in this registry chooses the code your process runs.",
+                f"- From a registry you do not control, use "
+                f"`tinyllama generate -m models:/{name}/<version>`: "
+                "it reads only the weights (safetensors), config.json and tokenizer.model, and runs no code "
+                "that came with the model.",
+                "- Pin a version number rather than an alias: an alias can be moved to another version "
+                "between two loads.",
+            ]
+        )
 
     def _limits(self) -> str:
         tokens = self.tokens.get("train_tokens")

@@ -158,7 +158,7 @@ def test_a_config_json_that_is_not_an_object_is_refused(model_dir: Path, tmp_pat
 def test_a_config_json_that_would_allocate_terabytes_is_refused_before_allocating(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    # 1.3 TB of embeddings; RoPE tables of 4 TB (a max_seq_len of 10**12) are tested in test_checkpoint.py
+    # 1.3 TB of embeddings, past the bound on vocab_size; every bound is tested in test_checkpoint.py
     config = {**json.loads((model_dir / "config.json").read_text()), "vocab_size": 10**10}
     bad = _copy_with_config(model_dir, tmp_path / "model", json.dumps(config))
     out = _run("generate", "-m", str(bad), "--prompt", "x", "-n", "2")
@@ -192,6 +192,15 @@ def test_a_prompt_that_is_not_utf8_is_refused(model_dir: Path) -> None:
         timeout=300,
     )
     _refused(out, "--prompt", "UTF-8")
+
+
+def test_a_prompt_past_the_bound_is_refused_by_generate_and_skipped_by_chat(model_dir: Path) -> None:
+    long = "7;" * 9_000  # 18,000 tokens of the test tokenizer, and short enough for a command line
+    _refused(_run("generate", "-m", str(model_dir), "--prompt", long, "-n", "2"), "longer than the 16,384")
+    out = _run("chat", "-m", str(model_dir), "-n", "3", "--seed", "1", input=f"{long}\nclass\n/quit\n")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "longer than the 16,384" in out.stderr
+    assert out.stdout.count("> ") == 3  # asked again after the refused line, answered `class`, then /quit
 
 
 def test_chat_skips_a_line_that_is_not_utf8(model_dir: Path) -> None:

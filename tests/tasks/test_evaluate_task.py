@@ -21,6 +21,7 @@ from tests.flows.helpers import ui_artifact_keys
 from tests.tasks.test_tokenizer_task import SMALL, doc_texts, write_clean
 from tests.tasks.test_train_task import MODEL, train_config
 from tinyllama_model import TinyLlama
+from tinyllama_model.doc_sample import spread_documents
 from tinyllama_model.generate import generate_text
 from tinyllama_model.tokenizer import Tokenizer
 
@@ -56,6 +57,24 @@ def test_the_phase_scores_every_validation_token(pipeline):
     assert metrics["bpb"] == pytest.approx(direct["bpb"])
     assert art.stats["val_bpb"] == metrics["bpb"] and art.stats["val_loss"] == metrics["loss"]
     assert metrics["perplexity"] == pytest.approx(np.exp(metrics["loss"]))
+
+
+def test_the_phase_scores_whole_documents_spread_over_a_split_past_its_bound(pipeline):
+    root, tok, _, trained = pipeline
+    clean = write_clean(root / "clean-many", doc_texts(30))
+    enc = run_encode(SMALL.model_copy(update={"val_fraction": 0.7}), clean, tok, root)  # ~20 held out
+    val = list(read_split(enc, "val"))
+    lengths = [len(t) + 1 for _, t, _ in val]
+    bound = sum(lengths) // 2
+    art = run_evaluate(FAST.model_copy(update={"max_tokens": bound}), trained, enc, root)
+    metrics = json.loads(art.file("metrics.json").read_text())
+    assert metrics["tokens"] < bound and 0 < metrics["documents"] < metrics["documents_in_split"] == len(val)
+    picked = spread_documents(np.array(lengths), bound - 1)
+    assert metrics["tokens"] == sum(lengths[i] for i in picked)  # whole documents, each with its EOS
+    assert metrics["bytes"] == sum(val[i][2] for i in picked)  # and their bytes: bpb stays exact
+    assert art.fingerprint != run_evaluate(FAST, trained, enc, root).fingerprint  # it defines the result
+    with pytest.raises(ValueError, match=r"evaluate\.max_tokens=2 holds no whole validation document"):
+        run_evaluate(FAST.model_copy(update={"max_tokens": 2}), trained, enc, root)
 
 
 def test_the_phase_stores_reproducible_samples(pipeline, model_dir):

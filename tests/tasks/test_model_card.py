@@ -46,6 +46,16 @@ def test_the_card_states_data_model_quality_samples_and_limits() -> None:
         assert fact in text, fact
 
 
+def test_the_card_says_that_loading_the_pyfunc_runs_the_code_shipped_with_the_version() -> None:
+    text = card().markdown()
+    assert "## Loading it safely" in text
+    assert 'mlflow.pyfunc.load_model("models:/tinyllama@champion")` imports and runs the Python code' in text
+    assert "whoever can register a version or move an alias in this registry chooses the code" in text
+    assert "use `tinyllama generate -m models:/tinyllama/<version>`" in text and "runs no code" in text
+    assert "Pin a version number rather than an alias" in text
+    assert "## Loading it safely" in card(samples=[("x", "y" * 6000)]).description()  # kept in the registry
+
+
 def test_a_document_cache_is_stated_with_the_model_alone_beside_it() -> None:
     weights = [[[0.1] * 4, [0.5] * 4]] * 3
     text = card(

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 from tasks.storage.artifacts import verify
 from tasks.tokenizer import read_split, run_encode, run_tokenizer
-from tasks.train import MetricsTail, check_experts, pack_split, run_train
+from tasks.train import MetricsTail, check_experts, fit_mixture, pack_split, run_train
 from tests.tasks.test_tokenizer_task import SMALL, doc_texts, write_clean
 from tinyllama_model import ModelConfig, TinyLlama
-from tinyllama_model.data import CorpusTooSmallError, token_dtype
+from tinyllama_model.data import CorpusTooSmallError, token_dtype, write_packed
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import tempered_logprobs
 from tinyllama_model.mixture.doc_cache import fit_weights, mixed_logprobs, stream_hits
@@ -117,6 +117,28 @@ def test_the_experts_are_fitted_on_the_validation_split_and_shipped_with_the_mod
     assert plain_config.adapt_lr is None and plain_config.adapt_scales is None
     assert plain_config.neural_cache_theta is None and plain_config.adapt_static_weight is None
     assert not (plain.file("model") / "corpus_tokens.npy").exists()
+
+
+def test_what_follows_training_reads_a_bounded_sample_and_ships_a_bounded_corpus(tmp_path):
+    vocab, rng = 64, np.random.default_rng(0)
+    model = ModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=vocab, max_seq_len=16, multiple_of=16)
+    cfg = train_config(
+        doc_cache_orders=2, corpus_ngram_orders=2, fit_max_tokens=600, corpus_ngram_max_tokens=1_000
+    )
+    shipped = []
+    for n_docs in (100, 400):  # 3,500 and 14,000 training tokens: both past the cap, one 4x the other
+        docs = [rng.integers(4, vocab, size=rng.integers(10, 60)) for _ in range(n_docs)]
+        work, model_dir = tmp_path / f"work{n_docs}", tmp_path / f"model{n_docs}"
+        work.mkdir()
+        write_packed(docs, work / "train.bin", token_dtype(vocab))
+        write_packed(docs[::2], work / "val.bin", token_dtype(vocab))
+        TinyLlama(model).save_pretrained(model_dir)
+        stats, _ = fit_mixture(model_dir, work, cfg)
+        assert stats["fit_val_tokens"] <= 600 and stats["corpus_ngram_tokens"] <= 1_000
+        shipped.append((model_dir / "corpus_tokens.npy").stat().st_size)
+        loaded = TinyLlama.from_pretrained(model_dir)  # the fitted weights were written where it reads them
+        assert len(loaded.config.doc_cache_weights) == 2 and len(loaded.corpus_ngrams.tokens) <= 1_000
+    assert all(500 * 2 < size <= 1_000 * 2 + 128 for size in shipped)  # before: 7 kB and 28 kB
 
 
 def test_calibration_folds_the_temperature_that_scores_the_split_best_into_the_weights(tmp_path, inputs):

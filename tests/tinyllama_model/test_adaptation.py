@@ -159,6 +159,17 @@ def test_scales_that_do_not_name_the_networks_parameters_are_refused():
         Adapter(make_model(), 0.1, {"layers.9.w": 1.0})
 
 
+def test_scales_are_checked_against_the_config_where_it_is_made():
+    names = ModelConfig(vocab_size=VOCAB).parameter_shapes()
+    ModelConfig(vocab_size=VOCAB, adapt_scales=dict.fromkeys(names, 1.0))
+    many = {f"layers.{i}.w": 1.0 for i in range(100_000)}
+    with pytest.raises(ConfigError, match=r"adapt_scales \(100,000 entries\) does not fit.*unknown") as err:
+        ModelConfig(vocab_size=VOCAB, adapt_scales=many)  # before: accepted, and loaded
+    assert len(str(err.value)) < 500  # the message names a few, it does not print the table
+    with pytest.raises(ConfigError, match=r"missing \['norm\.weight'\]"):
+        ModelConfig(vocab_size=VOCAB, adapt_scales={n: 1.0 for n in names if n != "norm.weight"})
+
+
 @pytest.mark.parametrize("bad", [[1.0], {"w": -1.0}, {"w": float("inf")}, {"w": True}])
 def test_bad_scales_are_refused_with_the_fix(bad):
     with pytest.raises(ConfigError, match=r"adapt_scales must map parameter names.*train\.adapt_lrs"):

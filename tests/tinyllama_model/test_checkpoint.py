@@ -102,17 +102,71 @@ def test_a_config_json_that_is_not_an_object(tmp_path, text, kind):
 
 
 @pytest.mark.parametrize(
-    ("change", "reason"),
+    ("change", "key", "bound"),
     [
-        ({"vocab_size": 10**10}, r"do not match its config\.json \(.*vocab_size=10000000000"),  # 1.3 TB
-        ({"max_seq_len": 10**12}, r"max_seq_len=1000000000000.*needs [\d,.]+ GiB to load"),  # RoPE: 4 TB
+        ({"n_layers": 8_000}, "n_layers", "1,024"),
+        ({"dim": 2**20, "n_heads": 2}, "dim", "65,536"),
+        ({"vocab_size": 10**10}, "vocab_size", "2,097,152"),  # 1.3 TB of embeddings
+        ({"max_seq_len": 10**12}, "max_seq_len", "1,048,576"),  # 4 TB of RoPE tables
+        ({"ffn_hidden_dim": 10**9}, "ffn_hidden_dim", "262,144"),
+        ({"multiple_of": 10**9}, "multiple_of", "65,536"),
     ],
 )
-def test_a_config_json_of_terabytes_is_refused_before_anything_is_allocated(tmp_path, change, reason):
+def test_a_config_json_past_a_bound_is_refused_naming_the_key_and_the_bound(tmp_path, change, key, bound):
     make().save_pretrained(tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg | change))
-    with pytest.raises(CheckpointError, match=reason):  # before: RuntimeError from the allocator (or OOM)
+    with pytest.raises(ConfigError, match=rf"config\.json: {key}=\d+ is above its bound of {bound}"):
+        TinyLlama.from_pretrained(tmp_path / "m")
+
+
+class CountingTinyLlama(TinyLlama):
+    """A TinyLlama that counts the modules built, on any device (the meta device included)."""
+
+    built = 0
+
+    def __init__(self, cfg: ModelConfig):
+        type(self).built += 1
+        super().__init__(cfg)
+
+
+def test_the_config_is_compared_with_the_header_before_any_module_is_built(tmp_path):
+    make().save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg | {"n_layers": 1_000, "dim": 4_096}))
+    CountingTinyLlama.built = 0
+    with pytest.raises(CheckpointError, match=r"do not match its config\.json.*n_layers=1000"):
+        CountingTinyLlama.from_pretrained(tmp_path / "m")
+    assert CountingTinyLlama.built == 0  # before: a whole meta model of 1,000 layers, then the refusal
+    CountingTinyLlama.from_pretrained(make().save_pretrained(tmp_path / "ok"))
+    assert CountingTinyLlama.built == 1  # a fitting one is built once
+
+
+@pytest.mark.parametrize(
+    "levers",
+    [
+        {},
+        {"tie_embeddings": True, "n_kv_heads": 2},
+        {"mlp": "relu2", "qk_norm": True, "value_embeds": True, "n_layers": 3, "n_kv_heads": 1},
+        {"ffn_hidden_dim": 40, "value_embeds": True, "dim": 64, "n_heads": 2, "max_seq_len": 24},
+    ],
+)
+def test_the_shapes_and_bytes_computed_from_a_config_are_the_modules(levers):
+    from tinyllama_model.model import load_bytes
+
+    model = make(**levers)
+    state = model.state_dict()
+    if model.config.tie_embeddings:
+        state.pop("output.weight")
+    assert model.config.parameter_shapes() == {k: tuple(v.shape) for k, v in state.items()}
+    assert load_bytes(model.config) == sum(t.nbytes for t in (*model.parameters(), *model.buffers()))
+    assert model.config.num_params() == model.num_params()
+
+
+def test_a_config_json_of_megabytes_is_refused_before_it_is_parsed(tmp_path):
+    make().save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("[" + "0," * 10_000_000 + "0]")
+    with pytest.raises(CheckpointError, match=r"config\.json is 20,000,003 bytes, above the bound"):
         TinyLlama.from_pretrained(tmp_path / "m")
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tinyllama_model import ModelConfig, TinyLlama
+from tinyllama_model.checkpoint import CheckpointError
 from tinyllama_model.data import pack_documents
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import evaluate_stream, sliding_logprobs
@@ -148,3 +149,53 @@ def test_a_corpus_or_stream_shorter_than_the_order_finds_nothing_longer():
 def test_vocabularies_past_16_bits_are_refused():
     with pytest.raises(ValueError, match="vocab_size <= 65536"):
         CorpusNgrams(np.array([EOS_ID, 5]), 70_000, 2)
+
+
+# -- corpus_tokens.npy, checked before it is used -----------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path, model):
+    corpus = pack_documents(random_docs(5, seed=3), EOS_ID)
+    return with_experts(model, corpus, doc=None, ngram=0.2).save_pretrained(tmp_path / "m"), corpus
+
+
+def test_the_tokens_are_memory_mapped_not_read(saved):
+    directory, corpus = saved
+    tokens = TinyLlama.from_pretrained(directory).corpus_ngrams.tokens
+    assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint16  # before: np.load read it whole
+    assert np.array_equal(tokens, corpus)
+
+
+@pytest.mark.parametrize(
+    ("array", "reason"),
+    [
+        (np.arange(4, 30, dtype=np.int64), r"holds a int64 array of shape \(26,\).*1-D uint16"),
+        (np.full((3, 4), 5, dtype=np.uint16), r"holds a uint16 array of shape \(3, 4\)"),
+        (np.array([EOS_ID, 5, VOCAB], dtype=np.uint16), rf"token id {VOCAB}, outside the model's vocabulary"),
+    ],
+)
+def test_a_corpus_file_that_is_not_this_models_token_stream_is_refused(saved, array, reason):
+    directory, _ = saved
+    np.save(directory / CORPUS_FILE, array)
+    with pytest.raises(CheckpointError, match=reason):  # before: loaded, then failed or mis-counted later
+        TinyLlama.from_pretrained(directory)
+
+
+def test_a_truncated_corpus_file_is_refused(saved):
+    directory, _ = saved
+    path = directory / CORPUS_FILE
+    path.write_bytes(path.read_bytes()[:-2])
+    with pytest.raises(CheckpointError, match=r"announces \d+ tokens \(truncated\?\)"):
+        TinyLlama.from_pretrained(directory)
+
+
+def test_the_corpus_files_tables_count_in_the_memory_check_before_it_is_read(saved):
+    directory, _ = saved
+    path, tokens = directory / CORPUS_FILE, 10**11  # 200 GB of tokens: terabytes of tables
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, dtype=np.uint16))
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {**header, "shape": (tokens,)})
+        f.truncate(f.tell() + 2 * tokens)  # sparse: no disk is used, and nothing may read it
+    with pytest.raises(CheckpointError, match=r"needs [\d,.]+ GiB to load, more than this machine"):
+        TinyLlama.from_pretrained(directory)

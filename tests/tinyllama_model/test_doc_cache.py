@@ -218,3 +218,15 @@ def test_refit_chain_keeps_a_weight_whose_refit_would_score_worse(seed):
         experts.append((bucket, np.where(known, rng.uniform(0.3, 1.0, size=300), 0.0), (1, buckets)))
     one_by_one, after = fit_chain(base, experts)
     assert chain_logprobs(base, experts, refit_chain(base, experts, one_by_one)).sum() >= after[-1].sum()
+
+
+def test_the_orders_are_bounded_in_the_config_and_in_the_cache():
+    row = [[0.1] * 4, [0.1] * 4]
+    ModelConfig(doc_cache_weights=[row] * 8)
+    with pytest.raises(
+        ConfigError, match=r"doc_cache_weights has 100,000 orders, above the bound of 8"
+    ) as err:
+        ModelConfig(doc_cache_weights=[row] * 100_000)  # before: accepted, and a prompt cost cubic memory
+    assert len(str(err.value)) < 500
+    with pytest.raises(ValueError, match="1 to 8 orders, not 9"):
+        DocCache(9)

@@ -270,3 +270,19 @@ def test_stream_text_flushes_a_trailing_partial_character(model, tok):
         assert "".join(stream_text(model, tok, "a", **kw)) == text
         endings += text.endswith("\ufffd")
     assert endings > 0
+
+
+# -- the prompt a model accepts ----------------------------------------------------------------------
+
+
+MAX_PROMPT_TOKENS = 16_384  # generate.MAX_PROMPT_TOKENS, spelled out: the bound a client is told
+
+
+def test_a_prompt_past_the_bound_is_refused_before_anything_reads_it(model, tok):
+    with pytest.raises(ValueError, match=rf"a prompt of {MAX_PROMPT_TOKENS + 1:,} tokens is longer than"):
+        generate_ids(model, [[5], [6] * (MAX_PROMPT_TOKENS + 1)], 2, **GREEDY)
+    with pytest.raises(ValueError, match="shorten it"):
+        next(stream_text(model, tok, "The for statement " * MAX_PROMPT_TOKENS, 2, **GREEDY))
+    assert (
+        len(generate_ids(model, [[6] * MAX_PROMPT_TOKENS], 2, **GREEDY)[0]) == 2
+    )  # the bound itself is fine

@@ -171,3 +171,13 @@ def test_load_refuses_a_tokenizer_bigger_than_the_model(tmp_path: Path, model_di
 def test_predict_before_load_says_how_to_load() -> None:
     with pytest.raises(RuntimeError, match="load_model"):
         TinyLlamaPyfunc().predict(None, ["a"])
+
+
+def test_predict_refuses_a_prompt_past_the_bound_as_the_callers_error(
+    loaded: mlflow.pyfunc.PyFuncModel,
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match=r"tokens is longer than the 16,384 a model accepts") as err:
+        loaded.predict(["The for statement " * 16_384], params={"max_new_tokens": 2})
+    assert err.value.get_http_status_code() == 400

@@ -14,8 +14,9 @@ The rule, the same for scoring and for generation:
   tensor's `adapt_scales` entry.
 - The scales are Krause et al.'s RMS normalisation, one figure per tensor: 1 / the RMS of the tensor's
   gradient over the validation split's chunks at the trained weights (`gradient_scales`). Each tensor
-  then moves by about the same amount for the same surprise, whatever its gradients' size. Not per
-  element: a weight with almost no gradient on the validation split would get a huge step on an article.
+  then moves by about the same amount for the same surprise, whatever its gradients' size (measurements
+  against one rate for all, and per element: docs/tuning-log.md); per element can diverge: a weight with
+  almost no gradient on the validation split gets a huge step on an article.
 - Every token is predicted before the weights have seen it, so bits per byte stay honest; at EOS the
   weights go back to the trained ones. A chunk is learned only when it is complete, so generation
   predicts each token with the weights that scoring would.
@@ -43,7 +44,7 @@ from torch import nn
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.tokenizer import EOS_ID
 
-FIT_MAX_TOKENS = 32_768  # rates are tried on the validation split's first tokens, to bound the fit's time
+FIT_MAX_TOKENS = 32_768  # rates are tried on the sample's first tokens, each a full adapting pass over them
 
 
 def stride_for(config: Any) -> int:

@@ -11,10 +11,11 @@ last 1..4 tokens anywhere in the training corpus. This is the n-gram side of inf
 u depends on the order of the longest context found and on log2 of its count (`table_shape`). Contexts
 never cross a document boundary: an EOS may only open one (the start of a document is a context too).
 
-Storage: the model directory keeps the training token stream itself (`CORPUS_FILE`, 2 bytes a token), and
-the tables are built from it when first asked (`CorpusNgrams.tables`): building them is quick, and
-stored they would take many times the space (docs/benchmarks.md). A context of up to 4 tokens packs exactly
-into a uint64 (16 bits a token, vocabularies up to 65,536), so lookups are exact, with no hash collisions.
+Storage: the model directory keeps the training token stream itself (`CORPUS_FILE`, 2 bytes a token), or
+on a corpus past `train.corpus_ngram_max_tokens` whole documents spread over it (doc_sample.py), so the
+model does not grow with the corpus; the tables are built from it when first asked
+(`CorpusNgrams.tables`), since stored they would take many times the space. A context of up to 4 tokens
+packs exactly into a uint64 (16 bits a token, vocabularies up to 65,536), so lookups are exact, with no hash collisions.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tinyllama_model.checkpoint import CheckpointError
 from tinyllama_model.mixture.doc_cache import mix_sparse
 from tinyllama_model.model_config import CORPUS_COUNT_BUCKETS, CORPUS_MAX_ORDER
 from tinyllama_model.tokenizer import EOS_ID
@@ -34,6 +36,51 @@ CORPUS_FILE = "corpus_tokens.npy"
 # 4 tokens of 16 bits fill a uint64; buckets: floor(log2(count of the context)), 0 .. 9 (512 or more)
 MAX_ORDER, COUNT_BUCKETS = CORPUS_MAX_ORDER, CORPUS_COUNT_BUCKETS
 MAX_VOCAB = 1 << 16
+# what the tables may take per token of the stream, an upper bound: the stream as int64, per order four
+# arrays of at most one 8-byte entry per token, and the sort's temporaries (six int64 arrays at most)
+TABLE_BYTES_PER_TOKEN = {"stream": 8, "per_order": 32, "build": 48}
+
+
+def table_bytes(n_tokens: int, orders: int) -> int:
+    """An upper bound on the memory the tables of `n_tokens` take while built and after (`tables`)."""
+    b = TABLE_BYTES_PER_TOKEN
+    return n_tokens * (2 + b["stream"] + b["build"] + b["per_order"] * orders)
+
+
+def corpus_file_tokens(model_dir: str | Path) -> int:
+    """The number of tokens in a model directory's `CORPUS_FILE`, from its header alone (nothing else of
+    it is read), once the header says a 1-D uint16 array that fills the file; `CheckpointError` if not."""
+    path = Path(model_dir) / CORPUS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: the model's config.json has corpus_ngram_weights, which need the "
+            f"training tokens beside it; copy the whole model directory, or delete that key"
+        )
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"npy format version {version} (1.0 or 2.0 expected)")
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read(f)
+            data_bytes = path.stat().st_size - f.tell()
+    except (ValueError, OSError, EOFError) as e:
+        raise CheckpointError(f"{path} is not a readable .npy file ({e}); restore it from the model") from e
+    if len(shape) != 1 or dtype != np.dtype(np.uint16):
+        raise CheckpointError(
+            f"{path} holds a {dtype} array of shape {shape}; the corpus n-grams need the 1-D uint16 token "
+            "stream that training wrote: restore the file from the model, or delete corpus_ngram_weights"
+        )
+    if data_bytes != 2 * shape[0]:
+        raise CheckpointError(
+            f"{path} has {data_bytes:,} bytes of data where its header announces {shape[0]:,} tokens "
+            "(truncated?); restore the file from the model"
+        )
+    return int(shape[0])
 
 
 def table_shape(orders: int) -> tuple[int, int]:
@@ -62,7 +109,7 @@ class CorpusNgrams:
         if vocab_size > MAX_VOCAB or not 1 <= orders <= MAX_ORDER:
             raise ValueError(f"corpus n-grams need vocab_size <= {MAX_VOCAB} and orders in 1..{MAX_ORDER}")
         self.vocab, self.orders = vocab_size, orders
-        self.tokens = np.asarray(tokens, dtype=np.uint16)  # what `save` writes
+        self.tokens = np.asanyarray(tokens, dtype=np.uint16)  # what `save` writes (a memmap stays one)
 
     @functools.cached_property
     def tables(self) -> list[tuple[np.ndarray, ...]]:
@@ -81,13 +128,18 @@ class CorpusNgrams:
 
     @classmethod
     def load(cls, model_dir: str | Path, vocab_size: int, orders: int) -> CorpusNgrams:
+        """The tokens beside a model, memory-mapped (read as the tables are built), checked first: a 1-D
+        uint16 array (`corpus_file_tokens`) of ids below `vocab_size`."""
+        corpus_file_tokens(model_dir)
         path = Path(model_dir) / CORPUS_FILE
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} is missing: the model's config.json has corpus_ngram_weights, which need the "
-                f"training tokens beside it; copy the whole model directory, or delete that key"
+        tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+        top = int(tokens.max()) if len(tokens) else 0
+        if top >= vocab_size:
+            raise CheckpointError(
+                f"{path} holds token id {top:,}, outside the model's vocabulary of {vocab_size:,} ids: it "
+                "belongs to another model; restore the file from this one, or delete corpus_ngram_weights"
             )
-        return cls(np.load(path), vocab_size, orders)
+        return cls(tokens, vocab_size, orders)
 
     def save(self, model_dir: str | Path) -> None:
         """Write the tokens beside the model, atomically (a reader sees the old file or the new one)."""

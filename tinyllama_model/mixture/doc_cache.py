@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from tinyllama_model.model_config import CACHE_COUNT_BUCKETS as COUNT_BUCKETS
+from tinyllama_model.model_config import DOC_CACHE_MAX_ORDER as MAX_ORDER
 from tinyllama_model.tokenizer import EOS_ID
 
 FIT_GRID = np.linspace(0.0, 0.95, 96)  # candidate weights; 1 would give unseen tokens probability 0
@@ -44,6 +45,8 @@ class DocCache:
     """The n-gram counts of one document so far, for one sequence; `observe` each token as it comes."""
 
     def __init__(self, orders: int):
+        if not 1 <= orders <= MAX_ORDER:  # each token is counted after each of its contexts: orders^2 memory
+            raise ValueError(f"a document cache has 1 to {MAX_ORDER} orders, not {orders:,}")
         self.orders = orders
         self.tables: list[dict[tuple[int, ...], dict[int, int]]] = [{} for _ in range(orders)]
         self.recent: tuple[int, ...] = ()  # the last `orders` tokens of this document
@@ -173,10 +176,11 @@ def refit_chain(base_logprobs: np.ndarray, experts: Sequence[Expert], weights: S
 
     Fitted one at a time, an early expert's weights are chosen before anyone knows what the later ones
     add, and they cover the same targets (the document cache and the neural cache both predict a repeated
-    name). Later experts make the final probability affine in an earlier expert's mixture, `scale * mixture +
+    name), so refitted they change (measurements: docs/tuning-log.md).
+    Later experts make the final probability affine in an earlier expert's mixture, `scale * mixture +
     offset`, so each refit is the same convex one-weight search as the first fit; a refit that would
     score these targets worse is not taken, so the chain never gets worse on them. One pass: a second
-    gained nothing (docs/tuning-log.md).
+    gained next to nothing (measurements: docs/tuning-log.md).
     """
     weights = list(weights)
     for k, (bucket, prob, shape) in enumerate(experts):

@@ -20,6 +20,7 @@ from typing import Any
 
 from tinyllama_model.config_fields import operational, operational_fields
 from tinyllama_model.errors import ConfigError
+from tinyllama_model.model_config import DOC_CACHE_MAX_ORDER
 
 OPTIMIZERS = ("adamw", "muon")  # what `optim.build_optimizer` can build
 DTYPES = ("auto", "float32", "bfloat16", "float64")
@@ -80,6 +81,22 @@ class TrainConfig:
             "After training (and the document cache), fit the training corpus's n-grams up to this order "
             "(1-4) on the validation split and predict with them "
             "(tinyllama_model/mixture/corpus_ngrams.py); 0: none."
+        ),
+    )
+    fit_max_tokens: int = field(
+        default=2_000_000,
+        metadata=_doc(
+            "What follows training (calibration, the experts' fits, adaptation's) reads at most this many "
+            "validation tokens: whole documents spread evenly over the split "
+            "(tinyllama_model/doc_sample.py); a smaller split is read whole."
+        ),
+    )
+    corpus_ngram_max_tokens: int = field(
+        default=2_000_000,
+        metadata=_doc(
+            "The corpus n-grams count at most this many training tokens, whole documents spread evenly over "
+            "the split, and ship them with the model (2 bytes each), so the model does not grow with the "
+            "corpus; a smaller split is taken whole."
         ),
     )
     calibration_temperatures: tuple[float, ...] = field(
@@ -188,6 +205,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON gives lists
         positive = [
+            "fit_max_tokens",
+            "corpus_ngram_max_tokens",
             "batch_size",
             "grad_accum",
             "eval_every",
@@ -223,7 +242,8 @@ class TrainConfig:
         _require(ok, "ema_decay", "a number in (0, 1), e.g. 0.995, or null")
         orders = self.doc_cache_orders
         is_int = isinstance(orders, int) and not isinstance(orders, bool)
-        _require(is_int and 0 <= orders <= 8, "doc_cache_orders", "an integer in 0..8 (3 is tuned)")
+        ok = is_int and 0 <= orders <= DOC_CACHE_MAX_ORDER
+        _require(ok, "doc_cache_orders", f"an integer in 0..{DOC_CACHE_MAX_ORDER} (3 is tuned)")
         orders = self.corpus_ngram_orders
         is_int = isinstance(orders, int) and not isinstance(orders, bool)
         _require(is_int and 0 <= orders <= 4, "corpus_ngram_orders", "an integer in 0..4 (4 is tuned)")
