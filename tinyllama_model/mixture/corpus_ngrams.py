@@ -15,7 +15,8 @@ Storage: the model directory keeps the training token stream itself (`CORPUS_FIL
 on a corpus past `train.corpus_ngram_max_tokens` whole documents spread over it (doc_sample.py), so the
 model does not grow with the corpus; the tables are built from it when first asked
 (`CorpusNgrams.tables`), since stored they would take many times the space. A context of up to 4 tokens
-packs exactly into a uint64 (16 bits a token, vocabularies up to 65,536), so lookups are exact, with no hash collisions.
+packs exactly into a uint64 (16 bits a token, vocabularies up to 65,536), so lookups are exact, with no
+hash collisions.
 """
 
 from __future__ import annotations
