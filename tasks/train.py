@@ -53,24 +53,23 @@ from tinyllama_model.data import token_dtype, write_packed
 from tinyllama_model.doc_sample import sample_stream
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import mixture_logprobs, sliding_logprobs, tempered_logprobs
-from tinyllama_model.mixture import neural_cache
+from tinyllama_model.mixture import registry
 from tinyllama_model.mixture.adaptation import (
     FIT_MAX_TOKENS,
     document_pass,
     fit_learning_rate,
     gradient_scales,
 )
-from tinyllama_model.mixture.corpus_ngrams import MAX_VOCAB, CorpusNgrams
-from tinyllama_model.mixture.corpus_ngrams import table_shape as corpus_shape
-from tinyllama_model.mixture.doc_cache import (
+from tinyllama_model.mixture.corpus_ngrams import MAX_VOCAB
+from tinyllama_model.mixture.expert import STAGES, Expert, FitInputs, Reading
+from tinyllama_model.mixture.fitting import (
     chain_logprobs,
     fit_chain,
     fit_weights,
     mixed_logprobs,
     refit_chain,
-    stream_hits,
 )
-from tinyllama_model.mixture.doc_cache import table_shape as doc_cache_shape
+from tinyllama_model.mixture.unadapted import UnadaptedExpert
 from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.tokenizer import EOS_ID, TOKENIZER_FILE, Tokenizer
 from tinyllama_model.training.launch import trainer_from_run_dir, write_run_spec
@@ -152,31 +151,22 @@ def check_experts(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
 
 
 def fit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> tuple[dict[str, Any], np.ndarray]:
-    """Calibrate the network's temperature, then fit the document cache and the corpus n-grams on the
-    validation split, as the train config asks.
+    """Calibrate the network's temperature, then fit the experts of the "network" stage (the document
+    cache, the corpus n-grams: `registry.EXPERTS`) on the validation split, as the train config asks.
 
-    Each temperature (1 and `calibration_temperatures`) is scored with both experts fitted on it, and the
+    Each temperature (1 and `calibration_temperatures`) is scored with those experts fitted on it, and the
     best is folded into the weights (`TinyLlama.scale_logits`): the caches take the repeated tokens, so
     the network's confidence is chosen for the ones they leave. The experts' weights go into config.json,
-    the training tokens beside it (corpus n-grams). The summary has the validation loss (nats per token,
-    sliding windows) of the network alone and after each step; the calibrated network's sliding-window
-    log-probabilities of the split come back beside it, for `refit_mixture`.
+    what they need beside it (the corpus n-grams' training tokens) too. The summary has the validation
+    loss (nats per token, sliding windows) of the network alone and after each step; the calibrated
+    network's sliding-window log-probabilities of the split come back beside it, for `refit_mixture`.
     """
     model = TinyLlama.from_pretrained(model_dir).eval()
     val = split_sample(work, "val", model.config.vocab_size, cfg.fit_max_tokens)
     temperatures = sorted({1.0, *cfg.calibration_temperatures})
     tempered = tempered_logprobs(model, val, model.config.max_seq_len, temperatures, batch_size=32)
-    names, experts = [], []  # the summary's name of each; (bucket, probability, weight-table shape)
-    if cfg.doc_cache_orders:
-        names.append("doc_cache")
-        experts.append((*stream_hits(val, cfg.doc_cache_orders), doc_cache_shape(cfg.doc_cache_orders)))
-    corpus = None
-    if cfg.corpus_ngram_orders:
-        train = split_sample(work, "train", model.config.vocab_size, cfg.corpus_ngram_max_tokens)
-        corpus = CorpusNgrams(train, model.config.vocab_size, cfg.corpus_ngram_orders)
-        names.append("corpus_ngrams")
-        experts.append((*corpus.stream_hits(val), corpus_shape(cfg.corpus_ngram_orders)))
-    fits = [fit_chain(network, experts) for network in tempered]
+    chain = _chain(_fit_inputs(model, work, cfg), Reading(model, val), stages=("network",))
+    fits = [fit_chain(network, [hits for _, _, hits in chain]) for network in tempered]
     best = min(range(len(temperatures)), key=lambda k: -fits[k][1][-1].mean())
     stats: dict[str, Any] = {
         "val_loss_sliding_model_alone": -float(tempered[temperatures.index(1.0)].mean()),
@@ -189,19 +179,14 @@ def fit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> tuple[dict[str
             model.scale_logits(temperatures[best])
             model.save_pretrained(model_dir, model_dir / TOKENIZER_FILE)
     weights, after = fits[best]
-    fitted_weights = {}
-    for name, (bucket, _, _), fitted, logprobs in zip(names, experts, weights, after[1:], strict=True):
-        fitted_weights[CONFIG_KEYS[name]] = fitted
+    config: dict[str, Any] = {}
+    for (expert, params, (bucket, _, _)), fitted, logprobs in zip(chain, weights, after[1:], strict=True):
+        config.update(expert.to_config(params, fitted))
+        name = expert.name
         stats.update({f"val_loss_sliding_{name}": -float(logprobs.mean()), f"{name}_matched": _share(bucket)})
-    if corpus is not None:
-        corpus.save(model_dir)
-        stats["corpus_ngram_tokens"] = len(corpus.tokens)
-    update_model_config(model_dir, fitted_weights)
+        stats.update(expert.save(params, model_dir))
+    update_model_config(model_dir, _config_changes(config))
     return stats, tempered[best]
-
-
-# fit_mixture's experts by their name in the summary
-CONFIG_KEYS = {"doc_cache": "doc_cache_weights", "corpus_ngrams": "corpus_ngram_weights"}
 
 
 def fit_adaptation(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, Any]:
@@ -211,13 +196,12 @@ def fit_adaptation(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, A
     unadapted."""
     model = TinyLlama.from_pretrained(model_dir).eval()
     val = split_sample(work, "val", model.config.vocab_size, cfg.fit_max_tokens)[:FIT_MAX_TOKENS]
-    anywhere, unadapted = _unadapted_expert(model, val)
+    unadapted = registry.expert(UnadaptedExpert.name)
+    bucket, prob = unadapted.hits(True, Reading(model, val, unadapted=_sliding(model, val)))
 
     def loss_of(tokens: np.ndarray, logprobs: np.ndarray) -> float:
-        share = fit_weights(logprobs, anywhere, unadapted, (1, 1))
-        return -float(
-            mixture_logprobs(model, tokens, mixed_logprobs(logprobs, anywhere, unadapted, share)).mean()
-        )
+        share = fit_weights(logprobs, bucket, prob, unadapted.table_shape(True))
+        return -float(mixture_logprobs(model, tokens, mixed_logprobs(logprobs, bucket, prob, share)).mean())
 
     scales = gradient_scales(model, val)
     lr, loss, static = fit_learning_rate(model, val, cfg.adapt_lrs, loss_of, scales)
@@ -230,52 +214,67 @@ def refit_mixture(
 ) -> dict[str, Any]:
     """Fit the mixture again on the validation split, now on what the network predicts with: adapted as
     chosen (weights fitted on the unadapted network trust the experts too much; measurements:
-    docs/tuning-log.md), with a share of the unadapted network, the document cache, the corpus
-    n-grams, then the neural cache on the states of the same pass; then each expert's weights once more
-    with the others fixed (`refit_chain`). The summary has the validation loss after each. `unadapted`:
-    the network's sliding-window log-probabilities of the split, when `fit_mixture` has computed them."""
+    docs/tuning-log.md), every expert the train config asks for in the registry's order (the unadapted
+    network's share, the document cache, the corpus n-grams, then the neural cache on the states of the
+    same pass); then each expert's weights once more with the others fixed (`refit_chain`). The summary
+    has the validation loss after each. `unadapted`: the network's sliding-window log-probabilities of
+    the split, when `fit_mixture` has computed them."""
     model = TinyLlama.from_pretrained(model_dir).eval()
     mcfg = model.config
     val = split_sample(work, "val", mcfg.vocab_size, cfg.fit_max_tokens)
     logprobs, states = document_pass(model, val, mcfg.adapt_lr, mcfg.adapt_scales)
     stats: dict[str, Any] = {"val_loss_refit_network": -float(logprobs.mean())}
-    config: dict[str, Any] = {}  # what the refit changes in config.json
-    # (config key, (bucket, probability) per target, the table's shape as fitted, as stored)
-    experts: list[tuple[str, tuple[np.ndarray, np.ndarray], tuple, tuple]] = []
-    if mcfg.adapt_lr is not None:
-        experts.append(("adapt_static_weight", _unadapted_expert(model, val, unadapted), (1, 1), ()))
-    if mcfg.doc_cache_weights is not None:
-        shape = doc_cache_shape(len(mcfg.doc_cache_weights))
-        experts.append(("doc_cache_weights", stream_hits(val, len(mcfg.doc_cache_weights)), shape, shape))
-    if model.corpus_ngrams is not None:
-        shape = corpus_shape(len(mcfg.corpus_ngram_weights))
-        experts.append(("corpus_ngram_weights", model.corpus_ngrams.stream_hits(val), shape, shape))
-    if cfg.neural_cache_theta is not None:
-        hits = neural_cache.stream_hits(val, states, cfg.neural_cache_theta)
-        shape = neural_cache.table_shape()
-        experts.append(("neural_cache_weights", hits, shape, shape[1:]))
-        config["neural_cache_theta"] = cfg.neural_cache_theta
-    chain = [(bucket, prob, fitted) for _, (bucket, prob), fitted, _ in experts]
-    fits, after = fit_chain(logprobs, chain)
-    for (key, *_), mixed in zip(experts, after[1:], strict=True):
-        stats[f"val_loss_refit_{key.removesuffix('_weights')}"] = -float(mixed.mean())
-    fits = refit_chain(logprobs, chain, fits)
-    stats["val_loss_refit_jointly"] = -float(chain_logprobs(logprobs, chain, fits).mean())
-    for (key, _, _, stored), weights in zip(experts, fits, strict=True):
-        config[key] = np.reshape(weights, stored).tolist()
-    update_model_config(model_dir, config)
+    if unadapted is None and mcfg.adapt_lr is not None:  # the unadapted network's share reads it
+        unadapted = _sliding(model, val)
+    reading = Reading(model, val, unadapted=unadapted, states=states)
+    chain = _chain(_fit_inputs(model, work, cfg), reading, stages=STAGES)
+    hits = [h for _, _, h in chain]
+    fits, after = fit_chain(logprobs, hits)
+    for (expert, _, _), mixed in zip(chain, after[1:], strict=True):
+        stats[f"val_loss_refit_{expert.name}"] = -float(mixed.mean())
+    fits = refit_chain(logprobs, hits, fits)
+    stats["val_loss_refit_jointly"] = -float(chain_logprobs(logprobs, hits, fits).mean())
+    config: dict[str, Any] = {}
+    for (expert, params, _), weights in zip(chain, fits, strict=True):
+        config.update(expert.to_config(params, weights))
+    update_model_config(model_dir, _config_changes(config))
     return stats
 
 
-def _unadapted_expert(
-    model: TinyLlama, val: np.ndarray, static: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The unadapted network as an expert beside the adapted one, in `fit_weights`' terms: every target
-    in bucket 0 (its share is one weight), and its probability of each, read as sliding-window scoring
-    reads it (`static`, when already read so)."""
-    if static is None:
-        static = sliding_logprobs(model, val, model.config.max_seq_len, batch_size=32)
-    return np.zeros(len(static), dtype=np.int64), np.exp(static)
+def _fit_inputs(model: TinyLlama, work: Path, cfg: TrainConfig) -> FitInputs:
+    def sample(split: str, max_tokens: int) -> np.ndarray:
+        return split_sample(work, split, model.config.vocab_size, max_tokens)
+
+    return FitInputs(model, cfg, sample)
+
+
+def _chain(fit: FitInputs, reading: Reading, stages: tuple[str, ...]) -> list[tuple[Expert, Any, tuple]]:
+    """(expert, its parameters, (bucket, probability of each target, weight-table shape)) of each expert
+    of these stages that the train config asks for and the model can have, in the registry's order."""
+    chain = []
+    for expert in registry.EXPERTS:
+        if expert.stage not in stages or not expert.wanted(fit.train_cfg):
+            continue
+        params = expert.fit_params(fit)
+        hits = None if params is None else expert.hits(params, reading)
+        if hits is not None:
+            chain.append((expert, params, (*hits, expert.table_shape(params))))
+    return chain
+
+
+def _config_changes(config: dict[str, Any]) -> dict[str, Any]:
+    """The experts' entries as config.json holds them: a `ModelConfig` field as itself, any other key (an
+    expert registered from outside the package) in the `mixture` object."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    changes = {k: v for k, v in config.items() if k in fields}
+    if extra := {k: v for k, v in config.items() if k not in fields}:
+        changes["mixture"] = extra
+    return changes
+
+
+def _sliding(model: TinyLlama, val: np.ndarray) -> np.ndarray:
+    """The network's log-probability of each target, read as sliding-window scoring reads it."""
+    return sliding_logprobs(model, val, model.config.max_seq_len, batch_size=32)
 
 
 def _share(bucket: np.ndarray) -> float:
@@ -366,12 +365,13 @@ def run_train(
         mirror.push()
         shutil.copytree(work / BEST_DIR, out / "model")
         unadapted = None  # the network's sliding-window log-probabilities of the validation split
-        if train_cfg.calibration_temperatures or train_cfg.doc_cache_orders or train_cfg.corpus_ngram_orders:
+        wanted = {e.stage for e in registry.EXPERTS if e.wanted(train_cfg)}  # the stages to fit
+        if train_cfg.calibration_temperatures or "network" in wanted:
             stats, unadapted = fit_mixture(out / "model", work, train_cfg)
             result.update(stats)
         if train_cfg.adapt_lrs:
             result.update(fit_adaptation(out / "model", work, train_cfg))
-        if train_cfg.adapt_lrs or train_cfg.neural_cache_theta is not None:
+        if train_cfg.adapt_lrs or "adapted" in wanted:
             result.update(refit_mixture(out / "model", work, train_cfg, unadapted))
         shutil.copyfile(work / METRICS_FILE, out / METRICS_FILE)
         (out / RESULT_FILE).write_text(json.dumps(result, indent=2))

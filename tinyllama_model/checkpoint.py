@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from tinyllama_model.files import atomic_path, atomic_write
-from tinyllama_model.model_config import ModelConfig
+from tinyllama_model.model_config import RENAMED, ModelConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -102,8 +102,12 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
 
 def update_model_config(directory: str | Path, changes: Mapping[str, Any]) -> dict[str, Any]:
     """Set `changes` in a model directory's config.json (the fits after training write their weights so),
-    checked as a `ModelConfig` and written atomically: a failed update leaves the old file."""
-    config = {**read_model_config(directory), **changes}
+    checked as a `ModelConfig` and written atomically: a failed update leaves the old file. The `mixture`
+    object is merged key by key, so experts fitted one after another each keep their entries."""
+    old = {RENAMED.get(k, k): v for k, v in read_model_config(directory).items()}  # written as named now
+    config = {**old, **changes}
+    if "mixture" in changes and old.get("mixture"):
+        config["mixture"] = {**old["mixture"], **changes["mixture"]}
     ModelConfig.from_dict(config)
     atomic_write(Path(directory) / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return config

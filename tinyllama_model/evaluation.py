@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyllama_model.mixture import neural_cache
+from tinyllama_model.mixture import registry
 from tinyllama_model.mixture.adaptation import Adapter, document_pass
-from tinyllama_model.mixture.doc_cache import mixed_logprobs, stream_hits
+from tinyllama_model.mixture.expert import Reading
+from tinyllama_model.mixture.fitting import mixed_logprobs
 
 LN2 = math.log(2.0)
 
@@ -208,23 +209,12 @@ def mixture_logprobs(
     states: np.ndarray | None = None,
 ) -> np.ndarray:
     """The targets' log-probabilities under what the model predicts with: its own (`logprobs`, returned
-    as is), with the unadapted network's (`static`) mixed in when it adapts, then its document cache,
-    its corpus n-grams and its neural cache (on `states`, `document_pass`'), for those it has."""
-    cfg = model.config
-    share = getattr(cfg, "unadapted_share", 0.0)
-    if share and static is not None:
-        logprobs = np.logaddexp(np.log1p(-share) + logprobs, np.log(share) + static)
-    if getattr(cfg, "doc_cache_weights", None) is not None:
-        bucket, prob = stream_hits(tokens, len(cfg.doc_cache_weights))
-        logprobs = mixed_logprobs(logprobs, bucket, prob, cfg.doc_cache_weights)
-    corpus = getattr(model, "corpus_ngrams", None)
-    if corpus is not None:
-        bucket, prob = corpus.stream_hits(tokens)
-        logprobs = mixed_logprobs(logprobs, bucket, prob, cfg.corpus_ngram_weights)
-    theta = getattr(cfg, "neural_cache_theta", None)
-    if theta is not None:
-        if states is None:
-            raise ValueError("a model with a neural cache is scored on the states of `document_pass`")
-        bucket, prob = neural_cache.stream_hits(tokens, states, theta)
-        logprobs = mixed_logprobs(logprobs, bucket, prob, cfg.neural_cache_weights)
+    as is), with each expert it has mixed in, in the registry's order (`registry.EXPERTS`): the unadapted
+    network's share (on `static`) when it adapts, then its document cache, its corpus n-grams and its
+    neural cache (on `states`, `document_pass`')."""
+    reading = Reading(model, tokens, unadapted=static, states=states)
+    for expert, params in registry.active(model):
+        hits = expert.hits(params, reading)
+        if hits is not None:
+            logprobs = mixed_logprobs(logprobs, *hits, expert.weights(model.config))
     return logprobs

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 
 from tinyllama_model.checkpoint import TOKENIZER_FILE, write_dir_atomic
 from tinyllama_model.errors import ConfigError
+from tinyllama_model.mixture import registry
 from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -56,29 +57,31 @@ _NOT_LLAMA = {
     "qk_norm": (False, "Llama does not normalise queries and keys"),
     "logit_softcap": (None, "Llama does not cap its logits"),
     "value_embeds": (False, "Llama has no value embeddings"),
-    "doc_cache_weights": (None, "transformers has no document cache"),
-    "corpus_ngram_weights": (None, "transformers has no n-gram expert"),
     "adapt_lr": (None, "transformers does not learn from the text it reads"),
-    "neural_cache_theta": (None, "transformers has no neural cache"),
 }
 # how to get an exportable model: retrain, except for what lives outside the weights
-_FIX = {
-    name: f"delete {name} from the model's config.json to export the network alone"
-    for name in ("doc_cache_weights", "corpus_ngram_weights", "adapt_lr")
-}
-_FIX["neural_cache_theta"] = "delete neural_cache_theta and neural_cache_weights from the model's config.json"
+_FIX = {"adapt_lr": "delete adapt_lr from the model's config.json to export the network alone"}
 
 
 def check_llama_expressible(cfg: ModelConfig) -> None:
-    """Refuse, naming the flag, a model that `LlamaForCausalLM` would load but compute differently."""
+    """Refuse, naming the flag, a model that `LlamaForCausalLM` would load but compute differently: a
+    lever Llama lacks, or any expert of the mixture (`registry.EXPERTS`), which lives outside the weights."""
     for name, (llama_value, why) in _NOT_LLAMA.items():
         if getattr(cfg, name) != llama_value:
             fix = _FIX.get(name, f"train with model.{name}={llama_value!r} to export")
             shown = "set" if name in _FIX else repr(getattr(cfg, name))
-            raise ConfigError(
-                f"cannot export to Hugging Face Llama: the model was trained with {name}={shown} and {why}, "
-                f"so transformers would compute other logits; serve it with tinyllama itself, or {fix}"
-            )
+            _refuse(f"{name}={shown}", why, fix)
+    for expert in registry.EXPERTS:
+        if expert.stored(cfg):
+            keys = " and ".join(expert.keys)
+            _refuse(f"{expert.keys[0]}=set", expert.refusal, f"delete {keys} from the model's config.json")
+
+
+def _refuse(setting: str, why: str, fix: str) -> None:
+    raise ConfigError(
+        f"cannot export to Hugging Face Llama: the model was trained with {setting} and {why}, "
+        f"so transformers would compute other logits; serve it with tinyllama itself, or {fix}"
+    )
 
 
 def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:

@@ -22,7 +22,7 @@ Rules (the same with and without the cache, so both give the same tokens):
 - A model with `adapt_lr` (adaptation.py) learns from what it reads: the prompt, then every
   `max_seq_len // 2` tokens what it has generated, on its own copy of the weights, as scoring does.
   Rows of a batch then run one by one, since each has its own weights. `model_only=True` leaves it out.
-  A fitted share of the unadapted network (`adapt_static_weight`) runs beside it on its own KV cache.
+  A fitted share of the unadapted network (`unadapted_share`) runs beside it on its own KV cache.
 - A model with a neural cache (neural_cache.py) keeps the state that predicted each token of the
   document: the prompt's as scoring computes them (`Adapter.document_states`), then the decode loop's.
   It reads through an adapter too, one that never learns when the model has no `adapt_lr`.
@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from tinyllama_model.decode_window import append, left_pad, window_logits
+from tinyllama_model.mixture import registry
 from tinyllama_model.mixture.adaptation import Adapter
-from tinyllama_model.mixture.corpus_ngrams import mix_corpus
-from tinyllama_model.mixture.doc_cache import DocCache, mix_doc_caches
-from tinyllama_model.mixture.neural_cache import NeuralCache, mix_neural_caches
+from tinyllama_model.mixture.expert import mix_proposal
 from tinyllama_model.tokenizer import EOS_ID, PAD_ID
 
 if TYPE_CHECKING:
@@ -133,13 +133,6 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
 
 
-def _left_pad(prompts: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    rows = [[PAD_ID] * (width - len(p)) + list(p) for p in prompts]
-    pad = torch.tensor([width - len(p) for p in prompts], device=device)
-    return torch.tensor(rows, dtype=torch.long, device=device), pad  # (B, W), (B,)
-
-
 def _check_request(prompts: Sequence[Sequence[int]], max_new_tokens: int, vocab: int) -> None:
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
@@ -163,11 +156,11 @@ def _seen_tokens(prompts: Sequence[Sequence[int]], vocab: int, device: torch.dev
 
 
 class _Experts:
-    """What the model predicts with besides its weights: the unadapted network's share beside an adapting
-    copy, the document cache, the corpus n-grams and the neural cache, for those it has, each following
-    every row's tokens (the whole prompt, then what is generated). `for_model` gives None to a model with
-    none, so its decode loop does no bookkeeping for them. The neural cache and the share need the
-    `adapter` (adaptation.py), which reads the prompt's states; it exists only for a row alone."""
+    """What the model predicts with besides its weights, in the registry's order (`registry.EXPERTS`):
+    a `Follower` per expert the model has, each following every row's tokens (the whole prompt, then what
+    is generated). `for_model` gives None to a model with none, so its decode loop does no bookkeeping
+    for them. Experts that read the network's states (the unadapted share, the neural cache) take part
+    only with an `adapter` (adaptation.py), which exists only for a row alone."""
 
     def __init__(
         self,
@@ -176,73 +169,34 @@ class _Experts:
         adapter: Adapter | None,
         use_cache: bool = True,
     ):
-        self.cfg, self.corpus = model.config, getattr(model, "corpus_ngrams", None)
-        weights = getattr(self.cfg, "doc_cache_weights", None)
-        self.doc = None if weights is None else [DocCache(len(weights)) for _ in prompts]
-        self.histories = [[int(t) for t in p] for p in prompts]
-        for doc, history in zip(self.doc or (), self.histories, strict=False):
-            for t in history:
-                doc.observe(t)
-        self.share = getattr(self.cfg, "unadapted_share", 0.0) if adapter is not None else 0.0
-        self.static = _StaticNet(model, prompts, use_cache) if self.share else None
-        self.neural = None
-        if adapter is not None and getattr(self.cfg, "neural_cache_theta", None) is not None:
-            self.neural = [NeuralCache(self.cfg.dim, self.cfg.vocab_size)]
-            for token, state in zip(adapter.doc, [None, *adapter.document_states()], strict=True):
-                self.neural[0].observe(state, token)
+        self.followers = []  # (follower, its weights by bucket), in chain order
+        for expert, params in registry.active(model):
+            follower = expert.follower(params, model, prompts, adapter, use_cache)
+            if follower is not None:
+                self.followers.append((follower, expert.weights(model.config)))
 
     @classmethod
     def for_model(
         cls, model: Decoder, prompts: Sequence[Sequence[int]], adapter: Adapter | None, use_cache: bool
     ) -> _Experts | None:
         experts = cls(model, prompts, adapter, use_cache)
-        present = (experts.doc, experts.corpus, experts.static, experts.neural)
-        return experts if any(e is not None for e in present) else None
+        return experts if experts.followers else None
 
     def observe(self, tokens: list[int], states: torch.Tensor | None) -> None:
         """The tokens just sampled, one per row, and the states (B, dim) that predicted them."""
-        for row, t in enumerate(tokens):
-            self.histories[row].append(t)
-            if self.doc is not None:
-                self.doc[row].observe(t)
-            if self.neural is not None:
-                self.neural[row].observe(states[row], t)
-        if self.static is not None:
-            self.static.step(tokens)
+        for follower, _ in self.followers:
+            follower.observe(tokens, states)
 
     def mix(self, logits: torch.Tensor, states: torch.Tensor | None) -> torch.Tensor:
-        """Log-probabilities (B, V) of the mixture: one softmax (two with the unadapted network's share),
-        each expert mixed in, one log; `states` (B, dim) predict this step."""
+        """Log-probabilities (B, V) of the mixture: one softmax, each expert's proposal mixed in, one log;
+        `states` (B, dim) predict this step."""
         probs = logits.float().softmax(dim=-1)
-        if self.static is not None:
-            probs = (1.0 - self.share) * probs + self.share * self.static.logits.float().softmax(dim=-1)
-        if self.doc is not None:
-            mix_doc_caches(probs, self.doc, self.cfg.doc_cache_weights)
-        if self.corpus is not None:
-            mix_corpus(probs, self.corpus, self.histories, self.cfg.corpus_ngram_weights)
-        if self.neural is not None:
-            theta, weights = self.cfg.neural_cache_theta, self.cfg.neural_cache_weights
-            mix_neural_caches(probs, self.neural, states, theta, weights)
+        for row in range(probs.size(0)):
+            for follower, weights in self.followers:
+                proposal = follower.propose(row, states)
+                if proposal is not None:
+                    mix_proposal(probs[row], float(weights[proposal.bucket]), proposal)
         return probs.log()
-
-
-class _StaticNet:
-    """The unadapted network beside the adapting copy, on its own KV cache, for its share of the mixture:
-    its window follows the decode loop's rule, so its logits are what sliding-window scoring computes."""
-
-    def __init__(self, model: Decoder, prompts: Sequence[Sequence[int]], use_cache: bool):
-        self.model, self.window_len = model, model.config.max_seq_len
-        self.window, self.pad = _left_pad([p[-self.window_len :] for p in prompts], model.rope_cos.device)
-        self.cache = model.new_cache(len(prompts), self.pad) if use_cache else None
-        self.logits = _window_logits(model, self.window, self.pad, self.cache)
-
-    def step(self, tokens: list[int]) -> None:
-        token = torch.tensor(tokens, device=self.window.device)
-        self.window, self.pad, slid = _append(self.window, self.pad, token, self.window_len)
-        if slid or self.cache is None:
-            self.logits = _window_logits(self.model, self.window, self.pad, self.cache)
-        else:
-            self.logits = self.model.forward_cached(token[:, None], self.cache)[:, -1]
 
 
 def _last_states(net: Decoder, rows: int) -> torch.Tensor | None:
@@ -262,32 +216,6 @@ def _one_row_at_a_time(
     for step in range(max(map(len, rows))):
         steps = [row[step] if step < len(row) else (pad, off) for row in rows]
         yield torch.cat([t for t, _ in steps]), torch.cat([a for _, a in steps])
-
-
-def _append(
-    window: torch.Tensor, pad: torch.Tensor, token: torch.Tensor, window_len: int
-) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """The window (B, W) with one token per row appended; when that overfills it, only its last
-    `window_len // 2` tokens (True: the cache must be rebuilt from them)."""
-    window = torch.cat([window, token[:, None]], dim=1)
-    if window.size(1) <= window_len:
-        return window, pad, False
-    cut = window.size(1) - max(1, window_len // 2)
-    return window[:, cut:], (pad - cut).clamp(min=0), True
-
-
-def _window_logits(model: Decoder, window: torch.Tensor, pad: torch.Tensor, cache: Any) -> torch.Tensor:
-    """(B, V) logits for the last position of the whole window (B, W).
-
-    With a cache: a prefill from scratch. Without: the plain training forward, row by row when padded.
-    """
-    if cache is not None:
-        cache.reset(pad)
-        return model.forward_cached(window, cache)[:, -1]
-    if not bool(pad.any()):
-        return model(window, last_only=True)[0][:, -1]
-    rows = [model(window[i : i + 1, int(pad[i]) :], last_only=True)[0][:, -1] for i in range(window.size(0))]
-    return torch.cat(rows)
 
 
 @torch.inference_mode()
@@ -316,7 +244,7 @@ def decode_steps(
         b = len(prompts)
         # only the repetition penalty reads it: without one, no (B, V) table and no update per token
         seen = _seen_tokens(prompts, vocab, device) if s.repetition_penalty != 1.0 else None
-        window, pad = _left_pad([p[-window_len:] for p in prompts], device)  # (B, W)
+        window, pad = left_pad([p[-window_len:] for p in prompts], device)  # (B, W)
         generator = s.generator(device)
         active = torch.ones(b, dtype=torch.bool, device=device)
         if b > 1 and not s.model_only and Adapter.wanted(model.config):
@@ -326,7 +254,7 @@ def decode_steps(
         net = model if adapter is None else adapter.net
         cache = net.new_cache(b, pad) if use_cache else None
         experts = None if s.model_only else _Experts.for_model(model, prompts, adapter, use_cache)
-        logits = _window_logits(net, window, pad, cache)
+        logits = window_logits(net, window, pad, cache)
         for step in range(max_new_tokens):
             if experts is not None:
                 logits = experts.mix(logits, _last_states(net, b))
@@ -341,12 +269,12 @@ def decode_steps(
                 seen[torch.arange(b, device=device), token] = True
             if experts is not None:
                 experts.observe(token.tolist(), _last_states(net, b))
-            window, pad, slid = _append(window, pad, token, window_len)
+            window, pad, slid = append(window, pad, token, window_len)
             relearned = adapter is not None and adapter.observe(int(token[0]))
             if relearned and use_cache:  # new weights: the cached keys and values are stale
                 cache = net.new_cache(b, pad)
             if relearned or slid or cache is None:
-                logits = _window_logits(net, window, pad, cache)
+                logits = window_logits(net, window, pad, cache)
             else:
                 logits = net.forward_cached(token[:, None], cache)[:, -1]
     finally:

@@ -52,11 +52,14 @@ class ModelConfig:
     adapt_scales: dict[str, float] | None = None
     # the unadapted network's share of the prediction beside the adapted one's, fitted with the experts
     # after adaptation (docs/mixture.md); None or 0: the adapted network alone
-    adapt_static_weight: float | None = None
+    unadapted_share: float | None = None
     # the neural cache (neural_cache.py): its softmax temperature on cosines (train.neural_cache_theta) and
     # its mixture weight per bucket of the best similarity, fitted after training; None: no neural cache
     neural_cache_theta: float | None = None
     neural_cache_weights: list[float] | None = None
+    # the fitted values of experts registered from outside the package (mixture/registry.py), by their
+    # config key; the built-in experts' are the fields above
+    mixture: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self._check_shape()
@@ -115,10 +118,17 @@ class ModelConfig:
             _require_cache_weights(self.doc_cache_weights)
         if self.corpus_ngram_weights is not None:
             _require_corpus_weights(self.corpus_ngram_weights)
-        if self.adapt_static_weight is not None and not _is_weight(self.adapt_static_weight):
+        if self.unadapted_share is not None and not _is_weight(self.unadapted_share):
             raise ConfigError(
-                f"adapt_static_weight={self.adapt_static_weight!r} must be in [0, 1) or null; "
+                f"unadapted_share={self.unadapted_share!r} must be in [0, 1) or null; "
                 "leave it null to have it fitted with the experts after training"
+            )
+        if self.mixture is not None and not (
+            isinstance(self.mixture, dict) and all(isinstance(k, str) for k in self.mixture)
+        ):
+            raise ConfigError(
+                f"mixture={_shown(self.mixture)} must be an object of an expert's config keys, or null; "
+                "restore the config.json the train phase wrote"
             )
         theta, weights = self.neural_cache_theta, self.neural_cache_weights
         if (theta is None) != (weights is None) or (
@@ -159,11 +169,6 @@ class ModelConfig:
                 f"tensors: unknown {_shown(unknown)}, missing {_shown(missing)}; delete adapt_scales and "
                 "adapt_lr from config.json, or retrain to refit them"
             )
-
-    @property
-    def unadapted_share(self) -> float:
-        """The unadapted network's share of the prediction: adapt_static_weight when the model adapts."""
-        return (self.adapt_static_weight or 0.0) if self.adapt_lr is not None else 0.0
 
     # -- derived sizes ------------------------------------------------------------------------------
 
@@ -265,6 +270,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = {RENAMED.get(k, k): v for k, v in d.items()}  # a config.json written before a rename loads
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -283,6 +289,7 @@ class ModelConfig:
 
 
 MLPS = ("swiglu", "relu2")
+RENAMED = {"adapt_static_weight": "unadapted_share"}  # old config.json key -> its name now
 # upper bounds on a config's sizes, each far past any model this project trains (the wikipedia preset is
 # 8 layers of 512 with 12,000 ids) and well inside what a 64-bit index and a model file can hold: a
 # config.json beyond them is a typo or a hostile file, refused before any arithmetic on its shape

@@ -23,6 +23,8 @@ from typing import Any
 
 from tasks import markdown as md
 from tasks.storage.artifacts import Artifact
+from tinyllama_model.mixture import registry
+from tinyllama_model.model_config import RENAMED
 
 CARD_FILE = "README.md"
 TAG_PREFIX = "card."
@@ -114,38 +116,21 @@ class ModelCard:
             vocab = f"vocabulary {tok['vocab_size']:,}{per_token}"
             lines.append(f"- tokenizer: SentencePiece BPE with byte fallback, {vocab}")
         if cfg:
-            shown = {k: v for k, v in cfg.items() if not k.endswith(("_weights", "_scales"))}  # fitted tables
+            fitted = ("_weights", "_scales", "mixture")  # fitted tables
+            shown = {k: v for k, v in cfg.items() if not k.endswith(fitted)}
             order = [k for k in _MODEL_FIELDS if k in shown] + sorted(
                 k for k in shown if k not in _MODEL_FIELDS
             )
             lines.append("- model config: " + ", ".join(f"{k} {cfg[k]}" for k in order))
-            if cfg.get("doc_cache_weights"):
-                lines.append(
-                    f"- document cache: the n-grams of each document so far, up to order "
-                    f"{len(cfg['doc_cache_weights'])}, mixed into every prediction; weights fitted on the "
-                    "validation split (`tinyllama_model/mixture/doc_cache.py`)"
-                )
-            if cfg.get("corpus_ngram_weights"):
-                lines.append(
-                    f"- corpus n-grams: what followed the last 1-{len(cfg['corpus_ngram_weights'])} tokens "
-                    "in the training corpus, mixed in after the cache; the training tokens ship beside the "
-                    "weights (`tinyllama_model/mixture/corpus_ngrams.py`)"
-                )
             if cfg.get("adapt_lr"):
-                share = cfg.get("adapt_static_weight")
                 lines.append(
                     f"- dynamic evaluation: a copy of the network learns from each document as it reads it "
                     f"(SGD, lr {cfg['adapt_lr']}{' scaled per tensor' if cfg.get('adapt_scales') else ''}, "
                     f"every {cfg.get('max_seq_len', 0) // 2} tokens), chosen on the validation split "
                     "(`tinyllama_model/mixture/adaptation.py`)"
-                    + (f", with {share} of the unadapted network mixed in" if share else "")
                 )
-            if cfg.get("neural_cache_theta"):
-                lines.append(
-                    "- neural cache: earlier states of the document vote for the token that followed them "
-                    f"(softmax of {cfg['neural_cache_theta']} x cosine), mixed in last "
-                    "(`tinyllama_model/mixture/neural_cache.py`)"
-                )
+            named = {RENAMED.get(k, k): v for k, v in cfg.items()}  # a config.json from before a rename
+            lines += [line for e in registry.EXPERTS if (line := e.card_line(named)) is not None]
         if tr:
             trained = [f"{tr[k]:,} {k}" for k in ("steps", "tokens") if k in tr]
             if "wall_time_s" in tr:

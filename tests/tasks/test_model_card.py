@@ -80,12 +80,12 @@ def test_dynamic_evaluation_is_stated_with_its_rate_and_without_its_scale_table(
 
 
 def test_the_unadapted_share_and_the_neural_cache_are_stated() -> None:
-    cfg = {"max_seq_len": 64, "adapt_lr": 2e-4, "adapt_static_weight": 0.15, "neural_cache_theta": 15.0}
+    cfg = {"max_seq_len": 64, "adapt_lr": 2e-4, "unadapted_share": 0.15, "neural_cache_theta": 15.0}
     text = card(model_config={**cfg, "neural_cache_weights": [0.1] * 7}).markdown()
-    assert (
-        "every 32 tokens), chosen on the validation split "
-        "(`tinyllama_model/mixture/adaptation.py`), with 0.15 of" in text
-    )
+    assert "- the unadapted network: 0.15 of each prediction, beside the adapted one" in text
+    written_before = {**{k: v for k, v in cfg.items() if k != "unadapted_share"}, "adapt_static_weight": 0.15}
+    old = card(model_config=written_before).markdown()
+    assert "- the unadapted network: 0.15 of each prediction" in old  # a config.json from before the rename
     assert (
         "- neural cache: earlier states of the document vote" in text and "(softmax of 15.0 x cosine)" in text
     )

@@ -17,8 +17,8 @@ from tinyllama_model import ModelConfig, TinyLlama
 from tinyllama_model.data import CorpusTooSmallError, token_dtype, write_packed
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import tempered_logprobs
-from tinyllama_model.mixture.doc_cache import fit_weights, mixed_logprobs, stream_hits
-from tinyllama_model.mixture.doc_cache import table_shape as doc_cache_shape
+from tinyllama_model.mixture.doc_cache import DocCacheExpert, stream_hits
+from tinyllama_model.mixture.fitting import fit_weights, mixed_logprobs
 from tinyllama_model.tokenizer import Tokenizer
 from tinyllama_model.training.run_state import METRICS_FILE, truncate_metrics
 from tinyllama_model.training.train_config import TrainConfig
@@ -75,7 +75,7 @@ def test_train_publishes_the_best_model_with_its_tokenizer(tmp_path, inputs):
     assert calls == []  # cached: nothing retrained
 
 
-REFIT_STEPS = ("network", "adapt_static_weight", "doc_cache", "corpus_ngram", "neural_cache", "jointly")
+REFIT_STEPS = ("network", "unadapted_share", "doc_cache", "corpus_ngrams", "neural_cache", "jointly")
 
 
 def test_the_experts_are_fitted_on_the_validation_split_and_shipped_with_the_model(tmp_path, inputs):
@@ -109,13 +109,13 @@ def test_the_experts_are_fitted_on_the_validation_split_and_shipped_with_the_mod
     refit = [stats[f"val_loss_refit_{k}"] for k in REFIT_STEPS]
     assert refit == sorted(refit, reverse=True) and refit[-1] < refit[0]
     assert model.config.neural_cache_theta == 15 and len(model.config.neural_cache_weights) == 7
-    assert model.config.adapt_static_weight == config["adapt_static_weight"] is not None
+    assert model.config.unadapted_share == config["unadapted_share"] is not None
     plain = run_train(MODEL, train_config(), enc, tok, tmp_path)
     assert plain.fingerprint != art.fingerprint and "doc_cache_matched" not in plain.stats
     assert "adapt_lr" not in plain.stats
     plain_config = TinyLlama.from_pretrained(plain.file("model")).config
     assert plain_config.adapt_lr is None and plain_config.adapt_scales is None
-    assert plain_config.neural_cache_theta is None and plain_config.adapt_static_weight is None
+    assert plain_config.neural_cache_theta is None and plain_config.unadapted_share is None
     assert not (plain.file("model") / "corpus_tokens.npy").exists()
 
 
@@ -158,7 +158,7 @@ def test_calibration_folds_the_temperature_that_scores_the_split_best_into_the_w
     losses = {}
     for temperature in (1.0, *temperatures):
         lp = tempered_logprobs(network, val, MODEL.max_seq_len, (temperature,), batch_size=32)[0]
-        weights = fit_weights(lp, bucket, prob, doc_cache_shape(2))
+        weights = fit_weights(lp, bucket, prob, DocCacheExpert().table_shape(2))
         losses[temperature] = -mixed_logprobs(lp, bucket, prob, weights).mean()
     assert chosen == min(losses, key=losses.get) and chosen != 1.0  # a 20-step network is far from calibrated
     assert stats["val_loss_sliding_doc_cache"] == pytest.approx(losses[chosen])

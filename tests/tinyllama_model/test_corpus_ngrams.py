@@ -15,9 +15,9 @@ from tinyllama_model.data import pack_documents
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import evaluate_stream, sliding_logprobs
 from tinyllama_model.generate import _Experts, generate_ids
-from tinyllama_model.mixture.corpus_ngrams import CORPUS_FILE, CorpusNgrams, table_shape
-from tinyllama_model.mixture.doc_cache import mixed_logprobs, stream_hits
-from tinyllama_model.mixture.doc_cache import table_shape as doc_shape
+from tinyllama_model.mixture.corpus_ngrams import CORPUS_FILE, COUNT_BUCKETS, CorpusNgrams
+from tinyllama_model.mixture.doc_cache import DocCacheExpert, stream_hits
+from tinyllama_model.mixture.fitting import mixed_logprobs
 from tinyllama_model.tokenizer import EOS_ID
 
 VOCAB = 40
@@ -83,9 +83,9 @@ def model() -> TinyLlama:
 
 
 def with_experts(model: TinyLlama, corpus: np.ndarray, doc: float | None, ngram: float) -> TinyLlama:
-    extra = {"corpus_ngram_weights": np.full(table_shape(4), ngram).tolist()}
+    extra = {"corpus_ngram_weights": np.full((4, COUNT_BUCKETS), ngram).tolist()}
     if doc is not None:
-        extra["doc_cache_weights"] = np.full(doc_shape(3), doc).tolist()
+        extra["doc_cache_weights"] = np.full(DocCacheExpert().table_shape(3), doc).tolist()
     mixed = TinyLlama(ModelConfig(**{**model.config.to_dict(), **extra})).eval()
     mixed.load_state_dict(model.state_dict())
     mixed.corpus_ngrams = CorpusNgrams(corpus, VOCAB, 4)

@@ -13,22 +13,20 @@ from tinyllama_model.data import pack_documents
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import evaluate_stream, sliding_logprobs
 from tinyllama_model.generate import generate_ids
-from tinyllama_model.mixture.doc_cache import (
+from tinyllama_model.mixture.doc_cache import DocCache, DocCacheExpert, bucket_index, stream_hits
+from tinyllama_model.mixture.expert import mix_proposal
+from tinyllama_model.mixture.fitting import (
     FIT_GRID,
-    DocCache,
-    bucket_index,
     chain_logprobs,
     fit_chain,
     fit_weights,
-    mix_doc_caches,
     mixed_logprobs,
     refit_chain,
-    stream_hits,
-    table_shape,
 )
 from tinyllama_model.tokenizer import EOS_ID
 
 VOCAB = 64
+table_shape = DocCacheExpert().table_shape
 
 
 def weights_table(orders: int, value: float) -> list:
@@ -100,11 +98,13 @@ def test_the_mixture_is_a_distribution_and_scoring_and_generation_agree(model):
         logits = model(torch.from_numpy(stream[None, :-1]))[0][0]  # (T, V): the window holds it all
     model_lp = logits.log_softmax(-1).gather(1, torch.from_numpy(stream[1:, None]))[:, 0].numpy()
     scored = mixed_logprobs(model_lp, bucket, prob, weights)
-    cache = DocCache(orders=3)
+    follower = DocCacheExpert().follower(3, model, [stream[:1].tolist()], None, True)
+    flat = np.ravel(weights)
     for t in range(1, len(stream)):  # the decode loop's path: one cache fed token by token
-        cache.observe(int(stream[t - 1]))
         probs = logits[t - 1 : t].softmax(-1)
-        mix_doc_caches(probs, [cache], weights)
+        if (proposal := follower.propose(0, None)) is not None:
+            mix_proposal(probs[0], float(flat[proposal.bucket]), proposal)
+        follower.observe([int(stream[t])], None)
         mixed = probs[0].log()
         assert float(mixed.exp().sum()) == pytest.approx(1.0, abs=1e-5)
         assert float(mixed[stream[t]]) == pytest.approx(scored[t - 1], abs=1e-5)

@@ -104,7 +104,7 @@ def test_generation_predicts_with_the_mixture_scoring_scores(monkeypatch, adapt_
     cache and the neural cache (the text stays within one window, where both read the same context)."""
     experts = dict(
         adapt_lr=adapt_lr,
-        adapt_static_weight=0.3,
+        unadapted_share=0.3,
         doc_cache_weights=[[[0.2] * 4, [0.4] * 4]],
         neural_cache_theta=15.0,
         neural_cache_weights=WEIGHTS,
@@ -142,7 +142,7 @@ def test_evaluate_stream_scores_the_mixture_and_reports_the_network_alone():
         dict(neural_cache_theta=0.0, neural_cache_weights=WEIGHTS),
         dict(neural_cache_theta=15.0, neural_cache_weights=WEIGHTS[:3]),
         dict(neural_cache_theta=15.0, neural_cache_weights=[1.5] * 7),
-        dict(adapt_static_weight=1.0),
+        dict(unadapted_share=1.0),
     ],
 )
 def test_a_malformed_neural_cache_or_share_is_refused_with_the_fix(bad):

@@ -8,8 +8,9 @@ last 1..4 tokens anywhere in the training corpus. This is the n-gram side of inf
 
     p(x) = (1 - u) * p_model_and_document_cache(x) + u * count(context, x) / count(context)
 
-u depends on the order of the longest context found and on log2 of its count (`table_shape`). Contexts
-never cross a document boundary: an EOS may only open one (the start of a document is a context too).
+u depends on the order of the longest context found and on log2 of its count
+(`CorpusNgramsExpert.table_shape`). Contexts never cross a document boundary: an EOS may only open one
+(the start of a document is a context too).
 
 Storage: the model directory keeps the training token stream itself (`CORPUS_FILE`, 2 bytes a token), or
 on a corpus past `train.corpus_ngram_max_tokens` whole documents spread over it (doc_sample.py), so the
@@ -22,14 +23,15 @@ hash collisions.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from tinyllama_model.checkpoint import CheckpointError
-from tinyllama_model.mixture.doc_cache import mix_sparse
+from tinyllama_model.mixture.expert import Expert, FitInputs, Proposal, Reading
 from tinyllama_model.model_config import CORPUS_COUNT_BUCKETS, CORPUS_MAX_ORDER
 from tinyllama_model.tokenizer import EOS_ID
 
@@ -82,11 +84,6 @@ def corpus_file_tokens(model_dir: str | Path) -> int:
             "(truncated?); restore the file from the model"
         )
     return int(shape[0])
-
-
-def table_shape(orders: int) -> tuple[int, int]:
-    """Weights are indexed [order - 1][min(floor(log2(count)), 9)]."""
-    return (orders, COUNT_BUCKETS)
 
 
 def _contexts(stream: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,16 +190,66 @@ class CorpusNgrams:
         return (order - 1) * COUNT_BUCKETS + np.minimum(np.log2(totals).astype(np.int64), COUNT_BUCKETS - 1)
 
 
-def mix_corpus(
-    probs: torch.Tensor, corpus: CorpusNgrams, histories: Sequence[Sequence[int]], weights: list
-) -> None:
-    """Mix the corpus's n-grams into each row's next-token probabilities (B, V), in place, after the tokens
-    of each row so far."""
-    flat = np.asarray(weights, dtype=np.float64).ravel()
-    for row, history in enumerate(histories):
-        hit = corpus.next_tokens(history)
-        if hit is not None:
-            bucket, ids, q = hit
-            mix_sparse(
-                probs[row], float(flat[bucket]), torch.from_numpy(ids).to(probs.device), torch.from_numpy(q)
-            )
+class CorpusNgramsExpert(Expert):
+    """The corpus n-grams in the registry: built from the training split (`train.corpus_ngram_orders`),
+    fitted with calibration; their tokens ship beside config.json."""
+
+    name, keys, stage = "corpus_ngrams", ("corpus_ngram_weights",), "network"
+    refusal = "transformers has no n-gram expert"
+
+    def wanted(self, train_cfg: Any) -> bool:
+        return bool(train_cfg.corpus_ngram_orders)
+
+    def fit_params(self, fit: FitInputs) -> CorpusNgrams | None:
+        if fit.model.corpus_ngrams is not None:
+            return fit.model.corpus_ngrams
+        orders, vocab = fit.train_cfg.corpus_ngram_orders, fit.model.config.vocab_size
+        if not orders:
+            return None
+        return CorpusNgrams(fit.sample("train", fit.train_cfg.corpus_ngram_max_tokens), vocab, orders)
+
+    def params(self, model: Any) -> CorpusNgrams | None:
+        return getattr(model, "corpus_ngrams", None)
+
+    def table_shape(self, corpus: CorpusNgrams) -> tuple[int, int]:
+        """Weights are indexed [order - 1][min(floor(log2(count)), 9)]."""
+        return (corpus.orders, COUNT_BUCKETS)
+
+    def hits(self, corpus: CorpusNgrams, reading: Reading) -> tuple[np.ndarray, np.ndarray]:
+        return corpus.stream_hits(reading.tokens)
+
+    def save(self, corpus: CorpusNgrams, model_dir: Path) -> dict[str, Any]:
+        corpus.save(model_dir)
+        return {"corpus_ngram_tokens": len(corpus.tokens)}
+
+    def follower(
+        self, corpus: CorpusNgrams, model: Any, prompts: Sequence[Sequence[int]], *_: Any
+    ) -> _Histories:
+        return _Histories(corpus, prompts)
+
+    def card_line(self, cfg: Mapping[str, Any]) -> str | None:
+        if not cfg.get("corpus_ngram_weights"):
+            return None
+        return (
+            f"- corpus n-grams: what followed the last 1-{len(cfg['corpus_ngram_weights'])} tokens "
+            "in the training corpus, mixed in after the cache; the training tokens ship beside the "
+            "weights (`tinyllama_model/mixture/corpus_ngrams.py`)"
+        )
+
+
+class _Histories:
+    """Each row's tokens so far, for the corpus's lookup of what followed their last 1..4."""
+
+    def __init__(self, corpus: CorpusNgrams, prompts: Sequence[Sequence[int]]):
+        self.corpus, self.histories = corpus, [[int(t) for t in p] for p in prompts]
+
+    def observe(self, tokens: list[int], states: torch.Tensor | None) -> None:
+        for history, t in zip(self.histories, tokens, strict=True):
+            history.append(t)
+
+    def propose(self, row: int, states: torch.Tensor | None) -> Proposal | None:
+        hit = self.corpus.next_tokens(self.histories[row])
+        if hit is None:
+            return None
+        bucket, ids, q = hit
+        return Proposal(bucket, torch.from_numpy(q), torch.from_numpy(ids))

@@ -13,7 +13,7 @@ Both parts are distributions, so the mixture is one too and bits per byte stay a
 reads only earlier tokens of the same document (it empties at EOS), so it never sees what it predicts.
 
 The weight w depends on how much the match can be trusted: its order, n (1, 2, 3, 4 or more) and whether
-the context was always followed by the same token. `fit_weights` picks each weight from text the model
+the context was always followed by the same token. `fitting.fit_weights` picks each weight from text the model
 did not train on: the train phase uses the validation split. With no
 match the model's prediction is used unchanged. Everything here is plain Python and numpy on token ids;
 the network is never touched, so its weights, resume and DDP are as without the cache (`export-hf`
@@ -22,23 +22,16 @@ refuses it: transformers has no cache).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from tinyllama_model.mixture.expert import Expert, FitInputs, Proposal, Reading
 from tinyllama_model.model_config import CACHE_COUNT_BUCKETS as COUNT_BUCKETS
 from tinyllama_model.model_config import DOC_CACHE_MAX_ORDER as MAX_ORDER
 from tinyllama_model.tokenizer import EOS_ID
-
-FIT_GRID = np.linspace(0.0, 0.95, 96)  # candidate weights; 1 would give unseen tokens probability 0
-MIN_FIT_TARGETS = 20  # a bucket with fewer targets takes the weight fitted on its whole order
-
-
-def table_shape(orders: int) -> tuple[int, int, int]:
-    """Weights are indexed [order - 1][1 if the context had one continuation][min(n, 4) - 1]."""
-    return (orders, 2, COUNT_BUCKETS)
 
 
 class DocCache:
@@ -72,7 +65,7 @@ class DocCache:
 
 
 def bucket_index(order: int, follows: dict[int, int]) -> int:
-    """Flat index into the weight table (`table_shape`) for a context of this order and continuations."""
+    """Flat index into the weight table (`DocCacheExpert.table_shape`) for a context and its continuations."""
     n = min(sum(follows.values()), COUNT_BUCKETS)
     return ((order - 1) * 2 + (len(follows) == 1)) * COUNT_BUCKETS + n - 1
 
@@ -95,121 +88,61 @@ def stream_hits(tokens: np.ndarray | Sequence[int], orders: int) -> tuple[np.nda
     return bucket, prob
 
 
-def mixed_logprobs(
-    model_logprobs: np.ndarray, bucket: np.ndarray, cache_prob: np.ndarray, weights: np.ndarray
-) -> np.ndarray:
-    """Log-probability of each target under the mixture; unchanged where the cache had no match."""
-    return np.log(_mixed_probs(np.exp(model_logprobs), bucket, cache_prob, weights))
+class DocCacheExpert(Expert):
+    """The document cache in the registry: `train.doc_cache_orders` orders, fitted with calibration."""
+
+    name, keys, stage = "doc_cache", ("doc_cache_weights",), "network"
+    refusal = "transformers has no document cache"
+
+    def wanted(self, train_cfg: Any) -> bool:
+        return bool(train_cfg.doc_cache_orders)
+
+    def fit_params(self, fit: FitInputs) -> int | None:
+        return fit.train_cfg.doc_cache_orders or None
+
+    def params(self, model: Any) -> int | None:
+        weights = getattr(model.config, "doc_cache_weights", None)
+        return None if weights is None else len(weights)
+
+    def table_shape(self, orders: int) -> tuple[int, int, int]:
+        """Weights are indexed [order - 1][1 if the context had one continuation][min(n, 4) - 1]."""
+        return (orders, 2, COUNT_BUCKETS)
+
+    def hits(self, orders: int, reading: Reading) -> tuple[np.ndarray, np.ndarray]:
+        return stream_hits(reading.tokens, orders)
+
+    def follower(
+        self, orders: int, model: Any, prompts: Sequence[Sequence[int]], adapter: Any, use_cache: bool
+    ) -> _Caches:
+        return _Caches(orders, prompts)
+
+    def card_line(self, cfg: Mapping[str, Any]) -> str | None:
+        if not cfg.get("doc_cache_weights"):
+            return None
+        return (
+            f"- document cache: the n-grams of each document so far, up to order "
+            f"{len(cfg['doc_cache_weights'])}, mixed into every prediction; weights fitted on the "
+            "validation split (`tinyllama_model/mixture/doc_cache.py`)"
+        )
 
 
-def _mixed_probs(p: np.ndarray, bucket: np.ndarray, cache_prob: np.ndarray, weights: Any) -> np.ndarray:
-    w = np.where(bucket >= 0, np.asarray(weights, dtype=np.float64).ravel()[np.maximum(bucket, 0)], 0.0)
-    return (1.0 - w) * p + w * cache_prob
+class _Caches:
+    """A `DocCache` per row of a generating batch, fed its prompt, then each token sampled."""
 
+    def __init__(self, orders: int, prompts: Sequence[Sequence[int]]):
+        self.caches = [DocCache(orders) for _ in prompts]
+        for cache, prompt in zip(self.caches, prompts, strict=True):
+            for t in prompt:
+                cache.observe(int(t))
 
-def fit_weights(
-    base_logprobs: np.ndarray,
-    bucket: np.ndarray,
-    cache_prob: np.ndarray,
-    shape: tuple,
-    *,
-    scale: np.ndarray | float = 1.0,
-    offset: np.ndarray | float = 0.0,
-) -> list:
-    """The weight of each bucket of a `shape` table that minimises the mixture's loss on these targets.
+    def observe(self, tokens: list[int], states: torch.Tensor | None) -> None:
+        for cache, t in zip(self.caches, tokens, strict=True):
+            cache.observe(t)
 
-    The loss is convex in each weight and the buckets do not share targets, so each is fitted alone on a
-    grid of 96 values. A bucket with under `MIN_FIT_TARGETS` targets takes the weight fitted on all the
-    targets of its row (its order) rather than a noisy one. `base_logprobs` is what the cache is mixed
-    into: the model's, or the model with an earlier cache (corpus_ngrams.py). Experts mixed in after this
-    one make the final probability of each target `scale * mixture + offset` (`refit_chain`).
-    """
-    p_base = np.exp(base_logprobs)
-    scale, offset = np.broadcast_to(scale, p_base.shape), np.broadcast_to(offset, p_base.shape)
-    per_row = int(np.prod(shape[1:]))
-    weights = np.zeros(int(np.prod(shape)))
-
-    def best(mask: np.ndarray) -> float:
-        if not mask.any():
-            return 0.0
-        pm, pc = p_base[mask][None, :], cache_prob[mask][None, :]
-        w = FIT_GRID[:, None]
-        final = scale[mask][None, :] * ((1 - w) * pm + w * pc) + offset[mask][None, :]
-        return float(FIT_GRID[np.argmin(-np.log(final).sum(axis=1))])
-
-    for row in range(shape[0]):
-        pooled = best((bucket >= row * per_row) & (bucket < (row + 1) * per_row))
-        for b in range(row * per_row, (row + 1) * per_row):
-            mask = bucket == b
-            weights[b] = best(mask) if mask.sum() >= MIN_FIT_TARGETS else pooled
-    return np.round(weights.reshape(shape), 4).tolist()
-
-
-Expert = tuple[np.ndarray, np.ndarray, tuple]  # (bucket, probability of each target, weight-table shape)
-
-
-def chain_logprobs(
-    base_logprobs: np.ndarray, experts: Sequence[Expert], weights: Sequence[Any]
-) -> np.ndarray:
-    """The targets' log-probabilities with each expert mixed in turn into what came before it."""
-    return np.log(_chain_probs(np.exp(base_logprobs), experts, weights))
-
-
-def _chain_probs(p: np.ndarray, experts: Sequence[Expert], weights: Sequence[Any]) -> np.ndarray:
-    for (bucket, prob, _), w in zip(experts, weights, strict=True):
-        p = _mixed_probs(p, bucket, prob, w)
-    return p
-
-
-def fit_chain(base_logprobs: np.ndarray, experts: Sequence[Expert]) -> tuple[list, list[np.ndarray]]:
-    """Each expert's weights fitted in turn on the mixture of the ones before it (the first fit, before
-    `refit_chain`): the weights, and the log-probabilities before the first expert and after each."""
-    weights, after = [], [base_logprobs]
-    for bucket, prob, shape in experts:
-        weights.append(fit_weights(after[-1], bucket, prob, shape))
-        after.append(mixed_logprobs(after[-1], bucket, prob, weights[-1]))
-    return weights, after
-
-
-def refit_chain(base_logprobs: np.ndarray, experts: Sequence[Expert], weights: Sequence[Any]) -> list:
-    """Each expert's weights fitted again, in order, with every other expert's fixed; one pass.
-
-    Fitted one at a time, an early expert's weights are chosen before anyone knows what the later ones
-    add, and they cover the same targets (the document cache and the neural cache both predict a repeated
-    name), so refitted they change (measurements: docs/tuning-log.md).
-    Later experts make the final probability affine in an earlier expert's mixture, `scale * mixture +
-    offset`, so each refit is the same convex one-weight search as the first fit; a refit that would
-    score these targets worse is not taken, so the chain never gets worse on them. One pass: a second
-    gained next to nothing (measurements: docs/tuning-log.md).
-    """
-    weights = list(weights)
-    for k, (bucket, prob, shape) in enumerate(experts):
-        p_inner = _chain_probs(np.exp(base_logprobs), experts[:k], weights[:k])
-        later, later_weights = experts[k + 1 :], weights[k + 1 :]
-        offset = _chain_probs(np.zeros(len(bucket)), later, later_weights)
-        scale = _chain_probs(np.ones(len(bucket)), later, later_weights) - offset
-        refit = fit_weights(np.log(p_inner), bucket, prob, shape, scale=scale, offset=offset)
-        [before, after] = [
-            np.log(scale * _mixed_probs(p_inner, bucket, prob, w) + offset).sum() for w in (weights[k], refit)
-        ]
-        if after >= before:  # a small bucket takes its row's weight, which can lose on that bucket
-            weights[k] = refit
-    return weights
-
-
-def mix_sparse(probs: torch.Tensor, weight: float, ids: torch.Tensor, q: torch.Tensor) -> None:
-    """probs (V,) <- (1 - w) probs + w q, in place, for a q that is `q` at `ids` and 0 elsewhere."""
-    probs.mul_(1.0 - weight)
-    probs[ids] += weight * q.to(probs.dtype)
-
-
-def mix_doc_caches(probs: torch.Tensor, caches: Sequence[DocCache], weights: list) -> None:
-    """Mix each row's cache into its next-token probabilities (B, V), in place."""
-    flat = np.asarray(weights, dtype=np.float64).ravel()
-    for row, cache in enumerate(caches):
-        hit = cache.match()
-        if hit is not None:
-            bucket, follows = hit
-            ids = torch.tensor(list(follows), device=probs.device)
-            counts = torch.tensor(list(follows.values()), device=probs.device, dtype=torch.float64)
-            mix_sparse(probs[row], float(flat[bucket]), ids, counts / counts.sum())
+    def propose(self, row: int, states: torch.Tensor | None) -> Proposal | None:
+        hit = self.caches[row].match()
+        if hit is None:
+            return None
+        bucket, follows = hit
+        counts = torch.tensor(list(follows.values()), dtype=torch.float64)
+        return Proposal(bucket, counts / counts.sum(), torch.tensor(list(follows)))

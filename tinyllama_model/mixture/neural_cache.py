@@ -10,7 +10,7 @@ x_{i+1} that followed each, and predict
     p_cache(x) = sum over i with x_{i+1} = x of softmax_i(theta * cos(h_t, h_i))
 
 mixed in last, after the document cache and the corpus n-grams, with a weight that grows with the best
-match's similarity (`SIMILARITY_EDGES`; fitted on the validation split by `doc_cache.fit_weights`). The
+match's similarity (`SIMILARITY_EDGES`; fitted on the validation split by `fitting.fit_weights`). The
 states are the ones the predicting network computed at each position (the adapted one under dynamic
 evaluation); they are unit-normalised, so theta is a temperature on cosines. The cache reads only earlier
 positions of the same document and empties at EOS, so it never sees what it predicts, and the mixture
@@ -19,23 +19,20 @@ stays a distribution. It costs a (positions x dim) product per token; what it ga
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from tinyllama_model.mixture.adaptation import document_spans
+from tinyllama_model.mixture.expert import Expert, FitInputs, Proposal, Reading, value
 from tinyllama_model.model_config import NEURAL_CACHE_BUCKETS as N_BUCKETS
 from tinyllama_model.tokenizer import EOS_ID
 
 # the weight's buckets: cosine of the best earlier state < 0.6, 0.6-0.7, ... , >= 0.95
 SIMILARITY_EDGES = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95)  # N_BUCKETS - 1 edges
 QUERY_BLOCK = 1024  # positions scored at once: a (1024 x document) similarity matrix, 128 MB at 32k tokens
-
-
-def table_shape() -> tuple[int, int]:
-    """Weights are indexed [0][bucket of the best similarity] (one row, for `doc_cache.fit_weights`)."""
-    return (1, N_BUCKETS)
 
 
 def _unit(states: torch.Tensor) -> torch.Tensor:
@@ -98,14 +95,64 @@ class NeuralCache:
         return int(_bucket(sim.max())), probs
 
 
-def mix_neural_caches(
-    probs: torch.Tensor, caches: Sequence[NeuralCache], states: torch.Tensor, theta: float, weights: list
-) -> None:
-    """Mix each row's cache into its next-token probabilities (B, V), in place; `states` (B, dim)."""
-    flat = np.asarray(weights, dtype=np.float64).ravel()
-    for row, cache in enumerate(caches):
-        hit = cache.predict(states[row], theta)
-        if hit is not None:
-            bucket, q = hit
-            weight = float(flat[bucket])
-            probs[row] = (1.0 - weight) * probs[row] + weight * q.to(probs.device, probs.dtype)
+class NeuralCacheExpert(Expert):
+    """The neural cache in the registry: `train.neural_cache_theta`, fitted last, on the states of the
+    network the model predicts with (adapted or not)."""
+
+    name, keys, stage = "neural_cache", ("neural_cache_theta", "neural_cache_weights"), "adapted"
+    refusal = "transformers has no neural cache"
+
+    def wanted(self, train_cfg: Any) -> bool:
+        return train_cfg.neural_cache_theta is not None
+
+    def fit_params(self, fit: FitInputs) -> float | None:
+        return fit.train_cfg.neural_cache_theta
+
+    def params(self, model: Any) -> float | None:
+        return getattr(model.config, "neural_cache_theta", None)
+
+    def table_shape(self, theta: float) -> tuple[int, int]:
+        """Weights are indexed [0][bucket of the best similarity] (one row)."""
+        return (1, N_BUCKETS)
+
+    def hits(self, theta: float, reading: Reading) -> tuple[np.ndarray, np.ndarray]:
+        if reading.states is None:
+            raise ValueError("a model with a neural cache is scored on the states of `document_pass`")
+        return stream_hits(reading.tokens, reading.states, theta)
+
+    def to_config(self, theta: float, weights: list) -> dict[str, Any]:
+        return {"neural_cache_theta": theta, "neural_cache_weights": np.ravel(weights).tolist()}
+
+    def weights(self, cfg: Any) -> np.ndarray:
+        return np.asarray(value(cfg, "neural_cache_weights"), dtype=np.float64).ravel()
+
+    def follower(
+        self, theta: float, model: Any, prompts: Sequence[Sequence[int]], adapter: Any, use_cache: bool
+    ) -> _States | None:
+        return None if adapter is None else _States(theta, model.config, adapter)
+
+    def card_line(self, cfg: Mapping[str, Any]) -> str | None:
+        if not cfg.get("neural_cache_theta"):
+            return None
+        return (
+            "- neural cache: earlier states of the document vote for the token that followed them "
+            f"(softmax of {cfg['neural_cache_theta']} x cosine), mixed in last "
+            "(`tinyllama_model/mixture/neural_cache.py`)"
+        )
+
+
+class _States:
+    """The one row's `NeuralCache` (it reads through the row's adapter), fed the prompt's states as
+    scoring computes them (`Adapter.document_states`), then the decode loop's."""
+
+    def __init__(self, theta: float, cfg: Any, adapter: Any):
+        self.theta, self.cache = theta, NeuralCache(cfg.dim, cfg.vocab_size)
+        for token, state in zip(adapter.doc, [None, *adapter.document_states()], strict=True):
+            self.cache.observe(state, token)
+
+    def observe(self, tokens: list[int], states: torch.Tensor | None) -> None:
+        self.cache.observe(states[0], tokens[0])
+
+    def propose(self, row: int, states: torch.Tensor | None) -> Proposal | None:
+        hit = self.cache.predict(states[row], self.theta)
+        return None if hit is None else Proposal(*hit)
