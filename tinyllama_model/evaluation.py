@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyllama_model.mixture import registry
-from tinyllama_model.mixture.adaptation import Adapter, document_pass
+from tinyllama_model.mixture.adaptation import document_pass
 from tinyllama_model.mixture.expert import Reading
 from tinyllama_model.mixture.fitting import mixed_logprobs
 
@@ -190,7 +190,7 @@ def evaluate_stream(
         model.train(was_training)
     cfg = model.config
     adapted, states = logprobs, None
-    if Adapter.wanted(cfg):
+    if registry.reads_documents(model):
         adapted, states = document_pass(model, tokens, cfg.adapt_lr, cfg.adapt_scales)
     mixed = mixture_logprobs(model, tokens, adapted, static=logprobs, states=states)
     result = summarize(-float(mixed.sum()), len(mixed), n_bytes)

@@ -247,10 +247,11 @@ def decode_steps(
         window, pad = left_pad([p[-window_len:] for p in prompts], device)  # (B, W)
         generator = s.generator(device)
         active = torch.ones(b, dtype=torch.bool, device=device)
-        if b > 1 and not s.model_only and Adapter.wanted(model.config):
+        reads = not s.model_only and registry.reads_documents(model)
+        if b > 1 and reads:
             yield from _one_row_at_a_time(model, prompts, max_new_tokens, s, use_cache)  # own weights each
             return
-        adapter = None if s.model_only else Adapter.for_model(model, prompts[0])
+        adapter = Adapter.for_model(model, prompts[0]) if reads else None
         net = model if adapter is None else adapter.net
         cache = net.new_cache(b, pad) if use_cache else None
         experts = None if s.model_only else _Experts.for_model(model, prompts, adapter, use_cache)

@@ -79,23 +79,12 @@ class Adapter:
         self.states: list[torch.Tensor] = []  # the final states that predicted them, a tensor per chunk
 
     @classmethod
-    def for_model(cls, model: nn.Module, prompt: Sequence[int]) -> Adapter | None:
-        """An adapter that has read `prompt`, or None for a model that neither adapts nor has a neural
-        cache (which reads the states of the document so far: without `adapt_lr` it reads, never learns)."""
-        if not cls.wanted(model.config):
-            return None
+    def for_model(cls, model: nn.Module, prompt: Sequence[int]) -> Adapter:
+        """An adapter of the model (learning at its `adapt_lr`; never, without one) that has read `prompt`."""
         adapter = cls(model, model.config.adapt_lr, model.config.adapt_scales)
         for token in prompt:
             adapter.observe(int(token))
         return adapter
-
-    @staticmethod
-    def wanted(config: Any) -> bool:
-        """Whether a model reads its documents through an adapter: it adapts, or has a neural cache."""
-        return (
-            getattr(config, "adapt_lr", None) is not None
-            or getattr(config, "neural_cache_theta", None) is not None
-        )
 
     def reset(self) -> None:
         """Back to the trained weights, for a new document."""

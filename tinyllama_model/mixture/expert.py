@@ -70,6 +70,7 @@ class Expert:
     keys: tuple[str, ...] = ()  # its config.json keys, the weights' first
     refusal: str = ""  # why `export-hf` cannot express it
     stage: str = "adapted"
+    reads_states: bool = False  # it reads the network's final states: the model reads through an adapter
 
     def wanted(self, train_cfg: Any) -> bool:
         """Whether the train config asks for it (cheap: decides which fits run at all)."""

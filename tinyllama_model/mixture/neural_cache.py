@@ -100,7 +100,7 @@ class NeuralCacheExpert(Expert):
     network the model predicts with (adapted or not)."""
 
     name, keys, stage = "neural_cache", ("neural_cache_theta", "neural_cache_weights"), "adapted"
-    refusal = "transformers has no neural cache"
+    refusal, reads_states = "transformers has no neural cache", True
 
     def wanted(self, train_cfg: Any) -> bool:
         return train_cfg.neural_cache_theta is not None

@@ -51,3 +51,12 @@ def active(model: Any) -> Iterator[tuple[Expert, Any]]:
         params = e.params(model)
         if params is not None:
             yield e, params
+
+
+def reads_documents(model: Any) -> bool:
+    """Whether the model reads each document through an adapter (adaptation.py): it adapts, or has an
+    expert that reads the states of the document so far (`Expert.reads_states`), which then reads with
+    an adapter that never learns."""
+    return getattr(model.config, "adapt_lr", None) is not None or any(
+        e.reads_states for e, _ in active(model)
+    )
