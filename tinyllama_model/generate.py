@@ -237,8 +237,7 @@ def decode_steps(
     _check_request(prompts, max_new_tokens, vocab)
     if max_new_tokens == 0:
         return
-    device = model.rope_cos.device
-    was_training = model.training
+    device, was_training = model.rope_cos.device, model.training
     model.eval()
     try:
         b = len(prompts)
