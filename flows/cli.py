@@ -305,19 +305,27 @@ def evaluate(
     text_field: Annotated[
         str, typer.Option("--text-field", help="Field holding the text in jsonl/parquet rows.")
     ] = "content",
+    model_only: Annotated[
+        bool,
+        typer.Option(
+            "--model-only",
+            help="Score the trained network alone (fast): no experts, no dynamic evaluation.",
+        ),
+    ] = False,
 ) -> None:
     """Score a model on a file: prints JSON with loss, perplexity, bits per byte, tokens and bytes.
 
     Every token of every document counts (sliding windows), and bytes are the UTF-8 size of the text as it
     stands in the file, so bits per byte compare across tokenizers and preprocessing choices. A model
-    with a document cache is scored as the mixture it predicts with; `model_bpb` is the model alone.
+    with experts is scored as the mixture it predicts with (slow with dynamic evaluation); `model_bpb` is
+    the network alone, and `--model-only` scores only that. `scored` says which was scored.
     """
     from tasks.evaluate import evaluate_file
 
     if not data.is_file():
         _fail(f"--data {data} does not exist")
     with _bad_input_fails(), _model_dir(model) as directory:
-        result = evaluate_file(directory, data, text_field=text_field)
+        result = evaluate_file(directory, data, text_field=text_field, model_only=model_only)
     typer.echo(json.dumps(result, indent=2))
 
 

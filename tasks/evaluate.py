@@ -29,7 +29,7 @@ from tasks.storage.cache_records import artifact_cache
 from tasks.tokenizer import read_split
 from tinyllama_model.data import pack_documents
 from tinyllama_model.doc_sample import spread_documents
-from tinyllama_model.evaluation import evaluate_stream
+from tinyllama_model.evaluation import evaluate_stream, scored_with
 from tinyllama_model.generate import generate_text
 from tinyllama_model.hardware import autocast_for, resolve_device
 from tinyllama_model.model import TinyLlama
@@ -83,14 +83,23 @@ def score_documents(
     stride: int | None = None,
     batch_size: int = 32,
     device: str = "auto",
+    model_only: bool = False,
 ) -> dict[str, Any]:
-    """Loss, perplexity and bpb over documents packed as in training (every token of every document)."""
+    """Loss, perplexity and bpb over documents packed as in training (every token of every document);
+    `model_only`: of the network alone, without the experts or dynamic evaluation."""
     dev = resolve_device(device)
     autocast, _ = autocast_for(dev, "auto")
     model = model.to(dev)
     stream = pack_documents(docs, EOS_ID)
     return evaluate_stream(
-        model, stream, n_bytes, stride=stride, batch_size=batch_size, device=dev, autocast=autocast
+        model,
+        stream,
+        n_bytes,
+        stride=stride,
+        batch_size=batch_size,
+        device=dev,
+        autocast=autocast,
+        model_only=model_only,
     )
 
 
@@ -169,11 +178,13 @@ def evaluate_file(
     stride: int | None = None,
     batch_size: int = 32,
     device: str = "auto",
+    model_only: bool = False,
 ) -> dict[str, Any]:
-    """`tinyllama eval`: loss, perplexity, bpb, tokens and bytes of a model on the documents of a file.
+    """`tinyllama eval`: loss, perplexity, bpb, tokens and bytes of a model on the documents of a file,
+    and what was scored (`scored`: the network alone, or the mixture and its parts).
 
     `bytes` is the UTF-8 size of the texts as they stand in the file; `tokens` counts every scored
-    target (each document's tokens plus the EOS that ends it).
+    target (each document's tokens plus the EOS that ends it). `model_only` scores the network alone.
     """
     model_dir = Path(model_dir)
     texts = [t for t in read_texts(Path(data_path), text_field) if t]
@@ -184,8 +195,9 @@ def evaluate_file(
     tok.check_fits(model.config.vocab_size)
     docs = [np.asarray(ids, dtype=np.int64) for ids in tok.encode_batch(texts)]
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    result = score_documents(model, docs, n_bytes, stride=stride, batch_size=batch_size, device=device)
-    return {**result, "documents": len(texts)}
+    options = {"stride": stride, "batch_size": batch_size, "device": device, "model_only": model_only}
+    result = score_documents(model, docs, n_bytes, **options)
+    return {**result, "documents": len(texts), "scored": scored_with(model, model_only)}
 
 
 # -- the phase ------------------------------------------------------------------------------------------

@@ -168,6 +168,7 @@ def evaluate_stream(
     batch_size: int = 4,
     device: str | torch.device = "cpu",
     autocast: AbstractContextManager | None = None,
+    model_only: bool = False,
 ) -> dict[str, float | int | None]:
     """Loss, perplexity and bpb of every target of a packed stream (`n_bytes`: the text's UTF-8 size).
 
@@ -175,7 +176,8 @@ def evaluate_stream(
     with (`mixture_logprobs`); one with `adapt_lr` learns from each document as it reads it, and one with
     a neural cache reads it document by document too (adaptation.py, then without the `stride` and
     `batch_size` options). The network alone, with none of them, is reported beside it as `model_loss` /
-    `model_bpb`.
+    `model_bpb`. `model_only` scores the network alone and nothing else: one sliding-window pass, where
+    dynamic evaluation reads every document again (what `scored_with` names).
     """
     if len(tokens) < 2:
         raise ValueError("the token stream has fewer than 2 tokens: there is nothing to predict")
@@ -188,6 +190,8 @@ def evaluate_stream(
         )
     finally:
         model.train(was_training)
+    if model_only:
+        return summarize(-float(logprobs.sum()), len(logprobs), n_bytes)
     cfg = model.config
     adapted, states = logprobs, None
     if registry.reads_documents(model):
@@ -198,6 +202,16 @@ def evaluate_stream(
         alone = summarize(-float(logprobs.sum()), len(logprobs), n_bytes)
         result.update(model_loss=alone["loss"], model_bpb=alone["bpb"])
     return result
+
+
+def scored_with(model: nn.Module, model_only: bool = False) -> str:
+    """What `evaluate_stream` scores for this model: the network alone, or the mixture and its parts."""
+    parts = [e.name for e, _ in registry.active(model)]
+    if getattr(model.config, "adapt_lr", None) is not None:
+        parts.insert(0, "dynamic evaluation")
+    if model_only or not parts:
+        return "the network alone"
+    return "the mixture: the network with " + ", ".join(parts)
 
 
 def mixture_logprobs(

@@ -96,6 +96,12 @@ def test_a_document_cache_is_scored_and_sampled_and_can_be_left_out(model_dir: P
     assert scored.returncode == 0, scored.stderr
     result = json.loads(scored.stdout)
     assert result["bpb"] < result["model_bpb"] / 2  # the repeats are nearly free with the cache
+    assert result["scored"] == "the mixture: the network with doc_cache"
+    alone = _run("eval", "-m", str(cached), "--data", str(data), "--model-only")
+    assert alone.returncode == 0, alone.stderr
+    network = json.loads(alone.stdout)
+    assert network["scored"] == "the network alone" and "model_bpb" not in network
+    assert network["bpb"] == result["model_bpb"] and network["tokens"] == result["tokens"]
     prompt = f"{phrase} {phrase} {phrase} alpha beta"
     args = ("generate", "-m", str(cached), "--prompt", prompt, "-n", "16", "-t", "0", "--no-stream")
     with_cache, alone = _run(*args), _run(*args, "--model-only")
