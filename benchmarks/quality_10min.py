@@ -163,15 +163,15 @@ def main() -> int:
         steps = ("model_alone", "calibrated", "doc_cache", "corpus_ngrams")
         losses = [s.get(f"val_loss_sliding_{k}") for k in steps]
         shown = " -> ".join(f"{x:.4f}" for x in losses if x is not None)
-        orders = (train_cfg.doc_cache_orders, train_cfg.corpus_ngram_orders)
+        orders = (train_cfg.mixture.doc_cache_orders, train_cfg.mixture.corpus_ngram_orders)
         experts = "doc cache orders {}, corpus n-gram orders {}".format(*orders)
         if "calibration_temperature" in s:  # tasks/train.py::fit_mixture, before the experts
-            grid = list(train_cfg.calibration_temperatures)
+            grid = list(train_cfg.mixture.calibration_temperatures)
             experts = f"temperature {s['calibration_temperature']} of {grid}, {experts}"
         report.append(("experts, fitted on the validation split", f"{experts}; its val loss {shown}"))
-    if s.get("adapt_lr") is not None or train_cfg.adapt_lrs:
+    if s.get("adapt_lr") is not None or train_cfg.mixture.adapt_lrs:
         fit = [s.get(f"val_loss_adapt_fit_{k}") for k in ("unadapted", "adapted")]
-        chosen = f"lr {s.get('adapt_lr')} of {list(train_cfg.adapt_lrs)}"
+        chosen = f"lr {s.get('adapt_lr')} of {list(train_cfg.mixture.adapt_lrs)}"
         shown = f"{chosen}; val loss {fit[0]:.4f} -> {fit[1]:.4f} (its first 32k tokens)"
         report.append(("dynamic evaluation (adaptation.py)", shown))
     refit = {k.removeprefix("val_loss_refit_"): v for k, v in s.items() if k.startswith("val_loss_refit_")}

@@ -27,6 +27,7 @@ from tasks.storage.data_root import DataRoot
 from tasks.tokenizer import TokenizerConfig
 from tinyllama_model.config_fields import operational
 from tinyllama_model.errors import ConfigError
+from tinyllama_model.mixture.config import check_moved
 from tinyllama_model.model import ModelConfig
 from tinyllama_model.training.sizing import PRESETS as SIZES
 from tinyllama_model.training.train_config import TrainConfig
@@ -145,6 +146,8 @@ def apply_override(data: dict[str, Any], override: str) -> None:
                 f"--set {where}=VALUE"
             )
         if key not in names:
+            if keys[:depth] == ["train"]:
+                check_moved({key: None})  # a mixture setting where it lived before: name the new key
             known = ", ".join(names)
             raise ConfigError(f"unknown setting {dotted!r}: {where} has no field {key!r} (fields: {known})")
         if depth < len(keys) - 1:
@@ -162,6 +165,7 @@ def _apply_size(data: dict[str, Any]) -> dict[str, Any]:
     name = data.pop("size", None)
     if name is None:
         return data
+    preset_train = data.get("train")
     if name not in SIZES:
         raise ConfigError(f"unknown size {name!r}: choose one of {', '.join(sorted(SIZES))}")
     model, train, vocab = SIZES[name]()
@@ -172,12 +176,18 @@ def _apply_size(data: dict[str, Any]) -> dict[str, Any]:
     }
     for section, values in base.items():
         data[section] = {**values, **(data.get(section) or {})}
+    own_mixture = (preset_train or {}).get("mixture")  # refines the size's mixture key by key
+    if isinstance(own_mixture, dict):
+        data["train"]["mixture"] = {**base["train"]["mixture"], **own_mixture}
     return data
 
 
 def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Defaults, then the preset, then each override; one clear error if the result is invalid."""
-    data = _apply_size(read_preset(preset)) if preset else {}
+    data = read_preset(preset) if preset else {}
+    if isinstance(data.get("train"), dict):
+        check_moved(data["train"])  # a preset written before train.mixture: name the new key
+    data = _apply_size(data)
     for override in overrides:
         apply_override(data, override)
     try:

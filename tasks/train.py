@@ -60,6 +60,7 @@ from tinyllama_model.mixture.adaptation import (
     fit_learning_rate,
     gradient_scales,
 )
+from tinyllama_model.mixture.config import MixtureConfig
 from tinyllama_model.mixture.corpus_ngrams import MAX_VOCAB
 from tinyllama_model.mixture.expert import STAGES, Expert, FitInputs, Reading
 from tinyllama_model.mixture.fitting import (
@@ -136,21 +137,22 @@ def split_sample(work: Path, split: str, vocab_size: int, max_tokens: int) -> np
 
 def check_experts(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     """Refuse before training what the experts' fit would refuse after it."""
-    if train_cfg.corpus_ngram_orders and model_cfg.vocab_size > MAX_VOCAB:
+    mix = train_cfg.mixture
+    if mix.corpus_ngram_orders and model_cfg.vocab_size > MAX_VOCAB:
         raise ConfigError(
-            f"train.corpus_ngram_orders={train_cfg.corpus_ngram_orders} needs a vocabulary of at most "
+            f"train.mixture.corpus_ngram_orders={mix.corpus_ngram_orders} needs a vocabulary of at most "
             f"{MAX_VOCAB:,} ids (16 bits a token), and the tokenizer has {model_cfg.vocab_size:,}; "
-            "set train.corpus_ngram_orders=0 or a smaller tokenizer.vocab_size"
+            "set train.mixture.corpus_ngram_orders=0 or a smaller tokenizer.vocab_size"
         )
-    if train_cfg.calibration_temperatures and model_cfg.logit_softcap is not None:
+    if mix.calibration_temperatures and model_cfg.logit_softcap is not None:
         raise ConfigError(
-            f"train.calibration_temperatures={list(train_cfg.calibration_temperatures)} divides the logits "
+            f"train.mixture.calibration_temperatures={list(mix.calibration_temperatures)} divides the logits "
             f"by scaling the final norm, which model.logit_softcap={model_cfg.logit_softcap} would cap "
-            "afterwards; set train.calibration_temperatures=[] or model.logit_softcap=null"
+            "afterwards; set train.mixture.calibration_temperatures=[] or model.logit_softcap=null"
         )
 
 
-def fit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> tuple[dict[str, Any], np.ndarray]:
+def fit_mixture(model_dir: Path, work: Path, cfg: MixtureConfig) -> tuple[dict[str, Any], np.ndarray]:
     """Calibrate the network's temperature, then fit the experts of the "network" stage (the document
     cache, the corpus n-grams: `registry.EXPERTS`) on the validation split, as the train config asks.
 
@@ -189,9 +191,9 @@ def fit_mixture(model_dir: Path, work: Path, cfg: TrainConfig) -> tuple[dict[str
     return stats, tempered[best]
 
 
-def fit_adaptation(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, Any]:
+def fit_adaptation(model_dir: Path, work: Path, cfg: MixtureConfig) -> dict[str, Any]:
     """Measure each tensor's step scale, then choose the dynamic-evaluation learning rate (adaptation.py)
-    from train.adapt_lrs on the validation split, scored as `refit_mixture` will mix it: with its best
+    from train.mixture.adapt_lrs on the validation split, scored as `refit_mixture` will mix it: with its best
     share of the unadapted network, then the experts as fitted. None (off) when none beats the network
     unadapted."""
     model = TinyLlama.from_pretrained(model_dir).eval()
@@ -210,7 +212,7 @@ def fit_adaptation(model_dir: Path, work: Path, cfg: TrainConfig) -> dict[str, A
 
 
 def refit_mixture(
-    model_dir: Path, work: Path, cfg: TrainConfig, unadapted: np.ndarray | None = None
+    model_dir: Path, work: Path, cfg: MixtureConfig, unadapted: np.ndarray | None = None
 ) -> dict[str, Any]:
     """Fit the mixture again on the validation split, now on what the network predicts with: adapted as
     chosen (weights fitted on the unadapted network trust the experts too much; measurements:
@@ -241,7 +243,7 @@ def refit_mixture(
     return stats
 
 
-def _fit_inputs(model: TinyLlama, work: Path, cfg: TrainConfig) -> FitInputs:
+def _fit_inputs(model: TinyLlama, work: Path, cfg: MixtureConfig) -> FitInputs:
     def sample(split: str, max_tokens: int) -> np.ndarray:
         return split_sample(work, split, model.config.vocab_size, max_tokens)
 
@@ -253,7 +255,7 @@ def _chain(fit: FitInputs, reading: Reading, stages: tuple[str, ...]) -> list[tu
     of these stages that the train config asks for and the model can have, in the registry's order."""
     chain = []
     for expert in registry.EXPERTS:
-        if expert.stage not in stages or not expert.wanted(fit.train_cfg):
+        if expert.stage not in stages or not expert.wanted(fit.settings):
             continue
         params = expert.fit_params(fit)
         hits = None if params is None else expert.hits(params, reading)
@@ -365,14 +367,15 @@ def run_train(
         mirror.push()
         shutil.copytree(work / BEST_DIR, out / "model")
         unadapted = None  # the network's sliding-window log-probabilities of the validation split
-        wanted = {e.stage for e in registry.EXPERTS if e.wanted(train_cfg)}  # the stages to fit
-        if train_cfg.calibration_temperatures or "network" in wanted:
-            stats, unadapted = fit_mixture(out / "model", work, train_cfg)
+        mix = train_cfg.mixture
+        wanted = {e.stage for e in registry.EXPERTS if e.wanted(mix)}  # the stages to fit
+        if mix.calibration_temperatures or "network" in wanted:
+            stats, unadapted = fit_mixture(out / "model", work, mix)
             result.update(stats)
-        if train_cfg.adapt_lrs:
-            result.update(fit_adaptation(out / "model", work, train_cfg))
-        if train_cfg.adapt_lrs or "adapted" in wanted:
-            result.update(refit_mixture(out / "model", work, train_cfg, unadapted))
+        if mix.adapt_lrs:
+            result.update(fit_adaptation(out / "model", work, mix))
+        if mix.adapt_lrs or "adapted" in wanted:
+            result.update(refit_mixture(out / "model", work, mix, unadapted))
         shutil.copyfile(work / METRICS_FILE, out / METRICS_FILE)
         (out / RESULT_FILE).write_text(json.dumps(result, indent=2))
         return {**result, "vocab_size": model_cfg.vocab_size}

@@ -38,14 +38,14 @@ class ModelConfig:
     logit_softcap: float | None = None  # logits = c * tanh(logits / c): no runaway logits early in training
     value_embeds: bool = False  # a token table per alternate layer added to v through a learned gate
     # the document cache's mixture weights, [order - 1][one continuation][min(n, 4) - 1] (doc_cache.py):
-    # fitted after training when train.doc_cache_orders > 0; None predicts with the model alone
+    # fitted after training when train.mixture.doc_cache_orders > 0; None predicts with the model alone
     doc_cache_weights: list[list[list[float]]] | None = None
     # the training corpus's n-grams as a second expert, [order - 1][min(log2(count), 9)]
-    # (corpus_ngrams.py): fitted after training when train.corpus_ngram_orders > 0, with the training
+    # (corpus_ngrams.py): fitted after training when train.mixture.corpus_ngram_orders > 0, with the training
     # tokens saved beside the weights; None: no corpus n-grams
     corpus_ngram_weights: list[list[float]] | None = None
     # dynamic evaluation (adaptation.py): the SGD learning rate with which a copy of the network learns
-    # from each document as it reads it, chosen after training from train.adapt_lrs; None: no adaptation
+    # from each document as it reads it, chosen after training from train.mixture.adapt_lrs; None: none
     adapt_lr: float | None = None
     # and each parameter tensor's multiplier of it, {name: 1 / its gradient's RMS on the validation
     # split}, measured with it; None: every tensor at adapt_lr (plain SGD)
@@ -53,8 +53,9 @@ class ModelConfig:
     # the unadapted network's share of the prediction beside the adapted one's, fitted with the experts
     # after adaptation (docs/mixture.md); None or 0: the adapted network alone
     unadapted_share: float | None = None
-    # the neural cache (neural_cache.py): its softmax temperature on cosines (train.neural_cache_theta) and
-    # its mixture weight per bucket of the best similarity, fitted after training; None: no neural cache
+    # the neural cache (neural_cache.py): its softmax temperature on cosines
+    # (train.mixture.neural_cache_theta) and its mixture weight per bucket of the best similarity, fitted
+    # after training; None: no neural cache
     neural_cache_theta: float | None = None
     neural_cache_weights: list[float] | None = None
     # the fitted values of experts registered from outside the package (mixture/registry.py), by their
@@ -136,12 +137,13 @@ class ModelConfig:
         ):
             raise ConfigError(
                 f"neural_cache_theta={theta!r} must be a positive number, set together with "
-                "neural_cache_weights (or both null); set train.neural_cache_theta to have them fitted"
+                "neural_cache_weights (or both null); set train.mixture.neural_cache_theta to fit them"
             )
         if weights is not None and not _is_row(weights, NEURAL_CACHE_BUCKETS):
             raise ConfigError(
                 f"neural_cache_weights={_shown(weights)} must be a list of {NEURAL_CACHE_BUCKETS} weights in "
-                "[0, 1), one per bucket of the best similarity; leave it null, set train.neural_cache_theta"
+                "[0, 1), one per bucket of the best similarity; leave it null, "
+                "set train.mixture.neural_cache_theta"
             )
 
     def _check_adaptation(self) -> None:
@@ -149,7 +151,7 @@ class ModelConfig:
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
             raise ConfigError(
                 f"adapt_lr={lr!r} must be a positive learning rate or null (no adaptation); "
-                "set train.adapt_lrs to have it chosen after training"
+                "set train.mixture.adapt_lrs to have it chosen after training"
             )
         scales = self.adapt_scales
         if scales is None:
@@ -159,7 +161,7 @@ class ModelConfig:
         ):
             raise ConfigError(
                 f"adapt_scales must map parameter names to finite numbers >= 0 (got {_shown(scales)}); "
-                "leave it null and set train.adapt_lrs to have it measured after training"
+                "leave it null and set train.mixture.adapt_lrs to have it measured after training"
             )
         names = self.parameter_shapes().keys()
         if scales.keys() != names:  # one scale per parameter tensor, so its length is bounded by the shape
@@ -301,7 +303,7 @@ SHAPE_BOUNDS = {
     "ffn_hidden_dim": 1 << 18,
     "multiple_of": 1 << 16,
 }
-DOC_CACHE_MAX_ORDER = 8  # document cache: contexts of up to 8 tokens (train.doc_cache_orders' bound)
+DOC_CACHE_MAX_ORDER = 8  # document cache: contexts of up to 8 tokens (train.mixture.doc_cache_orders' bound)
 CORPUS_MAX_ORDER, CORPUS_COUNT_BUCKETS = 4, 10  # corpus n-grams: 4 tokens fill a uint64; log2 count 0..9
 NEURAL_CACHE_BUCKETS = 7  # neural_cache weights: one per bucket of the best earlier state's cosine
 CACHE_COUNT_BUCKETS = 4  # doc_cache weights per (order, one continuation): n = 1, 2, 3, 4 or more
@@ -332,7 +334,8 @@ def _require_corpus_weights(table: object) -> None:
     if not (ok and all(_is_row(row, CORPUS_COUNT_BUCKETS) for row in table)):
         raise ConfigError(
             f"corpus_ngram_weights={_shown(table)} must be a list of [10 weights] per order (at most "
-            f"{CORPUS_MAX_ORDER}), each in [0, 1); leave it null and set train.corpus_ngram_orders to fit it"
+            f"{CORPUS_MAX_ORDER}), each in [0, 1); leave it null and set "
+            "train.mixture.corpus_ngram_orders to fit it"
         )
 
 
@@ -346,14 +349,14 @@ def _require_cache_weights(table: object) -> None:
         raise ConfigError(
             f"doc_cache_weights has {len(table):,} orders, above the bound of {DOC_CACHE_MAX_ORDER} (a cache "
             "of longer contexts costs memory with the square of the prompt and predicts no better); "
-            "leave it null and set train.doc_cache_orders (at most 8) to have it fitted"
+            "leave it null and set train.mixture.doc_cache_orders (at most 8) to have it fitted"
         )
     ok = isinstance(table, list) and len(table) > 0
     ok = ok and all(isinstance(o, list) and len(o) == 2 and all(map(is_row, o)) for o in table)
     if not ok:
         raise ConfigError(
             f"doc_cache_weights={_shown(table)} must be a list of [[4 weights], [4 weights]] per cache "
-            "order, each weight in [0, 1); leave it null and set train.doc_cache_orders to have them fitted"
+            "order, each weight in [0, 1); leave it null and set train.mixture.doc_cache_orders to fit them"
         )
 
 

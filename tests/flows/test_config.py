@@ -83,3 +83,19 @@ def test_preset_file_with_a_typo_is_refused(tmp_path) -> None:
     bad.write_text("train:\n  max_minuts: 3\n")
     with pytest.raises(ConfigError, match="max_minuts"):
         load_config(str(bad))
+
+
+def test_the_mixture_has_its_own_section_and_its_old_keys_name_the_new_one(tmp_path) -> None:
+    cfg = load_config("demo", ["train.mixture.adapt_lrs=[0.0002]"])
+    assert (cfg.train.mixture.doc_cache_orders, cfg.train.mixture.adapt_lrs) == (3, (2e-4,))
+    with pytest.raises(ConfigError, match=r"train.neural_cache_theta -> train.mixture.neural_cache_theta"):
+        load_config("demo", ["train.neural_cache_theta=15"])
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  max_steps: 5\n  doc_cache_orders: 3\n")
+    with pytest.raises(ConfigError, match=r"train.doc_cache_orders -> train.mixture.doc_cache_orders"):
+        load_config(str(old))
+    # a preset's own mixture keys refine its size's, key by key
+    refined = tmp_path / "refined.yaml"
+    refined.write_text("size: cpu_10min\ntrain:\n  mixture:\n    doc_cache_orders: 2\n")
+    mixture = load_config(str(refined)).train.mixture
+    assert mixture.doc_cache_orders == 2 and mixture.adapt_lrs == cpu_10min()[1].mixture.adapt_lrs

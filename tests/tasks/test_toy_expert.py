@@ -22,10 +22,10 @@ from tinyllama_model.evaluation import evaluate_stream, sliding_logprobs
 from tinyllama_model.export import export_hf
 from tinyllama_model.generate import generate_ids
 from tinyllama_model.mixture import registry
+from tinyllama_model.mixture.config import MixtureConfig
 from tinyllama_model.mixture.expert import Expert, FitInputs, Proposal, Reading, value
 from tinyllama_model.mixture.fitting import mixed_logprobs
 from tinyllama_model.tokenizer import EOS_ID
-from tinyllama_model.training.train_config import TrainConfig
 
 VOCAB = 64
 KEY = "repeat_weights"
@@ -38,7 +38,7 @@ class RepeatExpert(Expert):
     name, keys, stage = "repeat", (KEY,), "network"
     refusal = "transformers does not repeat tokens on its own"
 
-    def wanted(self, train_cfg: Any) -> bool:
+    def wanted(self, settings: Any) -> bool:
         return True
 
     def fit_params(self, fit: FitInputs) -> bool:
@@ -100,7 +100,7 @@ def test_an_expert_registered_from_outside_is_fitted_scored_generated_with_and_r
     TinyLlama(cfg).save_pretrained(model_dir)
 
     # fitted: the train phase's fit finds it in the registry and stores its weight in config.json
-    stats, _ = fit_mixture(model_dir, work, TrainConfig())
+    stats, _ = fit_mixture(model_dir, work, MixtureConfig())
     assert stats["val_loss_sliding_repeat"] < stats["val_loss_sliding_model_alone"]
     assert 0.3 < stats["repeat_matched"] <= 1
     config = json.loads((model_dir / "config.json").read_text())

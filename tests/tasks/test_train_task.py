@@ -17,6 +17,7 @@ from tinyllama_model import ModelConfig, TinyLlama
 from tinyllama_model.data import CorpusTooSmallError, token_dtype, write_packed
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import tempered_logprobs
+from tinyllama_model.mixture.config import MOVED, MixtureConfig
 from tinyllama_model.mixture.doc_cache import DocCacheExpert, stream_hits
 from tinyllama_model.mixture.fitting import fit_weights, mixed_logprobs
 from tinyllama_model.tokenizer import Tokenizer
@@ -39,7 +40,8 @@ def train_config(**overrides) -> TrainConfig:
         peak_flops=1e10,
         num_threads=1,
     )
-    return TrainConfig(**{**base, **overrides})
+    mixture = {k: overrides.pop(k) for k in list(overrides) if k in MOVED}  # the train.mixture section
+    return TrainConfig(**{**base, **overrides}, mixture=MixtureConfig(**mixture))
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +135,7 @@ def test_what_follows_training_reads_a_bounded_sample_and_ships_a_bounded_corpus
         write_packed(docs, work / "train.bin", token_dtype(vocab))
         write_packed(docs[::2], work / "val.bin", token_dtype(vocab))
         TinyLlama(model).save_pretrained(model_dir)
-        stats, _ = fit_mixture(model_dir, work, cfg)
+        stats, _ = fit_mixture(model_dir, work, cfg.mixture)
         assert stats["fit_val_tokens"] <= 600 and stats["corpus_ngram_tokens"] <= 1_000
         shipped.append((model_dir / "corpus_tokens.npy").stat().st_size)
         loaded = TinyLlama.from_pretrained(model_dir)  # the fitted weights were written where it reads them

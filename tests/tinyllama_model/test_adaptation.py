@@ -172,11 +172,13 @@ def test_scales_are_checked_against_the_config_where_it_is_made():
 
 @pytest.mark.parametrize("bad", [[1.0], {"w": -1.0}, {"w": float("inf")}, {"w": True}])
 def test_bad_scales_are_refused_with_the_fix(bad):
-    with pytest.raises(ConfigError, match=r"adapt_scales must map parameter names.*train\.adapt_lrs"):
+    with pytest.raises(
+        ConfigError, match=r"adapt_scales must map parameter names.*train\.mixture\.adapt_lrs"
+    ):
         ModelConfig(vocab_size=VOCAB, adapt_scales=bad)
 
 
 @pytest.mark.parametrize("bad", [0, -0.1, True, "0.05"])
 def test_a_bad_rate_is_refused_with_the_fix(bad):
-    with pytest.raises(ConfigError, match=r"adapt_lr=.*train\.adapt_lrs"):
+    with pytest.raises(ConfigError, match=r"adapt_lr=.*train\.mixture\.adapt_lrs"):
         ModelConfig(vocab_size=VOCAB, adapt_lr=bad)

@@ -135,7 +135,7 @@ def test_the_tokens_are_saved_with_the_model_and_their_absence_is_explained(tmp_
 
 @pytest.mark.parametrize("table", [[], [[0.1] * 9], [[0.1] * 10] * 5, [[1.0] * 10], "x"])
 def test_a_malformed_weight_table_is_refused_with_the_fix(table):
-    with pytest.raises(ConfigError, match=r"corpus_ngram_weights=.*train\.corpus_ngram_orders"):
+    with pytest.raises(ConfigError, match=r"corpus_ngram_weights=.*train\.mixture\.corpus_ngram_orders"):
         ModelConfig(corpus_ngram_weights=table)
 
 

@@ -156,7 +156,7 @@ def test_generation_copies_what_the_document_repeats_and_can_leave_the_cache_out
     [[], [[0.1] * 4], [[[0.1] * 4, [1.0] * 4]], [[[0.1] * 3, [0.2] * 4]], [[[True] * 4, [0.1] * 4]], "x"],
 )
 def test_a_malformed_weight_table_is_refused_with_the_fix(table):
-    with pytest.raises(ConfigError, match=r"doc_cache_weights=.*train\.doc_cache_orders"):
+    with pytest.raises(ConfigError, match=r"doc_cache_weights=.*train\.mixture\.doc_cache_orders"):
         ModelConfig(doc_cache_weights=table)
 
 

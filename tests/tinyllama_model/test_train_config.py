@@ -8,6 +8,7 @@ import json
 import pydantic
 import pytest
 
+from tinyllama_model.mixture.config import MOVED, MixtureConfig
 from tinyllama_model.training.train_config import OPERATIONAL, TrainConfig, lr_at
 
 
@@ -20,13 +21,13 @@ from tinyllama_model.training.train_config import OPERATIONAL, TrainConfig, lr_a
         ("betas", (0.9, 1.0), "train.betas"),
         ("dtype", "float16", "train.dtype must be one of auto, float32, bfloat16"),
         ("max_epochs", 0, "train.max_epochs must be a positive number"),
-        ("doc_cache_orders", 9, r"train.doc_cache_orders must be an integer in 0..8"),
-        ("doc_cache_orders", True, r"train.doc_cache_orders must be an integer in 0..8"),
-        ("corpus_ngram_orders", 5, r"train.corpus_ngram_orders must be an integer in 0..4"),
-        ("adapt_lrs", (0.05, 0), r"train.adapt_lrs must be a list of positive learning rates"),
-        ("adapt_lrs", 0.05, r"train.adapt_lrs must be a list of positive learning rates"),
-        ("calibration_temperatures", (1.1, -1), r"train.calibration_temperatures must be positive numbers"),
-        ("calibration_temperatures", (True,), r"train.calibration_temperatures must be positive numbers"),
+        ("doc_cache_orders", 9, r"train.mixture.doc_cache_orders must be an integer in 0..8"),
+        ("doc_cache_orders", True, r"train.mixture.doc_cache_orders must be an integer in 0..8"),
+        ("corpus_ngram_orders", 5, r"train.mixture.corpus_ngram_orders must be an integer in 0..4"),
+        ("adapt_lrs", (0.05, 0), r"train.mixture.adapt_lrs must be a list of positive learning rates"),
+        ("adapt_lrs", 0.05, r"train.mixture.adapt_lrs must be a list of positive learning rates"),
+        ("calibration_temperatures", (1.1, -1), r"train.mixture.calibration_temperatures must be positive"),
+        ("calibration_temperatures", (True,), r"train.mixture.calibration_temperatures must be positive"),
         ("ema_decay", 1.0, r"train.ema_decay must be a number in \(0, 1\)"),
         ("ema_decay", 0, r"train.ema_decay must be a number in \(0, 1\)"),
         ("ema_decay", "0.99", r"train.ema_decay must be a number in \(0, 1\)"),
@@ -34,7 +35,15 @@ from tinyllama_model.training.train_config import OPERATIONAL, TrainConfig, lr_a
 )
 def test_bad_train_config_names_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
-        TrainConfig(**{field: value})
+        TrainConfig(**({"mixture": {field: value}} if field in MOVED else {field: value}))
+
+
+def test_a_mixture_setting_where_it_lived_before_is_refused_with_its_new_key():
+    with pytest.raises(ValueError, match=r"train.doc_cache_orders -> train.mixture.doc_cache_orders"):
+        TrainConfig.from_dict({"max_steps": 5, "doc_cache_orders": 3})
+    cfg = TrainConfig(max_steps=5, mixture={"doc_cache_orders": 3, "adapt_lrs": [1e-4]})
+    assert cfg.mixture == MixtureConfig(doc_cache_orders=3, adapt_lrs=(1e-4,))
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 def test_a_budget_is_required():

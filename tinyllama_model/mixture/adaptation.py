@@ -25,7 +25,7 @@ The same reading, without learning (lr None), gives the neural cache (neural_cac
 chunk's final states, from the window that predicts it, are kept with it (`document_pass`).
 
 The trained model is never changed: `Adapter` works on its own copy. The train phase measures the scales,
-then picks `adapt_lr` from `train.adapt_lrs` on the validation split (`fit_learning_rate`); None turns
+then picks `adapt_lr` from `train.mixture.adapt_lrs` on the validation split (`fit_learning_rate`); None turns
 adaptation off. Without `adapt_scales` (null) every tensor steps at `adapt_lr` itself: plain SGD.
 """
 

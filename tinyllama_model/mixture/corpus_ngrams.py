@@ -12,9 +12,9 @@ u depends on the order of the longest context found and on log2 of its count
 (`CorpusNgramsExpert.table_shape`). Contexts never cross a document boundary: an EOS may only open one
 (the start of a document is a context too).
 
-Storage: the model directory keeps the training token stream itself (`CORPUS_FILE`, 2 bytes a token), or
-on a corpus past `train.corpus_ngram_max_tokens` whole documents spread over it (doc_sample.py), so the
-model does not grow with the corpus; the tables are built from it when first asked
+Storage: the model directory keeps the training token stream itself (`CORPUS_FILE`, 2 bytes a token),
+or on a corpus past `train.mixture.corpus_ngram_max_tokens` whole documents spread over it
+(doc_sample.py), so the model does not grow with the corpus; the tables are built from it when first asked
 (`CorpusNgrams.tables`), since stored they would take many times the space. A context of up to 4 tokens
 packs exactly into a uint64 (16 bits a token, vocabularies up to 65,536), so lookups are exact, with no
 hash collisions.
@@ -191,22 +191,22 @@ class CorpusNgrams:
 
 
 class CorpusNgramsExpert(Expert):
-    """The corpus n-grams in the registry: built from the training split (`train.corpus_ngram_orders`),
-    fitted with calibration; their tokens ship beside config.json."""
+    """The corpus n-grams in the registry: built from the training split
+    (`train.mixture.corpus_ngram_orders`), fitted with calibration; their tokens ship beside config.json."""
 
     name, keys, stage = "corpus_ngrams", ("corpus_ngram_weights",), "network"
     refusal = "transformers has no n-gram expert"
 
-    def wanted(self, train_cfg: Any) -> bool:
-        return bool(train_cfg.corpus_ngram_orders)
+    def wanted(self, settings: Any) -> bool:
+        return bool(settings.corpus_ngram_orders)
 
     def fit_params(self, fit: FitInputs) -> CorpusNgrams | None:
         if fit.model.corpus_ngrams is not None:
             return fit.model.corpus_ngrams
-        orders, vocab = fit.train_cfg.corpus_ngram_orders, fit.model.config.vocab_size
+        orders, vocab = fit.settings.corpus_ngram_orders, fit.model.config.vocab_size
         if not orders:
             return None
-        return CorpusNgrams(fit.sample("train", fit.train_cfg.corpus_ngram_max_tokens), vocab, orders)
+        return CorpusNgrams(fit.sample("train", fit.settings.corpus_ngram_max_tokens), vocab, orders)
 
     def params(self, model: Any) -> CorpusNgrams | None:
         return getattr(model, "corpus_ngrams", None)

@@ -89,16 +89,17 @@ def stream_hits(tokens: np.ndarray | Sequence[int], orders: int) -> tuple[np.nda
 
 
 class DocCacheExpert(Expert):
-    """The document cache in the registry: `train.doc_cache_orders` orders, fitted with calibration."""
+    """The document cache in the registry: `train.mixture.doc_cache_orders` orders, fitted with
+    calibration."""
 
     name, keys, stage = "doc_cache", ("doc_cache_weights",), "network"
     refusal = "transformers has no document cache"
 
-    def wanted(self, train_cfg: Any) -> bool:
-        return bool(train_cfg.doc_cache_orders)
+    def wanted(self, settings: Any) -> bool:
+        return bool(settings.doc_cache_orders)
 
     def fit_params(self, fit: FitInputs) -> int | None:
-        return fit.train_cfg.doc_cache_orders or None
+        return fit.settings.doc_cache_orders or None
 
     def params(self, model: Any) -> int | None:
         weights = getattr(model.config, "doc_cache_weights", None)

@@ -41,7 +41,7 @@ class FitInputs:
     """What the train phase's fit offers an expert to decide whether and how it is fitted."""
 
     model: Any
-    train_cfg: Any
+    settings: Any  # the train config's `mixture` section (config.py)
     sample: Callable[[str, int], np.ndarray]  # (split, max tokens) -> whole documents of that split
 
 
@@ -72,8 +72,8 @@ class Expert:
     stage: str = "adapted"
     reads_states: bool = False  # it reads the network's final states: the model reads through an adapter
 
-    def wanted(self, train_cfg: Any) -> bool:
-        """Whether the train config asks for it (cheap: decides which fits run at all)."""
+    def wanted(self, settings: Any) -> bool:
+        """Whether `train.mixture` (config.py) asks for it (cheap: decides which fits run at all)."""
         raise NotImplementedError
 
     def fit_params(self, fit: FitInputs) -> Any | None:

@@ -96,17 +96,17 @@ class NeuralCache:
 
 
 class NeuralCacheExpert(Expert):
-    """The neural cache in the registry: `train.neural_cache_theta`, fitted last, on the states of the
+    """The neural cache in the registry: `train.mixture.neural_cache_theta`, fitted last, on the states of the
     network the model predicts with (adapted or not)."""
 
     name, keys, stage = "neural_cache", ("neural_cache_theta", "neural_cache_weights"), "adapted"
     refusal, reads_states = "transformers has no neural cache", True
 
-    def wanted(self, train_cfg: Any) -> bool:
-        return train_cfg.neural_cache_theta is not None
+    def wanted(self, settings: Any) -> bool:
+        return settings.neural_cache_theta is not None
 
     def fit_params(self, fit: FitInputs) -> float | None:
-        return fit.train_cfg.neural_cache_theta
+        return fit.settings.neural_cache_theta
 
     def params(self, model: Any) -> float | None:
         return getattr(model.config, "neural_cache_theta", None)

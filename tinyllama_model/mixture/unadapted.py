@@ -25,8 +25,8 @@ class UnadaptedExpert(Expert):
     name, keys, stage = "unadapted_share", ("unadapted_share",), "adapted"
     refusal = "transformers does not learn from the text it reads"
 
-    def wanted(self, train_cfg: Any) -> bool:
-        return bool(train_cfg.adapt_lrs)
+    def wanted(self, settings: Any) -> bool:
+        return bool(settings.adapt_lrs)
 
     def fit_params(self, fit: FitInputs) -> bool | None:
         return True if fit.model.config.adapt_lr is not None else None

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 
 from tinyllama_model.hardware import BF16_MIN_SPEEDUP, cpu_matmul_rates, pick_cpu_dtype
+from tinyllama_model.mixture.config import MixtureConfig
 from tinyllama_model.model import ModelConfig
 from tinyllama_model.training.train_config import TrainConfig
 
@@ -192,13 +193,15 @@ def cpu_10min(rates: dict[str, float] | None = None) -> tuple[ModelConfig, Train
         eval_tokens=32_768,
         checkpoint_every=200,
         keep_last=1,
-        # logits divided by the temperature that scores the validation split best (docs/mixture.md)
-        calibration_temperatures=(1.05, 1.1),
-        # the test-time mixture (docs/mixture.md); what each part gained: docs/tuning-log.md
-        doc_cache_orders=3,
-        corpus_ngram_orders=4,
-        adapt_lrs=(2e-4, 3e-4, 4e-4),  # dynamic evaluation's candidate rates, each tensor's step scaled
-        neural_cache_theta=15.0,
+        mixture=MixtureConfig(
+            # logits divided by the temperature that scores the validation split best (docs/mixture.md)
+            calibration_temperatures=(1.05, 1.1),
+            # the test-time mixture (docs/mixture.md); what each part gained: docs/tuning-log.md
+            doc_cache_orders=3,
+            corpus_ngram_orders=4,
+            adapt_lrs=(2e-4, 3e-4, 4e-4),  # dynamic evaluation's candidate rates, each tensor's step scaled
+            neural_cache_theta=15.0,
+        ),
     )
     return model, train, vocab
 

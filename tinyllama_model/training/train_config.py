@@ -20,7 +20,7 @@ from typing import Any
 
 from tinyllama_model.config_fields import operational, operational_fields
 from tinyllama_model.errors import ConfigError
-from tinyllama_model.model_config import DOC_CACHE_MAX_ORDER
+from tinyllama_model.mixture.config import MixtureConfig, check_moved
 
 OPTIMIZERS = ("adamw", "muon")  # what `optim.build_optimizer` can build
 DTYPES = ("auto", "float32", "bfloat16", "float64")
@@ -68,62 +68,11 @@ class TrainConfig:
             "average. null: the weights as trained."
         ),
     )
-    doc_cache_orders: int = field(
-        default=0,
+    mixture: MixtureConfig = field(
+        default_factory=MixtureConfig,
         metadata=_doc(
-            "After training, fit a document cache of n-grams up to this order on the validation split "
-            "and predict with it (tinyllama_model/mixture/doc_cache.py); 0: the model alone."
-        ),
-    )
-    corpus_ngram_orders: int = field(
-        default=0,
-        metadata=_doc(
-            "After training (and the document cache), fit the training corpus's n-grams up to this order "
-            "(1-4) on the validation split and predict with them "
-            "(tinyllama_model/mixture/corpus_ngrams.py); 0: none."
-        ),
-    )
-    fit_max_tokens: int = field(
-        default=2_000_000,
-        metadata=_doc(
-            "What follows training (calibration, the experts' fits, adaptation's) reads at most this many "
-            "validation tokens: whole documents spread evenly over the split "
-            "(tinyllama_model/doc_sample.py); a smaller split is read whole."
-        ),
-    )
-    corpus_ngram_max_tokens: int = field(
-        default=2_000_000,
-        metadata=_doc(
-            "The corpus n-grams count at most this many training tokens, whole documents spread evenly over "
-            "the split, and ship them with the model (2 bytes each), so the model does not grow with the "
-            "corpus; a smaller split is taken whole."
-        ),
-    )
-    calibration_temperatures: tuple[float, ...] = field(
-        default=(),
-        metadata=_doc(
-            "After training, divide the network's logits by the one of these temperatures (and 1) that "
-            "scores the validation split best with the document cache and corpus n-grams fitted on it; "
-            "folded into the final norm's weight (TinyLlama.scale_logits); (): none."
-        ),
-    )
-    adapt_lrs: tuple[float, ...] = field(
-        default=(),
-        metadata=_doc(
-            "After training, pick from these SGD learning rates the one with which the network best "
-            "learns from each document as it reads it (dynamic evaluation, "
-            "tinyllama_model/mixture/adaptation.py), "
-            "on the validation split; each tensor's step is the rate times 1 / its gradient's RMS there, so "
-            "rates are ~1e-4, not SGD's ~0.03; (): no adaptation."
-        ),
-    )
-    neural_cache_theta: float | None = field(
-        default=None,
-        metadata=_doc(
-            "After training, fit a neural cache with this temperature on cosines (15 is tuned): earlier "
-            "states of the document vote for the token that followed them "
-            "(tinyllama_model/mixture/neural_cache.py); "
-            "null: none."
+            "What is fitted after training on the validation split: calibration, the experts of the "
+            "test-time mixture and dynamic evaluation (tinyllama_model/mixture/config.py)."
         ),
     )
     # budget: set one or more; training ends at the first reached and the cosine spans it
@@ -204,9 +153,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON gives lists
+        if isinstance(self.mixture, dict):  # from run.json or a preset's mapping
+            self.mixture = MixtureConfig.from_dict(self.mixture)
         positive = [
-            "fit_max_tokens",
-            "corpus_ngram_max_tokens",
             "batch_size",
             "grad_accum",
             "eval_every",
@@ -240,22 +189,6 @@ class TrainConfig:
         decay = self.ema_decay
         ok = decay is None or (_positive(decay) and decay < 1)
         _require(ok, "ema_decay", "a number in (0, 1), e.g. 0.995, or null")
-        orders = self.doc_cache_orders
-        is_int = isinstance(orders, int) and not isinstance(orders, bool)
-        ok = is_int and 0 <= orders <= DOC_CACHE_MAX_ORDER
-        _require(ok, "doc_cache_orders", f"an integer in 0..{DOC_CACHE_MAX_ORDER} (3 is tuned)")
-        orders = self.corpus_ngram_orders
-        is_int = isinstance(orders, int) and not isinstance(orders, bool)
-        _require(is_int and 0 <= orders <= 4, "corpus_ngram_orders", "an integer in 0..4 (4 is tuned)")
-        temps = self.calibration_temperatures
-        _require(_positives(temps), "calibration_temperatures", "positive numbers, e.g. [1.1], or []")
-        self.calibration_temperatures = tuple(temps)
-        lrs = self.adapt_lrs
-        _require(_positives(lrs), "adapt_lrs", "a list of positive learning rates, e.g. [2e-4, 3e-4], or []")
-        self.adapt_lrs = tuple(lrs)
-        theta = self.neural_cache_theta
-        ok = theta is None or _positive(theta)
-        _require(ok, "neural_cache_theta", "a positive temperature (15 is tuned) or null")
         _require(self.log_every_s > 0, "log_every_s", "positive")
         _require(self.dtype in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")
         if not any(getattr(self, b) is not None for b in BUDGETS):
@@ -267,6 +200,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        check_moved(d)
         if unknown := sorted(set(d) - known):
             raise ConfigError(f"unknown train config key(s) {unknown}; valid keys are {sorted(known)}")
         return cls(**d)
@@ -280,11 +214,6 @@ OPERATIONAL = operational_fields(TrainConfig)
 def _positive(x: Any) -> bool:
     """A positive number, not a bool (which Python counts as an int)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
-
-
-def _positives(values: Any) -> bool:
-    """A list or tuple of positive numbers, as JSON or a preset gives it."""
-    return isinstance(values, (tuple, list)) and all(_positive(x) for x in values)
 
 
 def _require(ok: bool, name: str, what: str) -> None:
