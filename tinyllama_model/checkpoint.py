@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from tinyllama_model.files import atomic_path, atomic_write
-from tinyllama_model.model_config import RENAMED, ModelConfig
+from tinyllama_model.model_config import ModelConfig, file_config, flat_config
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -63,7 +63,7 @@ def save_model_dir(
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
     def build(staging: Path) -> None:
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (staging / CONFIG_FILE).write_text(json.dumps(file_config(config), indent=2, sort_keys=True) + "\n")
         save_file(state, staging / WEIGHTS_FILE, metadata={"format": "pt"})
         if tokenizer_file is not None:
             shutil.copyfile(tokenizer_file, staging / TOKENIZER_FILE)
@@ -104,11 +104,11 @@ def update_model_config(directory: str | Path, changes: Mapping[str, Any]) -> di
     """Set `changes` in a model directory's config.json (the fits after training write their weights so),
     checked as a `ModelConfig` and written atomically: a failed update leaves the old file. The `mixture`
     object is merged key by key, so experts fitted one after another each keep their entries."""
-    old = {RENAMED.get(k, k): v for k, v in read_model_config(directory).items()}  # written as named now
-    config = {**old, **changes}
-    if "mixture" in changes and old.get("mixture"):
-        config["mixture"] = {**old["mixture"], **changes["mixture"]}
-    ModelConfig.from_dict(config)
+    old, new = flat_config(read_model_config(directory)), flat_config(dict(changes))
+    config = {**old, **new}
+    if new.get("mixture") and old.get("mixture"):
+        config["mixture"] = {**old["mixture"], **new["mixture"]}
+    config = file_config(ModelConfig.from_dict(config).to_dict())  # as config.json holds it now
     atomic_write(Path(directory) / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return config
 

@@ -60,7 +60,7 @@ _NOT_LLAMA = {
     "adapt_lr": (None, "transformers does not learn from the text it reads"),
 }
 # how to get an exportable model: retrain, except for what lives outside the weights
-_FIX = {"adapt_lr": "delete adapt_lr from the model's config.json to export the network alone"}
+_FIX = {"adapt_lr": "delete adapt_lr from the mixture object of the model's config.json"}
 
 
 def check_llama_expressible(cfg: ModelConfig) -> None:
@@ -74,7 +74,8 @@ def check_llama_expressible(cfg: ModelConfig) -> None:
     for expert in registry.EXPERTS:
         if expert.stored(cfg):
             keys = " and ".join(expert.keys)
-            _refuse(f"{expert.keys[0]}=set", expert.refusal, f"delete {keys} from the model's config.json")
+            fix = f"delete {keys} from the mixture object of the model's config.json"
+            _refuse(f"{expert.keys[0]}=set", expert.refusal, fix)
 
 
 def _refuse(setting: str, why: str, fix: str) -> None:

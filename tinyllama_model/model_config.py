@@ -268,11 +268,12 @@ class ModelConfig:
     # -- serialisation ------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name (what `ModelConfig(**d)` takes); config.json nests them (`file_config`)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        d = {RENAMED.get(k, k): v for k, v in d.items()}  # a config.json written before a rename loads
+        d = flat_config(d)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -292,6 +293,51 @@ class ModelConfig:
 
 MLPS = ("swiglu", "relu2")
 RENAMED = {"adapt_static_weight": "unadapted_share"}  # old config.json key -> its name now
+# what the train phase fits after training, kept in config.json's `mixture` object (`to_dict`)
+MIXTURE_KEYS = (
+    "doc_cache_weights",
+    "corpus_ngram_weights",
+    "adapt_lr",
+    "adapt_scales",
+    "unadapted_share",
+    "neural_cache_theta",
+    "neural_cache_weights",
+)
+
+
+def file_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A config as config.json holds it: the network's fields, and everything fitted after training (the
+    mixture and dynamic evaluation) in one `mixture` object, beside the entries of experts registered from
+    outside the package."""
+    d = flat_config(d)
+    extra = d.pop("mixture", None) or {}
+    fitted = {k: d.pop(k, None) for k in MIXTURE_KEYS}
+    return {**d, "mixture": {**fitted, **extra}}
+
+
+def flat_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A config.json's keys as `ModelConfig`'s fields: the `mixture` object's entries for its fields
+    lifted out (the rest stay in it: experts registered from outside the package), and a config.json
+    written before the mixture had its object (its keys at the top level) or before a rename read as
+    written now."""
+    d = {RENAMED.get(k, k): v for k, v in d.items()}
+    mixture = d.pop("mixture", None)
+    if mixture is None:
+        return d
+    if not isinstance(mixture, dict):
+        raise ConfigError(
+            f"mixture={_shown(mixture)} must be an object; restore the config.json training wrote"
+        )
+    mixture = {RENAMED.get(k, k): v for k, v in mixture.items()}
+    lifted = {k: v for k, v in mixture.items() if k in MIXTURE_KEYS}
+    if both := sorted(k for k in lifted if d.get(k) is not None and lifted[k] is not None):
+        raise ConfigError(
+            f"config.json sets {both} both at the top level and in its mixture object; keep the mixture's"
+        )
+    extra = {k: v for k, v in mixture.items() if k not in MIXTURE_KEYS}
+    return {**d, **{k: v for k, v in lifted.items() if v is not None or k not in d}, "mixture": extra or None}
+
+
 # upper bounds on a config's sizes, each far past any model this project trains (the wikipedia preset is
 # 8 layers of 512 with 12,000 ids) and well inside what a 64-bit index and a model file can hold: a
 # config.json beyond them is a typo or a hostile file, refused before any arithmetic on its shape

@@ -24,7 +24,7 @@ from typing import Any
 from tasks import markdown as md
 from tasks.storage.artifacts import Artifact
 from tinyllama_model.mixture import registry
-from tinyllama_model.model_config import RENAMED
+from tinyllama_model.model_config import flat_config
 
 CARD_FILE = "README.md"
 TAG_PREFIX = "card."
@@ -109,7 +109,8 @@ class ModelCard:
         return "\n".join(lines)
 
     def _model(self) -> str:
-        tok, cfg, tr = self.tokenizer, self.model_config, self.training
+        tok, tr = self.tokenizer, self.training
+        cfg = flat_config(dict(self.model_config))  # the mixture's entries as fields, old keys as named now
         lines = ["## Tokenizer and model", ""]
         if "vocab_size" in tok:
             per_token = f", {tok['bytes_per_token']:.2f} bytes per token" if "bytes_per_token" in tok else ""
@@ -129,8 +130,7 @@ class ModelCard:
                     f"every {cfg.get('max_seq_len', 0) // 2} tokens), chosen on the validation split "
                     "(`tinyllama_model/mixture/adaptation.py`)"
                 )
-            named = {RENAMED.get(k, k): v for k, v in cfg.items()}  # a config.json from before a rename
-            lines += [line for e in registry.EXPERTS if (line := e.card_line(named)) is not None]
+            lines += [line for e in registry.EXPERTS if (line := e.card_line(cfg)) is not None]
         if tr:
             trained = [f"{tr[k]:,} {k}" for k in ("steps", "tokens") if k in tr]
             if "wall_time_s" in tr:

@@ -15,6 +15,7 @@ from tinyllama_model.checkpoint import (
     UnsafeCheckpointError,
     load_torch_file,
     save_torch_file,
+    update_model_config,
 )
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.model import ModelConfig, TinyLlama
@@ -242,3 +243,27 @@ def test_truncated_and_missing_torch_files(tmp_path):
             load_torch_file(path)
     with pytest.raises(CheckpointError, match="no checkpoint file"):
         load_torch_file(tmp_path / "nope.pt")
+
+
+def test_the_fitted_values_live_in_one_mixture_object_and_a_flat_config_json_still_loads(tmp_path):
+    model = make()
+    model.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert "doc_cache_weights" not in written and written["mixture"]["doc_cache_weights"] is None
+    # a config.json written before the mixture object (and before the share's rename) is read as it meant
+    flat = {k: v for k, v in written.items() if k != "mixture"}
+    fitted = {"doc_cache_weights": [[[0.2] * 4, [0.4] * 4]], "adapt_lr": 0.01, "adapt_static_weight": 0.3}
+    old = {**flat, **fitted}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    loaded = TinyLlama.from_pretrained(tmp_path).config
+    assert loaded.doc_cache_weights == old["doc_cache_weights"] and loaded.unadapted_share == 0.3
+    # the next fit rewrites it in today's shape, keeping what was there
+    update_model_config(tmp_path, {"neural_cache_theta": 15.0, "neural_cache_weights": [0.1] * 7})
+    now = json.loads((tmp_path / "config.json").read_text())
+    assert not {"doc_cache_weights", "adapt_lr", "adapt_static_weight", "neural_cache_theta"} & set(now)
+    mixture = now["mixture"]
+    assert mixture["doc_cache_weights"] == old["doc_cache_weights"] and mixture["unadapted_share"] == 0.3
+    assert mixture["neural_cache_theta"] == 15.0 and mixture["adapt_lr"] == 0.01
+    both = {**now, "adapt_lr": 0.02}
+    with pytest.raises(ConfigError, match=r"\['adapt_lr'\] both at the top level and in its mixture"):
+        ModelConfig.from_dict(both)
