@@ -265,8 +265,8 @@ def _chain(fit: FitInputs, reading: Reading, stages: tuple[str, ...]) -> list[tu
 
 
 def _config_changes(config: dict[str, Any]) -> dict[str, Any]:
-    """The experts' entries as config.json holds them: a `ModelConfig` field as itself, any other key (an
-    expert registered from outside the package) in the `mixture` object."""
+    """The experts' entries as `ModelConfig` takes them: a field as itself, any other key (an expert
+    registered from outside the package) in its `mixture` dict; config.json nests all in one object."""
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     changes = {k: v for k, v in config.items() if k in fields}
     if extra := {k: v for k, v in config.items() if k not in fields}:

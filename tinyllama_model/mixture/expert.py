@@ -5,8 +5,8 @@ An expert predicts each next token from what came before in the document, beside
 switched on by the train config (`fit_params`), fitted on the validation split (its `hits` and
 `table_shape` go to fitting.py), stored in config.json (`to_config`, `keys`), and read back by a loaded
 model (`params`): scoring mixes its `hits` in, generation asks a `Follower` per batch for a `Proposal`.
-Its weights live in config.json under its `keys`: a built-in expert's as `ModelConfig` fields, one
-registered from outside the package under config.json's `"mixture"` object (`value`).
+Its weights live in config.json's `"mixture"` object under its `keys`; a loaded `ModelConfig` has a
+built-in expert's as fields and keeps the others in its `mixture` dict (`value` reads either).
 """
 
 from __future__ import annotations

@@ -56,8 +56,8 @@ class UnadaptedExpert(Expert):
 
     def follower(
         self, share: float, model: Any, prompts: Sequence[Sequence[int]], adapter: Any, use_cache: bool
-    ) -> _StaticNet | None:
-        return None if adapter is None else _StaticNet(model, prompts, use_cache)
+    ) -> _UnadaptedNet | None:
+        return None if adapter is None else _UnadaptedNet(model, prompts, use_cache)
 
     def card_line(self, cfg: Mapping[str, Any]) -> str | None:
         share = cfg.get("unadapted_share")
@@ -69,7 +69,7 @@ class UnadaptedExpert(Expert):
         )
 
 
-class _StaticNet:
+class _UnadaptedNet:
     """The unadapted network beside the adapting copy, on its own KV cache, for its share of the mixture:
     its window follows the decode loop's rule, so its logits are what sliding-window scoring computes."""
 
