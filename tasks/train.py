@@ -61,7 +61,6 @@ from tinyllama_model.mixture.adaptation import (
     gradient_scales,
 )
 from tinyllama_model.mixture.config import MixtureConfig
-from tinyllama_model.mixture.corpus_ngrams import MAX_VOCAB
 from tinyllama_model.mixture.expert import STAGES, Expert, FitInputs, Reading
 from tinyllama_model.mixture.fitting import (
     chain_logprobs,
@@ -77,7 +76,7 @@ from tinyllama_model.training.launch import trainer_from_run_dir, write_run_spec
 from tinyllama_model.training.run_state import BEST_DIR, METRICS_FILE, RESULT_FILE
 from tinyllama_model.training.train_config import TrainConfig
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"  # 3: config.json keeps what is fitted after training in its mixture object
 log = logging.getLogger(__name__)
 
 
@@ -136,14 +135,12 @@ def split_sample(work: Path, split: str, vocab_size: int, max_tokens: int) -> np
 
 
 def check_experts(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
-    """Refuse before training what the experts' fit would refuse after it."""
+    """Refuse before training what the fits after it would refuse: each wanted expert's `check`, then
+    calibration's."""
     mix = train_cfg.mixture
-    if mix.corpus_ngram_orders and model_cfg.vocab_size > MAX_VOCAB:
-        raise ConfigError(
-            f"train.mixture.corpus_ngram_orders={mix.corpus_ngram_orders} needs a vocabulary of at most "
-            f"{MAX_VOCAB:,} ids (16 bits a token), and the tokenizer has {model_cfg.vocab_size:,}; "
-            "set train.mixture.corpus_ngram_orders=0 or a smaller tokenizer.vocab_size"
-        )
+    for expert in registry.EXPERTS:
+        if expert.wanted(mix):
+            expert.check(mix, model_cfg)
     if mix.calibration_temperatures and model_cfg.logit_softcap is not None:
         raise ConfigError(
             f"train.mixture.calibration_temperatures={list(mix.calibration_temperatures)} divides the logits "

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from tinyllama_model.checkpoint import CheckpointError
+from tinyllama_model.errors import ConfigError
 from tinyllama_model.mixture.expert import Expert, FitInputs, Proposal, Reading
 from tinyllama_model.model_config import CORPUS_COUNT_BUCKETS, CORPUS_MAX_ORDER
 from tinyllama_model.tokenizer import EOS_ID
@@ -199,6 +200,14 @@ class CorpusNgramsExpert(Expert):
 
     def wanted(self, settings: Any) -> bool:
         return bool(settings.corpus_ngram_orders)
+
+    def check(self, settings: Any, model_cfg: Any) -> None:
+        if model_cfg.vocab_size > MAX_VOCAB:
+            raise ConfigError(
+                f"train.mixture.corpus_ngram_orders={settings.corpus_ngram_orders} needs a vocabulary of at "
+                f"most {MAX_VOCAB:,} ids (16 bits a token), and the tokenizer has {model_cfg.vocab_size:,}; "
+                "set train.mixture.corpus_ngram_orders=0 or a smaller tokenizer.vocab_size"
+            )
 
     def fit_params(self, fit: FitInputs) -> CorpusNgrams | None:
         if fit.model.corpus_ngrams is not None:

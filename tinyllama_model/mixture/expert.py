@@ -76,6 +76,9 @@ class Expert:
         """Whether `train.mixture` (config.py) asks for it (cheap: decides which fits run at all)."""
         raise NotImplementedError
 
+    def check(self, settings: Any, model_cfg: Any) -> None:
+        """Refuse, before training, a model it could not be fitted for (`ConfigError` naming the fix)."""
+
     def fit_params(self, fit: FitInputs) -> Any | None:
         """Its parameters for the fit, once `wanted` (None: the model as fitted so far cannot have it)."""
         raise NotImplementedError
