@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field
 from tasks.monitoring.progress_artifact import PagesBar, ProgressBar
 from tasks.redact import redact_url, redact_value
 from tasks.retries import retry_only_on
+from tasks.shard_map import Mapper, serial_map, task_map
 from tasks.sources.base import PreviousDocuments, Source, SourceContext, SourceSummary
 from tasks.sources.builtin import BuiltinSource
 from tasks.sources.document import DOCUMENTS_FILE, Document, content_digest, write_documents
@@ -141,6 +142,7 @@ def run_collect(
     sleep: Callable[[float], None] = time.sleep,
     log: Callable[[str], None] = lambda _msg: None,
     pages: Callable[[str, int, int], None] = lambda _source, _done, _planned: None,
+    mapper: Mapper = serial_map,  # encode branch: accepted, unused until the collect branch shards collect
 ) -> Artifact:
     """Collect every enabled source into one raw-documents artifact (see the module docstring).
 
@@ -303,7 +305,7 @@ def summary_markdown(stats: dict[str, Any]) -> str:
 def collect(cfg: CollectConfig, root: str) -> Artifact:
     logger = get_run_logger()
     bar = ProgressBar("collect-progress", "Collect: pages fetched of pages planned", warn=logger.warning)
-    artifact = run_collect(cfg, root, log=logger.info, pages=PagesBar(bar))
+    artifact = run_collect(cfg, root, log=logger.info, pages=PagesBar(bar), mapper=task_map)
     bar.update(1.0, f"{artifact.stats['documents']:,} documents collected")
     create_table_artifact(
         summary_rows(artifact.stats), key="collect-sources", description="Documents per source"
