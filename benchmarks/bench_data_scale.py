@@ -167,13 +167,15 @@ def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
 
 def docs_in_out(phase: str, dump: dict[str, Any], arts: dict[str, Any]) -> tuple[int, int]:
     s = {k: v["stats"] for k, v in arts.items()}
-    clean_docs = s["preprocess"].get("rows", s["preprocess"].get("documents_kept", 0))
-    return {
-        "collect": (dump["documents"], s["collect"].get("documents", 0)),
-        "preprocess": (s["collect"].get("documents", 0), clean_docs),
-        "tokenizer": (clean_docs, s["tokenizer"].get("sampled_documents", 0)),
-        "encode": (clean_docs, s["encode"].get("train_docs", 0) + s["encode"].get("val_docs", 0)),
-    }[phase]
+    raw = s["collect"].get("documents", 0)
+    if phase == "collect":
+        return dump["documents"], raw
+    clean = s["preprocess"].get("rows", s["preprocess"].get("documents_kept", 0))
+    if phase == "preprocess":
+        return raw, clean
+    if phase == "tokenizer":
+        return clean, s["tokenizer"].get("sampled_documents", 0)
+    return clean, s["encode"].get("train_docs", 0) + s["encode"].get("val_docs", 0)
 
 
 def bench_size(gigabytes: float, sentences: list[str], args: argparse.Namespace) -> None:

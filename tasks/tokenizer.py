@@ -18,6 +18,7 @@ cluster the flow's own process holds only artifacts and counts.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -159,7 +160,8 @@ def tokenizer_report(
         decoded = tok.decode_batch(encoded, num_threads=num_threads)
         normal = tok.normalize_batch(texts)
         failures += [d for d, a, b in zip(ids, decoded, normal, strict=True) if a != b]
-        flat = np.fromiter((t for toks in encoded for t in toks), dtype=np.int64)
+        count = sum(len(toks) for toks in encoded)
+        flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64, count=count)
         used[flat] = True
         n_fallback += int(is_byte[flat].sum())
         n_tokens += flat.size
