@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import re
 import resource
@@ -118,7 +119,10 @@ def dask_mapper(workers: int):
     from flows.config import DaskConfig
 
     cluster = distributed.LocalCluster(
-        **cluster_kwargs(DaskConfig(enabled=True, n_workers=workers)), processes=True, dashboard_address=None
+        **cluster_kwargs(DaskConfig(enabled=True, n_workers=workers)),
+        processes=True,
+        dashboard_address="127.0.0.1:0",
+        silence_logs=logging.WARNING,
     )
     client = distributed.Client(cluster)
 

@@ -115,6 +115,11 @@ def place_shards(results: Sequence[dict[str, Any]], work: Path, out: Path) -> di
         for split in SPLITS:
             for name in result["files"][split]:
                 target = shard_name(split, len(placed[split]))
+                if not (work / name).is_file():
+                    raise FileNotFoundError(
+                        f"encode shard {name} finished on a worker but is not in {work} here: the workers "
+                        "and the flow must see the same data root folder (a shared file system)"
+                    )
                 try:
                     os.link(work / name, out / target)
                 except OSError:  # a work folder on another file system than the artifact

@@ -28,10 +28,13 @@ distributed = pytest.importorskip("distributed", reason="the dask extra (prefect
 
 SHARD_TASK = "_run_shard"
 SMALL_WORKERS = DaskConfig(enabled=True, n_workers=2, memory_limit="1GiB")
+LOOPBACK_ANY_PORT = "127.0.0.1:0"  # the scheduler's HTTP endpoint, on loopback only
 
 
 def two_workers() -> distributed.LocalCluster:
-    return distributed.LocalCluster(**cluster_kwargs(SMALL_WORKERS), processes=True, dashboard_address=None)
+    return distributed.LocalCluster(
+        **cluster_kwargs(SMALL_WORKERS), processes=True, dashboard_address=LOOPBACK_ANY_PORT
+    )
 
 
 def where_ran(stream: distributed.get_task_stream) -> Counter[tuple[str, str]]:
