@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,13 @@ def encode_shard(job: EncodeJob) -> dict[str, Any]:
     record = done_record(work, job.index)
     if record.is_file():
         return json.loads(record.read_text())
+    for needed in (Path(job.source), Path(job.tokenizer)):
+        if not needed.is_file():
+            raise FileNotFoundError(
+                f"{needed} is not on this machine ({socket.gethostname()}): the encode jobs read the clean "
+                "shards and the tokenizer where the flow put them, so Dask workers must see the same local "
+                "data root folder (a shared file system)"
+            )
     tok = Tokenizer(job.tokenizer)
     schema = token_schema(tok.vocab_size)
     dtype, value_type = token_dtype(tok.vocab_size), schema.field("tokens").type.value_type

@@ -14,6 +14,7 @@ import pytest
 from tasks.corpus_sample import DocSplit, sample_score
 from tasks.storage.artifacts import Artifact, publish, verify
 from tasks.storage.shards import ShardWriter
+from tasks.token_shards import EncodeJob, encode_shard
 from tasks.tokenizer import (
     RoundTripError,
     TokenizerConfig,
@@ -282,3 +283,20 @@ def test_encode_resumes_at_shard_granularity(corpus, tmp_path):
     assert not work.exists()  # published: the work folder is gone
     for name, mtime in finished.items():  # the finished shards were reused, not written again
         assert (again.dir / name).stat().st_mtime_ns == mtime
+
+
+def test_a_shard_this_machine_cannot_see_names_the_shared_folder_it_needs(corpus, tmp_path):
+    _, tok_art, _, _ = corpus
+    split = DocSplit(0.1, documents=2, held_out=1)
+    job = EncodeJob(
+        0,
+        str(tmp_path / "elsewhere.parquet"),
+        str(tok_art.file("tokenizer.model")),
+        str(tmp_path),
+        split,
+        16,
+        1,
+    )
+    with pytest.raises(FileNotFoundError, match=r"not on this machine .* shared file system"):
+        encode_shard(job)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no done record
