@@ -203,9 +203,7 @@ def tokenizer_job(job: TokenizerJob) -> dict[str, Any]:
         return json.loads(record.read_text())
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    split = DocSplit.scan(
-        (d for ids, _ in iter_documents(paths, cfg.batch_docs) for d in ids), cfg.val_fraction
-    )
+    split = DocSplit.scan(iter_doc_ids(paths, cfg.batch_docs), cfg.val_fraction)
     sample = choose_sample(paths, split, cfg.max_docs, cfg.max_chars, cfg.batch_docs)
     seconds["sample_seconds"] = time.perf_counter() - t0
     batches = sampled_texts(paths, split, sample, cfg.batch_docs, train_only=True)
