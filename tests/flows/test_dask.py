@@ -16,6 +16,7 @@ from prefect import flow
 
 from flows.build import cluster_kwargs, data_runner
 from flows.config import DaskConfig
+from tasks.collect import CollectConfig
 from tasks.corpus_sample import document_paths
 from tasks.shard_map import task_map
 from tasks.storage.artifacts import Artifact, load_artifact, publish
@@ -28,6 +29,8 @@ distributed = pytest.importorskip("distributed", reason="the dask extra (prefect
 
 SHARD_TASK = "_run_shard"
 SMALL_WORKERS = DaskConfig(enabled=True, n_workers=2, memory_limit="1GiB")
+# Collect's shard size, where collect writes shards (the collect branch): small, for several shards.
+TINY_SHARDS = ("collect.shard_mb=0.2",) if "shard_mb" in CollectConfig.model_fields else ()
 LOOPBACK_ANY_PORT = "127.0.0.1:0"  # the scheduler's HTTP endpoint, on loopback only
 
 
@@ -60,7 +63,8 @@ def test_the_data_flow_on_two_workers_gives_what_it_gives_without_dask(
     prefect_harness, tmp_path: Path
 ) -> None:
     with two_workers() as cluster:
-        cfg = tiny_config(tmp_path / "dask", "dask.enabled=true", f"dask.address={cluster.scheduler_address}")
+        address = f"dask.address={cluster.scheduler_address}"
+        cfg = tiny_config(tmp_path / "dask", "dask.enabled=true", address, *TINY_SHARDS)
         with distributed.Client(cluster) as client, distributed.get_task_stream(client) as stream:
             on_dask = data_runner(cfg)(cfg, str(tmp_path / "dask"))
         ran = where_ran(stream)
@@ -68,9 +72,11 @@ def test_the_data_flow_on_two_workers_gives_what_it_gives_without_dask(
     # the phases' own tasks stayed in the flow's process; their jobs (tokenizer, encode shards) did not
     assert prefixes == {SHARD_TASK}, ran
     assert sum(ran.values()) >= 1 + len(document_paths(on_dask.clean))
+    if TINY_SHARDS:  # collect writes many shards, so every data phase maps several jobs
+        assert len(document_paths(on_dask.clean)) > 2 and len({worker for _, worker in ran}) == 2, ran
     assert load_artifact(tmp_path / "dask", "encode", on_dask.tokens.fingerprint) == on_dask.tokens
 
-    local_cfg = tiny_config(tmp_path / "local")
+    local_cfg = tiny_config(tmp_path / "local", *TINY_SHARDS)
     local = data_runner(local_cfg)(local_cfg, str(tmp_path / "local"))
     phases = ("raw", "clean", "tokenizer", "tokens")
     assert [getattr(local, p).fingerprint for p in phases] == [
