@@ -72,8 +72,8 @@ def test_the_data_flow_on_two_workers_gives_what_it_gives_without_dask(
     # the phases' own tasks stayed in the flow's process; their jobs (tokenizer, encode shards) did not
     assert prefixes == {SHARD_TASK}, ran
     assert sum(ran.values()) >= 1 + len(document_paths(on_dask.clean))
-    if TINY_SHARDS:  # collect writes many shards, so every data phase maps several jobs
-        assert len(document_paths(on_dask.clean)) > 2 and len({worker for _, worker in ran}) == 2, ran
+    if TINY_SHARDS:  # collect writes shards, so collect and preprocess map jobs too: enough for both workers
+        assert len({worker for _, worker in ran}) == 2, ran
     assert load_artifact(tmp_path / "dask", "encode", on_dask.tokens.fingerprint) == on_dask.tokens
 
     local_cfg = tiny_config(tmp_path / "local", *TINY_SHARDS)
