@@ -4,6 +4,7 @@
 #   2. a bench_train row at the original shape (512/8/8, vocabulary 12,000) in bf16, torch.compile'd;
 #   3. a short `wikipedia`-preset build (collect -> ... -> register) from a synthetic dump
 #      (benchmarks/bench_data_scale.py --dump-only), training on CUDA for GPU_CHECK_TRAIN_MINUTES.
+# Limits: tests 60 s, bench 120 s, build GPU_CHECK_TRAIN_MINUTES (default 2) + 150 s: 7.7 minutes at most.
 # On a machine without CUDA it says so and exits 0, so it can run anywhere (CUDA_VISIBLE_DEVICES= forces
 # that branch). Each step has its own time limit; a step that fails or runs out shows so in the table
 # and the script exits 1.
@@ -32,14 +33,14 @@ print('#', torch.cuda.get_device_name(0), '|', machine_line())"
 # 1. the gpu-marked tests
 start=$SECONDS
 mapfile -t files < <(grep -rl "pytest.mark.gpu" tests --include='*.py')
-timeout 100 "$PY" -m pytest -q -p no:cacheprovider -m gpu "${files[@]}" >"$WORK/tests.log" 2>&1
+timeout 60 "$PY" -m pytest -q -p no:cacheprovider -m gpu "${files[@]}" >"$WORK/tests.log" 2>&1
 rc=$?
 [ $rc -ne 0 ] && FAILED=1
 row "pytest -m gpu (${#files[@]} files)" "$(verdict $rc)" $((SECONDS - start)) "$(tail -n 1 "$WORK/tests.log")"
 
 # 2. one training-throughput row: 512/8/8 in bf16, compiled (bench_train's default preset, on CUDA)
 start=$SECONDS
-timeout 140 "$PY" - >"$WORK/bench.log" 2>&1 <<'EOF'
+timeout 120 "$PY" - >"$WORK/bench.log" 2>&1 <<'EOF'
 import dataclasses, sys
 sys.path.insert(0, "benchmarks")
 import bench_train
@@ -60,8 +61,8 @@ row "bench_train 512/8/8 bf16 compile" "$(verdict $rc)" $((SECONDS - start)) \
 
 # 3. a short wikipedia-preset build from a synthetic dump, trained on CUDA
 start=$SECONDS
-"$PY" benchmarks/bench_data_scale.py --dump-only "$WORK/dump" --sizes 0.02 >"$WORK/dump.log" 2>&1
-timeout $((TRAIN_MINUTES * 60 + 200)) "$PY" -m flows.cli run --preset wikipedia \
+"$PY" benchmarks/bench_data_scale.py --dump-only "$WORK/dump" --sizes 0.01 >"$WORK/dump.log" 2>&1
+timeout $((TRAIN_MINUTES * 60 + 150)) "$PY" -m flows.cli run --preset wikipedia \
   --set "data_root=$WORK/data" --set collect.wikipedia.enabled=false --set "collect.local.paths=[$WORK/dump]" \
   --set "train.max_minutes=$TRAIN_MINUTES" --set train.device=cuda \
   --set "register.tracking_uri=sqlite:///$WORK/mlflow.db" >"$WORK/build.out" 2>"$WORK/build.log"
