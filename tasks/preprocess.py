@@ -42,6 +42,7 @@ from tasks.cleaning.pipeline import CleanDoc, Step, run_steps
 from tasks.cleaning.report import build_report, report_markdown, stage_rows
 from tasks.cleaning.split import split_text
 from tasks.cleaning.steps import ExactDuplicates, NearDuplicates, NonEmpty, Normalize, QualityFilter
+from tasks.shard_map import Mapper, serial_map, task_map
 from tasks.sources.document import DOCUMENT_SCHEMA, DOCUMENTS_FILE, Document, read_documents, write_table
 from tasks.storage.artifacts import Artifact, materialize, phase_fingerprint, publish, verify
 from tasks.storage.cache_records import artifact_cache
@@ -212,7 +213,13 @@ def clean_rows(kept: list[CleanDoc], cfg: PreprocessConfig) -> tuple[list[dict[s
     return rows, split_docs
 
 
-def run_preprocess(cfg: PreprocessConfig, raw: Artifact, root: str | Path) -> Artifact:
+def run_preprocess(
+    cfg: PreprocessConfig,
+    raw: Artifact,
+    root: str | Path,
+    *,
+    mapper: Mapper = serial_map,  # encode branch: unused
+) -> Artifact:
     if raw.phase != "collect" or DOCUMENTS_FILE not in raw.files:
         raise ValueError(
             f"preprocess needs a collect artifact with {DOCUMENTS_FILE}; got {raw.phase} at {raw.path}"
@@ -255,7 +262,7 @@ def load_report(artifact: Artifact) -> dict[str, Any]:
     **artifact_cache("preprocess", CODE_VERSION),
 )
 def preprocess(cfg: PreprocessConfig, raw: Artifact, root: str) -> Artifact:
-    artifact = run_preprocess(cfg, raw, root)
+    artifact = run_preprocess(cfg, raw, root, mapper=task_map)
     report = load_report(artifact)
     get_run_logger().info(
         "preprocess: %d in, %d kept, %d rejected",
