@@ -75,7 +75,8 @@ def word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(hashes (n_words,) uint64, doc (n_words,) int64): every word of every text, in order."""
     if isinstance(texts, str):
         raise TypeError("word_hashes takes a sequence of texts, not one string")
-    joined = " ".join(t.casefold() for t in texts)
+    folded = [t.casefold() for t in texts]  # may change a text's length ("ß" -> "ss")
+    joined = " ".join(folded)
     codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)  # (N,)
     is_word = np.where(codes < 0x10000, _word_char_table()[np.minimum(codes, 0xFFFF)], True)  # (N,)
     edges = np.diff(np.concatenate(([False], is_word, [False])).astype(np.int8))
@@ -89,8 +90,8 @@ def word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     terms = (codes.astype(np.uint64) + np.uint64(1)) * _POWERS[np.minimum(pos, len(_POWERS) - 1)]
     terms[~is_word] = 0  # separators add nothing, so each sum below covers exactly one word
     hashes = _fmix64(np.add.reduceat(terms, starts))  # (n_words,) sum of (code + 1) * P^pos
-    # Text i starts at character sum(len(t) + 1 for earlier t): the joining spaces count.
-    text_starts = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
+    # Text i starts at character sum(len(t) + 1 for earlier folded t): the joining spaces count.
+    text_starts = np.cumsum([0] + [len(t) + 1 for t in folded[:-1]])
     doc = np.searchsorted(text_starts, starts, side="right") - 1
     return hashes, doc
 

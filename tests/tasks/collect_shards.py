@@ -10,6 +10,8 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from tasks.sources.document import DOCUMENT_SCHEMA, Document, content_digest
 from tasks.storage.artifacts import Artifact, publish
 from tasks.storage.shards import ShardWriter
@@ -32,3 +34,8 @@ def publish_collect(root: Path, docs: list[Document], n_shards: int) -> Artifact
         return {"documents": len(docs)}
 
     return publish(root, "collect", fingerprint, build)
+
+
+def read_rows(artifact: Artifact, table: str) -> list[dict]:
+    """Every row of one sharded table of an artifact, in order."""
+    return [row for path in artifact.shard_paths(table) for row in pq.read_table(path).to_pylist()]
