@@ -43,6 +43,7 @@ from tinyllama_model.files import atomic_path
 ROW_BITS = 32
 ROW_MASK = (1 << ROW_BITS) - 1
 DROP_ROW_GROUP = 1 << 16  # rows per row group of a drop file, so one shard's reader skips the rest
+PAIR_ROWS = 1 << 13  # rows per row group and read batch of a pair file: the merge holds one per partition
 
 EXACT_SCHEMA = pa.schema(
     [
@@ -247,14 +248,14 @@ def pair_partition(job: PartitionJob) -> int:
         schema=PAIR_SCHEMA,
     )
     with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=PAIR_ROWS)
     return table.num_rows
 
 
 # --- near: keep the first ---------------------------------------------------------------------------
 def _pairs(path: Path) -> Iterator[tuple[int, int, float, str]]:
     with pq.ParquetFile(path) as f:
-        for batch in f.iter_batches(columns=PAIR_SCHEMA.names):
+        for batch in f.iter_batches(batch_size=PAIR_ROWS, columns=PAIR_SCHEMA.names):
             yield from zip(*(batch.column(c).to_pylist() for c in PAIR_SCHEMA.names), strict=True)
 
 

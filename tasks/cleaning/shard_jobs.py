@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,14 +117,14 @@ def prepare_shard(job: ShardJob) -> dict[str, Any]:
         ShardWriter(rejected_dir, "rejected", REJECTED_SCHEMA, max_bytes=_shard_bytes(cfg)) as rejected,
     ):
         for batch in iter_batches([Path(job.source)], DOCUMENT_SCHEMA.names):
-            docs = [Document.from_record(r) for r in batch.to_pylist()]
+            docs = [_document(r) for r in batch.to_pylist()]
             sources_in.update(d.source for d in docs)
             chars_in += sum(len(d.text) for d in docs)
             run = run_steps(steps, [CleanDoc(d) for d in docs])
             _add_stages(stages, run.stages)
             rejected.write_rows(run.rejected)
             rejected_sources.update(r["source"] for r in run.rejected)
-            rows = [{**asdict(d.doc), "part": 0, **d.stats.as_dict()} for d in run.kept]
+            rows = [{**vars(d.doc), "part": 0, **d.stats.as_dict()} for d in run.kept]
             survivors.write_table(pa.Table.from_pylist(rows, schema=CLEAN_SCHEMA))
             keys.extend(exact_key(d.text) for d in run.kept)
             if hasher is not None:
@@ -141,6 +141,13 @@ def prepare_shard(job: ShardJob) -> dict[str, Any]:
     }
     atomic_write(done, json.dumps(result))
     return {**result, "resumed": False}
+
+
+def _document(row: dict[str, Any]) -> Document:
+    """A raw row as a Document (its columns are the dataclass's fields; a null time takes the default)."""
+    if row.get("fetched_at") is None:
+        row.pop("fetched_at", None)
+    return Document(**row)
 
 
 def _ids(path: Path) -> list[str]:
