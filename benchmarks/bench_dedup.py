@@ -13,7 +13,8 @@ is its own:
              memory, the steps over all of them, a dict of exact keys and a datasketch LSH index over
              the kept documents; writes one clean and one rejected table as the phase once did
 
-Per row: wall seconds, raw MB per second, peak RSS of the process (ru_maxrss, imports included),
+Per row: wall seconds, raw MB per second, peak RSS of the process (VmHWM, with the imports: the
+header gives that of a process that only imports the two),
 documents kept, and whether the kept doc_ids equal the reference's (in order). The last lines give
 staged/reference ratios and how the staged peak RSS grows with the corpus (it should not: memory
 holds one shard or one partition).
@@ -29,7 +30,6 @@ import argparse
 import hashlib
 import json
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -128,6 +128,8 @@ def write_corpus(root: Path, titled: Iterator[tuple[str, str]], shard_mb: float)
 
 # --- one method, in a child process --------------------------------------------------------------------
 def run_child(method: str, artifact_file: Path) -> dict[str, object]:
+    if method == "imports":
+        return {"peak_rss_mb": peak_rss_mb()}
     raw = Artifact.model_validate_json(artifact_file.read_text())
     cfg = PreprocessConfig()
     start = time.perf_counter()
@@ -146,10 +148,18 @@ def run_child(method: str, artifact_file: Path) -> dict[str, object]:
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "kept": len(kept),
         "kept_sha": hashlib.sha256("\n".join(kept).encode()).hexdigest(),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM: ru_maxrss would carry the parent's peak across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def _firsts(batch) -> list[str]:
@@ -185,7 +195,7 @@ def main() -> None:
     parser.add_argument("--shard-mb", type=float, default=16.0, help="raw shard size (uncompressed MB)")
     parser.add_argument("--corpus", type=Path, help="a jsonl of real articles (title, content) as well")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--child", choices=["staged", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["staged", "reference", "imports"], help=argparse.SUPPRESS)
     parser.add_argument("--artifact", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -194,7 +204,13 @@ def main() -> None:
 
     from tinyllama_model.hardware import machine_line  # torch: not in the measured children
 
-    print(f"{machine_line()}\n")
+    print(machine_line())
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "artifact.json"
+        spec.write_text("{}")
+        cmd = [sys.executable, __file__, "--child", "imports", "--artifact", str(spec)]
+        baseline = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    print(f"peak RSS of a process that only imports both: {baseline['peak_rss_mb']:.0f} MB\n")
     print(HEADER)
     print("|" + "---|" * (HEADER.count("|") - 1))
     corpora = [(f"synthetic {mb:g} MB", mb) for mb in args.mb]

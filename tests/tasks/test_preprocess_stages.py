@@ -189,3 +189,23 @@ def test_report_counts_add_up_over_shards(tmp_path, planted):
     assert report["length_chars"]["p10"] == pytest.approx(float(np.quantile(lengths, 0.1)))
     assert report["length_chars"]["mean"] == pytest.approx(float(np.mean(lengths)))
     assert json.dumps(report)  # plain JSON
+
+
+@pytest.mark.slow
+def test_the_jobs_run_as_prefect_task_runs(prefect_harness, tmp_path, planted):
+    """The data flow passes `mapper=task_map`: every stage's jobs become task runs, same artifact."""
+    from prefect import flow
+
+    from tasks.shard_map import task_map
+
+    raw = publish_collect(tmp_path / "a", planted, 3)
+
+    @flow
+    def clean(root: str):
+        return run_preprocess(PreprocessConfig(), raw, root, mapper=task_map)
+
+    by_tasks = clean(str(tmp_path / "a"))
+    serial = run_preprocess(PreprocessConfig(), publish_collect(tmp_path / "b", planted, 3), tmp_path / "b")
+    assert by_tasks.fingerprint == serial.fingerprint
+    for table in ("documents", "rejected"):
+        assert read_rows(by_tasks, table) == read_rows(serial, table)
