@@ -199,12 +199,18 @@ def test_the_jobs_run_as_prefect_task_runs(prefect_harness, tmp_path, planted):
     from tasks.shard_map import task_map
 
     raw = publish_collect(tmp_path / "a", planted, 3)
+    stages: list[str] = []
+
+    def mapper(fn, jobs):
+        stages.append(fn.__name__)
+        return task_map(fn, jobs)
 
     @flow
     def clean(root: str):
-        return run_preprocess(PreprocessConfig(), raw, root, mapper=task_map)
+        return run_preprocess(PreprocessConfig(), raw, root, mapper=mapper)
 
     by_tasks = clean(str(tmp_path / "a"))
+    assert stages == ["prepare_shard", "exact_partition", "pair_partition", "filter_shard"]
     serial = run_preprocess(PreprocessConfig(), publish_collect(tmp_path / "b", planted, 3), tmp_path / "b")
     assert by_tasks.fingerprint == serial.fingerprint
     for table in ("documents", "rejected"):
