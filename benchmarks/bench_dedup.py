@@ -19,7 +19,7 @@ documents kept, and whether the kept doc_ids equal the reference's (in order). T
 staged/reference ratios and how the staged peak RSS grows with the corpus (it should not: memory
 holds one shard or one partition).
 
-    .venv/bin/python benchmarks/bench_dedup.py                    # 50 and 200 MB (~10 min on 2 cores)
+    .venv/bin/python benchmarks/bench_dedup.py                    # 50 and 200 MB (~6 min on 2 busy cores)
     .venv/bin/python benchmarks/bench_dedup.py --mb 5 20 --shard-mb 2
     .venv/bin/python benchmarks/bench_dedup.py --mb --corpus path/to/articles.jsonl   # real text only
 """

@@ -49,7 +49,7 @@ from tasks.cleaning.shard_jobs import (
     filter_shard,
     prepare_shard,
 )
-from tasks.shard_map import Mapper, serial_map
+from tasks.shard_map import Mapper, serial_map, task_map
 from tasks.storage.artifacts import Artifact, materialize, phase_fingerprint, publish, scratch_dir, verify
 from tasks.storage.cache_records import artifact_cache
 from tasks.storage.shards import shard_name
@@ -201,7 +201,8 @@ def load_report(artifact: Artifact) -> dict[str, Any]:
     **artifact_cache("preprocess", CODE_VERSION),
 )
 def preprocess(cfg: PreprocessConfig, raw: Artifact, root: str) -> Artifact:
-    artifact = run_preprocess(cfg, raw, root)
+    """The phase with its per-shard jobs as task runs on the flow's task runner (Dask workers on Dask)."""
+    artifact = run_preprocess(cfg, raw, root, mapper=task_map)
     report = load_report(artifact)
     get_run_logger().info(
         "preprocess: %d in, %d kept, %d rejected",

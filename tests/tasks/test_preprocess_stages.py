@@ -196,6 +196,7 @@ def test_the_jobs_run_as_prefect_task_runs(prefect_harness, tmp_path, planted):
     """The data flow passes `mapper=task_map`: every stage's jobs become task runs, same artifact."""
     from prefect import flow
 
+    from tasks.preprocess import preprocess
     from tasks.shard_map import task_map
 
     raw = publish_collect(tmp_path / "a", planted, 3)
@@ -211,6 +212,12 @@ def test_the_jobs_run_as_prefect_task_runs(prefect_harness, tmp_path, planted):
 
     by_tasks = clean(str(tmp_path / "a"))
     assert stages == ["prepare_shard", "exact_partition", "pair_partition", "filter_shard"]
+
+    @flow
+    def by_the_task(root: str):
+        return preprocess(PreprocessConfig(), raw, root)
+
+    assert by_the_task(str(tmp_path / "c")).fingerprint == by_tasks.fingerprint
     serial = run_preprocess(PreprocessConfig(), publish_collect(tmp_path / "b", planted, 3), tmp_path / "b")
     assert by_tasks.fingerprint == serial.fingerprint
     for table in ("documents", "rejected"):
