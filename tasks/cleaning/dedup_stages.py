@@ -43,6 +43,7 @@ from tinyllama_model.files import atomic_path
 ROW_BITS = 32
 ROW_MASK = (1 << ROW_BITS) - 1
 DROP_ROW_GROUP = 1 << 16  # rows per row group of a drop file, so one shard's reader skips the rest
+PAIR_CHUNK = 1 << 20  # candidate pairs verified at a time (a bucket's pairs grow with its size squared)
 PAIR_ROWS = 1 << 13  # rows per row group and read batch of a pair file: the merge holds one per partition
 
 EXACT_SCHEMA = pa.schema(
@@ -191,8 +192,22 @@ def exact_partition(job: PartitionJob) -> int:
 
 
 # --- near: candidate pairs -------------------------------------------------------------------------
-def candidate_pairs(band_key: np.ndarray, pos: np.ndarray, exact: np.ndarray, collapse: bool) -> np.ndarray:
-    """(n, 2) unique (later i, earlier j) position pairs that share a band key, sorted by (i, j)."""
+@dataclass(frozen=True)
+class Buckets:
+    """Buckets with two or more members: `pos[start:start + size]`, each run sorted by position."""
+
+    pos: np.ndarray
+    starts: np.ndarray
+    sizes: np.ndarray
+
+    def members(self) -> np.ndarray:
+        """The positions in any of these buckets (with repeats)."""
+        within = np.arange(self.sizes.sum()) - np.repeat(np.cumsum(self.sizes) - self.sizes, self.sizes)
+        return self.pos[np.repeat(self.starts, self.sizes) + within]
+
+
+def buckets(band_key: np.ndarray, pos: np.ndarray, exact: np.ndarray, collapse: bool) -> Buckets:
+    """The members of every bucket of two or more, in order of band key."""
     if collapse and len(pos):  # only the first of each exact key in a bucket: the others are exact drops
         order = np.lexsort((pos, exact, band_key))
         band_key, pos, exact = band_key[order], pos[order], exact[order]
@@ -202,12 +217,35 @@ def candidate_pairs(band_key: np.ndarray, pos: np.ndarray, exact: np.ndarray, co
     band_key, pos = band_key[order], pos[order]
     starts = np.flatnonzero(np.r_[True, band_key[1:] != band_key[:-1]]) if len(pos) else np.zeros(0, int)
     sizes = np.diff(np.r_[starts, len(pos)])
-    found = [np.zeros((0, 2), dtype=np.int64)]
-    for size in np.unique(sizes[sizes > 1]):
-        members = pos[starts[sizes == size][:, None] + np.arange(size)]  # (groups, size), sorted by pos
-        a, b = np.triu_indices(size, 1)
-        found.append(np.stack([members[:, b].ravel(), members[:, a].ravel()], axis=1))
-    return np.unique(np.concatenate(found), axis=0)
+    return Buckets(pos, starts[sizes > 1], sizes[sizes > 1])
+
+
+def pair_chunks(b: Buckets, chunk: int = PAIR_CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(later i, earlier j) of every pair inside each bucket, about `chunk` pairs at a time.
+
+    A bucket of k documents has k(k-1)/2 pairs (any earlier member may be the kept one). Buckets of one
+    size go together while their pairs fit a chunk; a larger one is cut by its earlier member, so
+    memory holds one chunk of candidates, never a bucket's square.
+    """
+    for size in np.unique(b.sizes):
+        starts, per_bucket = b.starts[b.sizes == size], size * (size - 1) // 2
+        if per_bucket <= chunk:
+            a, later = np.triu_indices(size, 1)
+            step = max(1, chunk // per_bucket)
+            for first in range(0, len(starts), step):
+                members = b.pos[starts[first : first + step, None] + np.arange(size)]  # (buckets, size)
+                yield members[:, later].ravel(), members[:, a].ravel()
+            continue
+        for start in starts:
+            members = b.pos[start : start + size]
+            for a in range(size - 1):
+                yield members[a + 1 :], np.full(size - 1 - a, members[a], dtype=np.int64)
+
+
+def candidate_pairs(band_key: np.ndarray, pos: np.ndarray, exact: np.ndarray, collapse: bool) -> np.ndarray:
+    """(n, 2) unique (later i, earlier j) position pairs that share a band key, sorted by (i, j)."""
+    found = [np.stack(c, axis=1) for c in pair_chunks(buckets(band_key, pos, exact, collapse))]
+    return np.unique(np.concatenate([np.zeros((0, 2), np.int64), *found]), axis=0)
 
 
 def _signatures_and_ids(work: Path, wanted: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -230,20 +268,23 @@ def pair_partition(job: PartitionJob) -> int:
         return pq.ParquetFile(out).metadata.num_rows
     paths = [bucket_file(work, s) for s in range(job.n_shards)]
     t = read_partition(paths, job.part, ["band_key", "pos", "exact"])
-    pairs = candidate_pairs(
-        *(t.column(c).to_numpy() for c in ("band_key", "pos", "exact")), job.collapse_exact
-    )
-    wanted = np.unique(pairs)
+    groups = buckets(*(t.column(c).to_numpy() for c in ("band_key", "pos", "exact")), job.collapse_exact)
+    del t
+    wanted = np.unique(groups.members())
     sigs, ids = _signatures_and_ids(work, wanted)
+    found = [np.zeros((0, 2), np.int64)]
+    for i, j in pair_chunks(groups):  # verified chunk by chunk: only the close pairs are kept
+        similarity = jaccard(sigs[np.searchsorted(wanted, i)], sigs[np.searchsorted(wanted, j)])
+        found.append(np.stack([i, j], axis=1)[similarity >= job.threshold])
+    pairs = np.unique(np.concatenate(found), axis=0)  # a pair that shares several bands, once
     i_at, j_at = np.searchsorted(wanted, pairs[:, 0]), np.searchsorted(wanted, pairs[:, 1])
     similarity = jaccard(sigs[i_at], sigs[j_at]) if len(pairs) else np.zeros(0)
-    close = similarity >= job.threshold
     table = pa.table(
         {
-            "i": pa.array(pairs[close, 0], pa.int64()),
-            "j": pa.array(pairs[close, 1], pa.int64()),
-            "similarity": pa.array(similarity[close], pa.float64()),
-            "duplicate_of": pa.array([ids[k] for k in j_at[close]], pa.string()),
+            "i": pa.array(pairs[:, 0], pa.int64()),
+            "j": pa.array(pairs[:, 1], pa.int64()),
+            "similarity": pa.array(similarity, pa.float64()),
+            "duplicate_of": pa.array([ids[k] for k in j_at], pa.string()),
         },
         schema=PAIR_SCHEMA,
     )

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tasks.cleaning.dedup import MinHasher, jaccard, signatures
-from tasks.cleaning.dedup_stages import candidate_pairs
+from tasks.cleaning.dedup_stages import buckets, candidate_pairs, pair_chunks
 from tasks.cleaning.shard_jobs import filter_shard, prepare_shard
 from tasks.preprocess import PreprocessConfig, load_report, run_preprocess
 from tasks.sources.builtin import builtin_documents
@@ -222,3 +222,16 @@ def test_the_jobs_run_as_prefect_task_runs(prefect_harness, tmp_path, planted):
     assert by_tasks.fingerprint == serial.fingerprint
     for table in ("documents", "rejected"):
         assert read_rows(by_tasks, table) == read_rows(serial, table)
+
+
+def test_a_large_bucket_is_verified_in_chunks_of_pairs():
+    """Every pair of a bucket is a candidate (any earlier member may be the kept one), a chunk at a time."""
+    band_key = np.array([1] * 40 + [2] * 3 + [3], dtype=np.uint64)
+    pos = np.arange(44, dtype=np.int64)[::-1].copy()
+    groups = buckets(band_key, pos, np.arange(44, dtype=np.uint64), collapse=True)
+    assert sorted(groups.members().tolist()) == list(range(1, 44))  # 0, alone in bucket 3, is not
+    chunks = list(pair_chunks(groups, chunk=100))
+    assert max(len(i) for i, _ in chunks) <= 100
+    pairs = {(int(i), int(j)) for c_i, c_j in chunks for i, j in zip(c_i, c_j, strict=True)}
+    expected = {(i, j) for lo, hi in ((4, 44), (1, 4)) for i in range(lo, hi) for j in range(lo, i)}
+    assert pairs == expected and len(pairs) == 40 * 39 // 2 + 3
