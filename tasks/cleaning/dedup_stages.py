@@ -10,8 +10,10 @@ so a reader of one partition skips the others by their statistics). Then:
                     position is kept, the others are written to `exact_drops-<p>` with the kept doc_id
   pair_partition    one partition of band keys from every shard: documents sharing a band key are LSH
                     candidates; each candidate pair (earlier j, later i) is verified by its estimated
-                    Jaccard similarity (signatures read back from the two shards' `sig-<s>.npy`), and
-                    those at or above the threshold are written to `pairs-<p>`, sorted by (i, j)
+                    Jaccard similarity (signatures read back from the two shards' `sig-<s>.npy`), a
+                    chunk of pairs at a time, and those at or above the threshold are written to
+                    `pairs-<p>`, sorted by (i, j). Time grows with the square of a bucket's size: a
+                    bucket of k near-copies of one text is k(k-1)/2 pairs to verify
   keep_first        the driver merges the sorted pair files and walks them in document order: i is
                     dropped when one of its partners j is still kept, naming the most similar such j
                     (ties: the earliest). This is the in-memory index's rule exactly (a document is a
