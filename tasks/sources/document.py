@@ -10,15 +10,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-DOCUMENTS_FILE = "documents.parquet"  # preprocess's clean table; collect writes the sharded table below
 DOCUMENTS_TABLE = "documents"  # collect's output: documents-00000.parquet, ... (tasks.storage.shards)
 
 DOCUMENT_SCHEMA = pa.schema(
@@ -124,20 +121,3 @@ def content_digest(docs: Iterable[Document]) -> str:
 def document_row(doc: Document) -> dict[str, Any]:
     """The document as a row of DOCUMENT_SCHEMA."""
     return {name: getattr(doc, name) for name in DOCUMENT_SCHEMA.names}
-
-
-def write_table(path: Path, rows: Sequence[dict[str, Any]], schema: pa.Schema) -> int:
-    """Write rows (dicts) with an explicit schema; returns the row count."""
-    columns = {name: [row.get(name) for row in rows] for name in schema.names}
-    table = pa.Table.from_pydict(columns, schema=schema)
-    pq.write_table(table, path, compression="zstd")
-    return table.num_rows
-
-
-def write_documents(path: Path, docs: Sequence[Document]) -> int:
-    return write_table(path, [document_row(d) for d in docs], DOCUMENT_SCHEMA)
-
-
-def read_documents(path: Path) -> list[Document]:
-    table = pq.read_table(path, columns=DOCUMENT_SCHEMA.names)
-    return [Document.from_record(row) for row in table.to_pylist()]
