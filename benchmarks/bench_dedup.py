@@ -1,42 +1,52 @@
-"""Near-duplicate detection: our numpy MinHash + datasketch LSH against the first version's pairwise Jaccard.
+"""Preprocess at scale: the staged, sharded phase against the in-memory reference on the same corpus.
 
-Synthetic corpora of ~300-word documents drawn from a Zipf-distributed vocabulary, with ~10% planted
-near-duplicates (a few words replaced, inserted and deleted in a copy of an earlier document). For
-each size and method: wall time, documents per second, peak traced memory (tracemalloc, in a second
-pass so tracing does not slow the timed one), recall of the planted duplicates and the false-drop rate
-(distinct documents wrongly dropped).
+For each corpus size a synthetic collect artifact is written in shards of `--shard-mb`: ~300-word
+documents drawn from a Zipf-distributed vocabulary, with ~10% planted near-duplicates (a few words
+replaced, inserted and deleted in a copy of an earlier document, anywhere in the corpus, so across
+shards) and ~2% exact copies (case and spacing changed). Then, each in a fresh process so its peak RSS
+is its own:
 
-Methods:
-  pairwise   the original: every new document's 3-word-shingle set against every kept one, O(n^2);
-             run once on the smallest corpus under a time budget, and projected (quadratically) from
-             the documents it finished to the other sizes
-  datasketch MinHash.bulk (sha1 of each shingle, Python-level) + MinHashLSH: the textbook usage
-  ours       tasks.cleaning.dedup.NearDedup: numpy word/shingle hashing and signatures, LeanMinHash
+  staged     `tasks.preprocess.run_preprocess`: per-shard steps and dedup inputs, exact groups and
+             verified LSH pairs per partition, the keep-the-earlier-kept pass, the filter pass; writes
+             the clean and rejected shards and publishes the artifact
+  reference  the one-pass version (`tests/tasks/preprocess_oracle.py`): every document read into
+             memory, the steps over all of them, a dict of exact keys and a datasketch LSH index over
+             the kept documents; writes one clean and one rejected table as the phase once did
 
-    .venv/bin/python benchmarks/bench_dedup.py                  # 1k, 10k, 50k (~2-3 min on 2 cores)
-    .venv/bin/python benchmarks/bench_dedup.py --sizes 1000 --no-memory
+Per row: wall seconds, raw MB per second, peak RSS of the process (VmHWM, with the imports: the
+header gives that of a process that only imports the two),
+documents kept, and whether the kept doc_ids equal the reference's (in order). The last lines give
+staged/reference ratios and how the staged peak RSS grows with the corpus (it should not: memory
+holds one shard or one partition).
+
+    .venv/bin/python benchmarks/bench_dedup.py                    # 50 and 200 MB (~6 min on 2 busy cores)
+    .venv/bin/python benchmarks/bench_dedup.py --mb 5 20 --shard-mb 2
+    .venv/bin/python benchmarks/bench_dedup.py --mb --corpus path/to/articles.jsonl   # real text only
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import hashlib
+import json
 import random
+import subprocess
 import sys
+import tempfile
 import time
-import tracemalloc
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tasks.cleaning.dedup import NearDedup
-from tinyllama_model.hardware import machine_line
+from tasks.preprocess import CLEAN_SCHEMA, REJECTED_SCHEMA, PreprocessConfig, run_preprocess
+from tasks.sources.document import DOCUMENT_SCHEMA, Document, make_doc_id, write_table
+from tasks.storage.artifacts import Artifact, publish
+from tasks.storage.shards import ShardWriter, iter_batches
+from tests.tasks.preprocess_oracle import clean_documents
 
-THRESHOLD, NUM_PERM, SHINGLE = 0.7, 128, 3
+CHUNK_DOCS = 1_000  # documents drawn per numpy call
 
 
 # --- corpus -----------------------------------------------------------------------------------------
@@ -46,40 +56,6 @@ def make_vocabulary(size: int, rng: random.Random) -> list[str]:
     while len(words) < size:
         words.add("".join(rng.choice(syllables) for _ in range(rng.choice((1, 2, 2, 3, 3, 4)))))
     return sorted(words)
-
-
-@dataclass
-class Corpus:
-    texts: list[str]
-    source_of: dict[int, int]  # planted duplicate index -> the index it copies
-
-
-def make_corpus(n: int, seed: int = 0, dup_fraction: float = 0.1, vocab_size: int = 30_000) -> Corpus:
-    rng = random.Random(seed)
-    nprng = np.random.default_rng(seed)
-    vocab = np.array(make_vocabulary(vocab_size, rng))
-    ranks = np.arange(1, vocab_size + 1)
-    p = 1.0 / ranks**1.1
-    p /= p.sum()
-    texts: list[str] = []
-    source_of: dict[int, int] = {}
-    for i in range(n):
-        if i > 10 and rng.random() < dup_fraction:
-            src = rng.randrange(i)
-            while src in source_of:  # copy an original, so "the duplicate of" is unambiguous
-                src = rng.randrange(i)
-            texts.append(perturb(texts[src], vocab, rng))
-            source_of[i] = src
-            continue
-        length = int(nprng.integers(250, 350))
-        words = vocab[nprng.choice(vocab_size, size=length, p=p)]
-        sentences, start = [], 0
-        while start < length:
-            end = min(start + int(nprng.integers(8, 25)), length)
-            sentences.append(" ".join(words[start:end]).capitalize() + ".")
-            start = end
-        texts.append(" ".join(sentences))
-    return Corpus(texts, source_of)
 
 
 def perturb(text: str, vocab: np.ndarray, rng: random.Random) -> str:
@@ -94,137 +70,182 @@ def perturb(text: str, vocab: np.ndarray, rng: random.Random) -> str:
     return " ".join(words)
 
 
-# --- methods: each returns {index: index it duplicates} ---------------------------------------------
-def shingle_set(text: str) -> set[str]:
-    words = text.lower().split()
-    return {" ".join(words[i : i + SHINGLE]) for i in range(max(len(words) - SHINGLE + 1, 1))}
+def synthetic_texts(mb: float, seed: int, vocab_size: int = 30_000) -> Iterator[str]:
+    """Texts until `mb` megabytes: distinct Zipf prose, ~10% near copies and ~2% exact copies."""
+    rng, nprng = random.Random(seed), np.random.default_rng(seed)
+    vocab = np.array(make_vocabulary(vocab_size, rng))
+    p = 1.0 / np.arange(1, vocab_size + 1) ** 1.1
+    p /= p.sum()
+    originals: list[str] = []
+    size = 0
+    while size < mb * 1e6:
+        lengths = nprng.integers(250, 350, size=CHUNK_DOCS)
+        words = vocab[nprng.choice(vocab_size, size=int(lengths.sum()), p=p)]
+        cuts = np.r_[0, np.cumsum(lengths)]
+        for k in range(CHUNK_DOCS):
+            roll = rng.random()
+            if originals and roll < 0.10:
+                text = perturb(rng.choice(originals), vocab, rng)
+            elif originals and roll < 0.12:
+                text = "  ".join(rng.choice(originals).upper().split(" "))
+            else:
+                doc_words = words[cuts[k] : cuts[k + 1]]
+                sentences = [
+                    " ".join(doc_words[s : s + 15]).capitalize() + "." for s in range(0, len(doc_words), 15)
+                ]
+                text = " ".join(sentences)
+                originals.append(text)
+            size += len(text.encode())
+            yield text
+            if size >= mb * 1e6:
+                return
 
 
-def pairwise(texts: list[str], budget_s: float) -> tuple[dict[int, int], int]:
-    """The original O(n^2) approach; returns (drops, documents processed within the budget)."""
-    kept: list[tuple[int, set[str]]] = []
-    drops: dict[int, int] = {}
+def jsonl_texts(path: Path) -> Iterator[tuple[str, str]]:
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            yield row["title"], row["content"]
+
+
+def write_corpus(root: Path, titled: Iterator[tuple[str, str]], shard_mb: float) -> tuple[Artifact, int, int]:
+    """A collect artifact of these (title, text) documents in shards; (artifact, documents, bytes)."""
+    counts = {"docs": 0, "bytes": 0}
+
+    def build(staging: Path) -> dict[str, int]:
+        with ShardWriter(staging, "documents", DOCUMENT_SCHEMA, max_bytes=int(shard_mb * 2**20)) as w:
+            for title, text in titled:
+                doc = Document(make_doc_id("local", title), "local", title, text)
+                w.write_rows([doc.__dict__])
+                counts["docs"] += 1
+                counts["bytes"] += len(text.encode())
+        return dict(counts)
+
+    return publish(
+        root, "collect", hashlib.sha256(str(root).encode()).hexdigest()[:20], build
+    ), *counts.values()
+
+
+# --- one method, in a child process --------------------------------------------------------------------
+def run_child(method: str, artifact_file: Path) -> dict[str, object]:
+    if method == "imports":
+        return {"peak_rss_mb": peak_rss_mb()}
+    raw = Artifact.model_validate_json(artifact_file.read_text())
+    cfg = PreprocessConfig()
     start = time.perf_counter()
-    for i, text in enumerate(texts):
-        if time.perf_counter() - start > budget_s:
-            return drops, i
-        s = shingle_set(text)
-        for j, other in kept:
-            if len(s & other) / len(s | other) >= THRESHOLD:
-                drops[i] = j
-                break
-        else:
-            kept.append((i, s))
-    return drops, len(texts)
+    if method == "staged":
+        out = run_preprocess(cfg, raw, artifact_file.parent / "staged-root")
+        kept = [i for b in iter_batches(out.shard_paths("documents"), ["doc_id", "part"]) for i in _firsts(b)]
+    else:
+        docs = [
+            Document.from_record(r) for b in iter_batches(raw.shard_paths("documents")) for r in b.to_pylist()
+        ]
+        result = clean_documents(docs, cfg)
+        folder = Path(tempfile.mkdtemp(dir=artifact_file.parent))
+        write_table(folder / "documents.parquet", result.rows, CLEAN_SCHEMA)
+        write_table(folder / "rejected.parquet", result.rejected, REJECTED_SCHEMA)
+        kept = [r["doc_id"] for r in result.rows if r["part"] == 0]
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "kept": len(kept),
+        "kept_sha": hashlib.sha256("\n".join(kept).encode()).hexdigest(),
+    }
 
 
-def datasketch_plain(texts: list[str]) -> dict[int, int]:
-    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
-    sets = [[s.encode() for s in shingle_set(t)] for t in texts]
-    drops: dict[int, int] = {}
-    kept: dict[int, MinHash] = {}
-    for i, m in enumerate(MinHash.bulk(sets, num_perm=NUM_PERM)):
-        best = max(((m.jaccard(kept[c]), c) for c in lsh.query(m)), default=None)
-        if best is not None and best[0] >= THRESHOLD:
-            drops[i] = best[1]
-        else:
-            lsh.insert(i, m)
-            kept[i] = m
-    return drops
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM: ru_maxrss would carry the parent's peak across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def ours(texts: list[str]) -> dict[int, int]:
-    found = NearDedup(THRESHOLD, NUM_PERM, SHINGLE).run([(str(i), t) for i, t in enumerate(texts)])
-    return {int(i): int(kept) for i, (kept, _) in found.items()}
-
-
-# --- measurement ------------------------------------------------------------------------------------
-def quality(drops: dict[int, int], corpus: Corpus, n_done: int) -> tuple[float, float]:
-    planted = [i for i in corpus.source_of if i < n_done]
-    recall = sum(1 for i in planted if i in drops) / max(len(planted), 1)
-    distinct = [i for i in range(n_done) if i not in corpus.source_of]
-    false_drops = sum(1 for i in distinct if i in drops) / max(len(distinct), 1)
-    return recall, false_drops
-
-
-def peak_mb(fn: Callable[[], object]) -> float:
-    gc.collect()
-    tracemalloc.start()
-    fn()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return peak / 2**20
-
-
-COLUMNS = " | ".join(
-    [
-        f"{'docs':>6}",
-        f"{'method':<10}",
-        f"{'seconds':>8}",
-        f"{'docs/s':>8}",
-        "peak MB",
-        "recall",
-        "false drops",
-        "note",
+def _firsts(batch) -> list[str]:
+    return [
+        i
+        for i, part in zip(*(batch.column(c).to_pylist() for c in ("doc_id", "part")), strict=True)
+        if not part
     ]
-)
 
 
-def row(
-    n: int, method: str, seconds: float, mem: float, recall: float, false_drops: float, note: str = ""
-) -> str:
-    mem_text = f"{mem:7.1f}" if mem == mem else f"{'-':>7}"  # NaN: not traced
+def measure(method: str, artifact: Artifact, folder: Path) -> dict[str, object]:
+    spec = folder / "artifact.json"
+    spec.write_text(artifact.model_dump_json())
+    cmd = [sys.executable, __file__, "--child", method, "--artifact", str(spec)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- the table ---------------------------------------------------------------------------------------
+HEADER = "| corpus | MB | docs | shards | method | seconds | MB/s | peak RSS MB | kept | same kept set |"
+
+
+def row(name: str, mb: float, docs: int, shards: int, method: str, r: dict, same: str) -> str:
     return (
-        f"{n:>6} | {method:<10} | {seconds:>8.2f} | {n / seconds:>8.1f} | {mem_text} | "
-        f"{recall:>6.3f} | {false_drops:>11.4f} | {note}"
+        f"| {name} | {mb:.1f} | {docs:,} | {shards} | {method} | {r['seconds']:.1f} | "
+        f"{mb / r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {r['kept']:,} | {same} |"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 50_000])
-    parser.add_argument("--pairwise-budget", type=float, default=30.0, help="seconds before projecting")
-    parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc passes")
-    parser.add_argument("--memory-max-docs", type=int, default=10_000, help="largest size traced for memory")
+    parser.add_argument("--mb", type=float, nargs="*", default=[50.0, 200.0], help="synthetic corpus sizes")
+    parser.add_argument("--shard-mb", type=float, default=16.0, help="raw shard size (uncompressed MB)")
+    parser.add_argument("--corpus", type=Path, help="a jsonl of real articles (title, content) as well")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", choices=["staged", "reference", "imports"], help=argparse.SUPPRESS)
+    parser.add_argument("--artifact", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_child(args.child, args.artifact)))
+        return
 
-    print(f"{machine_line()}\n")
-    print(COLUMNS)
-    print("-" * len(COLUMNS))
-    measured: tuple[int, float] | None = None
-    recall = false_drops = float("nan")
-    for n in sorted(args.sizes):
-        corpus = make_corpus(n, seed=args.seed)
-        texts = corpus.texts
-        traced = not args.no_memory and n <= args.memory_max_docs
-        for name, method in (("ours", ours), ("datasketch", datasketch_plain)):
-            start = time.perf_counter()
-            drops = method(texts)
-            seconds = time.perf_counter() - start
-            mem = peak_mb(lambda m=method, t=texts: m(t)) if traced else float("nan")
-            print(row(n, name, seconds, mem, *quality(drops, corpus, n)), flush=True)
+    from tinyllama_model.hardware import machine_line  # torch: not in the measured children
 
-        if measured is None:  # the original approach runs once, on the smallest corpus, within a budget
-            start = time.perf_counter()
-            drops, done = pairwise(texts, args.pairwise_budget)
-            measured = (done, time.perf_counter() - start)
-            recall, false_drops = quality(drops, corpus, done)
-        done, seconds = measured
-        # Memory grows linearly (one shingle set per kept document): trace a prefix and scale it.
-        prefix = texts[: min(n, 300)]
-        mem = (
-            peak_mb(lambda p=prefix: pairwise(p, float("inf"))) * n / len(prefix) if traced else float("nan")
-        )
-        if done == n:
+    print(machine_line())
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "artifact.json"
+        spec.write_text("{}")
+        cmd = [sys.executable, __file__, "--child", "imports", "--artifact", str(spec)]
+        baseline = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    print(f"peak RSS of a process that only imports both: {baseline['peak_rss_mb']:.0f} MB\n")
+    print(HEADER)
+    print("|" + "---|" * (HEADER.count("|") - 1))
+    corpora = [(f"synthetic {mb:g} MB", mb) for mb in args.mb]
+    if args.corpus:
+        corpora.append((args.corpus.name, 0.0))
+    staged_rss: list[tuple[float, float]] = []
+    for name, mb in corpora:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            if mb:
+                titled = ((f"doc {k}", t) for k, t in enumerate(synthetic_texts(mb, args.seed)))
+            else:
+                titled = jsonl_texts(args.corpus)
+            artifact, docs, size = write_corpus(folder / "root", titled, args.shard_mb)
+            results = {m: measure(m, artifact, folder) for m in ("staged", "reference")}
+            same = "yes" if results["staged"]["kept_sha"] == results["reference"]["kept_sha"] else "NO"
+            for method, r in results.items():
+                print(
+                    row(name, size / 1e6, docs, len(artifact.shards["documents"]), method, r, same),
+                    flush=True,
+                )
+            s, ref = results["staged"], results["reference"]
             print(
-                row(n, "pairwise", seconds, mem, recall, false_drops, "memory scaled from 300 docs"),
+                f"|  |  |  |  | staged / reference | {s['seconds'] / ref['seconds']:.2f}x |  | "
+                f"{s['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x |  |  |",
                 flush=True,
             )
-        else:
-            projected = seconds * (n / done) ** 2  # O(n^2) comparisons
-            note = f"projected from {done} docs in {seconds:.0f} s"
-            print(row(n, "pairwise", projected, mem, recall, false_drops, note), flush=True)
+            if mb:
+                staged_rss.append((size / 1e6, s["peak_rss_mb"]))
+    if len(staged_rss) > 1:
+        (small, rss_small), (large, rss_large) = min(staged_rss), max(staged_rss)
+        print(
+            f"\nstaged peak RSS, {large:.0f} MB corpus against {small:.0f} MB: {rss_large / rss_small:.2f}x "
+            f"({rss_large:.0f} / {rss_small:.0f} MB) for {large / small:.1f}x the text"
+        )
 
 
 if __name__ == "__main__":

@@ -38,9 +38,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.corpus_sample import DocSplit
 from tasks.evaluate import evaluate_file
 from tasks.storage.artifacts import Artifact
-from tasks.tokenizer import TokenizerConfig, run_encode, run_tokenizer, validation_ids
+from tasks.tokenizer import TokenizerConfig, run_encode, run_tokenizer
 from tasks.train import run_train
 from tinyllama_model import hardware
 from tinyllama_model.training import sizing
@@ -96,7 +97,8 @@ def main() -> int:
     ids = [doc_id(r, args.split_seed) for r in rows]
     # the held-out articles leave the corpus before any phase sees it: the pipeline's own validation split
     # (which picks the best checkpoint and fits the experts' weights) comes from the rest
-    held_out = validation_ids(ids, tok_cfg.val_fraction)
+    split = DocSplit.scan(ids, tok_cfg.val_fraction)
+    held_out = {i for i in ids if split.is_val(i)}
     # renamed, so the encode phase's hash split draws a fresh ~5% of them (the same ids would all land in
     # its training split: the ones below its threshold are the held-out articles)
     kept = [

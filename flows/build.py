@@ -1,11 +1,14 @@
-"""The `tinyllama-build` flow: the diagram of DESIGN.md, one task per arrow.
+"""The `tinyllama-build` flow: the diagram of docs/architecture.md, one task per arrow.
 
     collect -> preprocess -> tokenizer -> encode -> train -> evaluate -> register
 
 Every phase is cached on its content fingerprint, so a re-run with nothing changed re-uses every stored
-artifact, and a changed config section re-runs only its phase and what follows. Training runs in this
-process unless `train_deployment` names a deployment on the GPU pool. The pipeline's MLflow run is open
-from training to registration (closed FAILED if a phase fails), and training logs into it as it goes.
+artifact, and a changed config section re-runs only its phase and what follows. The data phases run in
+the `tinyllama-data` subflow: each phase's task (named after the phase) runs in the flow's process and
+maps its per-shard jobs onto the subflow's task runner as `shard` task runs, so with `dask.enabled` the
+shards run on the cluster's workers and this process holds only artifacts and counts. Training runs in
+this process unless `train_deployment` names a deployment on the GPU pool. The pipeline's MLflow run is
+open from training to registration (closed FAILED if a phase fails), and training logs into it as it goes.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Any
 
 from prefect import flow
 from prefect.deployments import run_deployment
+from pydantic import BaseModel
 
-from flows.config import PipelineConfig, load_config
+from flows.config import DaskConfig, PipelineConfig, load_config
 from flows.embedded_server import quiet_server_telemetry
 from tasks.collect import collect
 from tasks.evaluate import evaluate
@@ -30,15 +34,36 @@ from tasks.train import train, train_fingerprint
 quiet_server_telemetry()
 
 
+class DataArtifacts(BaseModel):
+    """What the data flow hands to training: three artifacts (paths and fingerprints, never the data)."""
+
+    raw: Artifact
+    clean: Artifact
+    tokenizer: Artifact
+    tokens: Artifact
+
+
 @flow(name="tinyllama-data")
-def prepare_data(cfg: PipelineConfig, root: str) -> Artifact:
-    """Collect and preprocess; the task runner (local or Dask) is chosen by `build`."""
-    raw = collect.submit(cfg.collect, root).result()
-    return preprocess.submit(cfg.preprocess, raw, root).result()
+def prepare_data(cfg: PipelineConfig, root: str) -> DataArtifacts:
+    """collect -> preprocess -> tokenizer -> encode; each phase's shards go to this flow's task runner."""
+    raw = collect(cfg.collect, root)
+    clean = preprocess(cfg.preprocess, raw, root)
+    tokenizer = build_tokenizer(cfg.tokenizer, clean, root)
+    tokens = encode(cfg.tokenizer, clean, tokenizer, root)
+    return DataArtifacts(raw=raw, clean=clean, tokenizer=tokenizer, tokens=tokens)
+
+
+def cluster_kwargs(dask: DaskConfig) -> dict[str, Any]:
+    """The LocalCluster started when no `dask.address` is given, with each worker's memory set explicitly."""
+    return {
+        "n_workers": dask.n_workers,
+        "threads_per_worker": dask.threads_per_worker,
+        "memory_limit": dask.memory_limit,
+    }
 
 
 def data_runner(cfg: PipelineConfig) -> Any:
-    """The flow that runs the data phases: as is, or on a Dask cluster (`dask.enabled`)."""
+    """The flow that runs the data phases: shards on threads, or on a Dask cluster (`dask.enabled`)."""
     if not cfg.dask.enabled:
         return prepare_data
     from prefect_dask import DaskTaskRunner
@@ -46,7 +71,7 @@ def data_runner(cfg: PipelineConfig) -> Any:
     if cfg.dask.address:
         runner = DaskTaskRunner(address=cfg.dask.address)
     else:
-        runner = DaskTaskRunner(cluster_kwargs={"n_workers": cfg.dask.n_workers, "threads_per_worker": 1})
+        runner = DaskTaskRunner(cluster_kwargs=cluster_kwargs(cfg.dask))
     return prepare_data.with_options(task_runner=runner)
 
 
@@ -90,9 +115,8 @@ def build(
     cfg = config or load_config(preset, overrides or [])
     root = DataRoot.parse(cfg.data_root).url  # an absolute folder, or an object-store URL
 
-    clean = data_runner(cfg)(cfg, root)
-    tokenizer = build_tokenizer(cfg.tokenizer, clean, root)
-    tokens = encode(cfg.tokenizer, clean, tokenizer, root)
+    data = data_runner(cfg)(cfg, root)
+    clean, tokenizer, tokens = data.clean, data.tokenizer, data.tokens
     # The MLflow run opens before training, so its curves grow while the model trains.
     with pipeline_run(cfg.register, root, cfg, tags={"data_fingerprint": clean.fingerprint}) as run:
         if cfg.train_deployment:

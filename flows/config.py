@@ -36,18 +36,44 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 
 
 class DaskConfig(BaseModel):
-    """Where the data phases run: in the flow's process, or on a Dask cluster through prefect-dask."""
+    """Where the data phases' shards run: on threads of the flow's process, or on a Dask cluster.
+
+    Each phase's driver stays in the flow's process; its per-shard jobs (collect's files, preprocess's
+    passes, encode) are Prefect task runs that prefect-dask places on the cluster's workers. A worker
+    holds one shard's rows per thread at a time, so `memory_limit` is sized from the shard size
+    (README, "Scaling out").
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(
-        False, description="Run collect and preprocess on Dask (install the `dask` extra: prefect-dask)."
+        False,
+        description="Run the data phases' shards on Dask (install the `dask` extra: prefect-dask).",
+        json_schema_extra=operational(),
     )
     address: str | None = Field(
         None,
         description="Scheduler address of an existing cluster, e.g. tcp://10.0.0.5:8786; None starts one.",
+        json_schema_extra=operational(),
     )
-    n_workers: int = Field(2, ge=1, description="Workers of the local cluster started when no address.")
+    n_workers: int = Field(
+        2,
+        ge=1,
+        description="Workers of the local cluster started when no address.",
+        json_schema_extra=operational(),
+    )
+    threads_per_worker: int = Field(
+        1,
+        ge=1,
+        description="Threads per worker of the local cluster (shards a worker runs at once).",
+        json_schema_extra=operational(),
+    )
+    memory_limit: str = Field(
+        "4GiB",
+        description="Memory per worker of the local cluster (Dask syntax: '4GiB', or 'auto' = RAM x threads "
+        "/ cores); the nanny restarts a worker that passes 95% of it.",
+        json_schema_extra=operational(),
+    )
 
 
 # The design names a section `register`, which shadows ABCMeta.register on the class (never used here);

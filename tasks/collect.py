@@ -42,7 +42,7 @@ from tasks import markdown as md
 from tasks.monitoring.progress_artifact import PagesBar, ProgressBar
 from tasks.redact import redact_url, redact_value
 from tasks.retries import retry_only_on
-from tasks.shard_map import Mapper, serial_map
+from tasks.shard_map import Mapper, serial_map, task_map
 from tasks.sources.base import PreviousDocuments, ShardedSource, Source, SourceContext, SourceSummary
 from tasks.sources.builtin import BuiltinSource
 from tasks.sources.document import DOCUMENTS_TABLE, ContentDigest
@@ -369,7 +369,7 @@ def summary_markdown(stats: dict[str, Any]) -> str:
 def collect(cfg: CollectConfig, root: str) -> Artifact:
     logger = get_run_logger()
     bar = ProgressBar("collect-progress", "Collect: pages fetched of pages planned", warn=logger.warning)
-    artifact = run_collect(cfg, root, log=logger.info, pages=PagesBar(bar))
+    artifact = run_collect(cfg, root, log=logger.info, pages=PagesBar(bar), mapper=task_map)
     bar.update(1.0, f"{artifact.stats['documents']:,} documents collected")
     create_table_artifact(
         summary_rows(artifact.stats), key="collect-sources", description="Documents per source"

@@ -1,238 +1,184 @@
-"""Phase 2, preprocess: raw documents -> clean `documents.parquet`, `rejected.parquet`, `report.json`.
+"""Phase 2, preprocess: raw document shards -> clean `documents` shards, `rejected` shards, `report.json`.
 
-Steps, in order (`tasks.cleaning.steps`, run by `tasks.cleaning.pipeline`), each dropping with a
-recorded rule: normalise (NFKC, whitespace, Wikipedia boilerplate), drop what is left empty (rule
-`empty`), quality filters (`tasks.cleaning.filters`), exact duplicates, near duplicates (MinHash LSH).
-Filters run before dedup so a good document is never dropped as the duplicate of one that a filter
-rejects anyway. Then documents longer than `max_chars` are split into parts at paragraph boundaries
-(or kept whole, or dropped: `long_documents`).
+Steps, in order, each dropping with a recorded rule: normalise (NFKC, whitespace, Wikipedia
+boilerplate), drop what is left empty (rule `empty`), quality filters (`tasks.cleaning.filters`), exact
+duplicates, near duplicates (MinHash LSH). Filters run before dedup so a good document is never dropped
+as the duplicate of one that a filter rejects anyway. Then documents longer than `max_chars` are split
+into parts at paragraph boundaries (or kept whole, or dropped: `long_documents`).
+
+It runs in stages over the collect artifact's `documents` shards, with memory for one shard or one
+dedup partition, never the corpus (`tasks.cleaning.shard_jobs`, `tasks.cleaning.dedup_stages`):
+
+  1. per raw shard (mapper): the per-document steps, then exact keys, signatures and band keys on disk
+  2. per partition (mapper): exact groups -> exact drops; LSH buckets -> verified candidate pairs
+  3. here: the verified pairs in document order -> near drops (the earlier kept document wins)
+  4. per shard (mapper): survivors minus drops, long documents split -> clean and rejected shards
+
+Every stage writes into the work folder (`scratch_dir`) and skips what is there already, so a run
+killed halfway redoes only its unfinished shards. Of each group of duplicates the first document by
+shard and row is kept, as the one-pass in-memory version did.
 
 Clean rows keep the raw schema plus `part` (0 unless split) and the text statistics the filters used
 (`n_chars`, `n_words`, `n_sentences`, `mean_sentence_words`, `distinct_chars`, `symbol_ratio`,
-`repeated_line_ratio`). Every dropped document is a row of `rejected.parquet` with its rule, a
+`repeated_line_ratio`). Every dropped document is a row of the `rejected` table with its rule, a
 human-readable detail and, for duplicates, the `doc_id` it duplicated and the similarity.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import os
+import shutil
+from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, Field, model_validator
 
-from tasks.cleaning.dedup import NearDedup
-from tasks.cleaning.filters import (
-    Filter,
-    MaxChars,
-    MaxRepeatedLines,
-    MaxSymbolRatio,
-    MeanSentenceWords,
-    MinChars,
-    MinDistinctChars,
-    MinWords,
-    text_stats,
-)
-from tasks.cleaning.normalize import DEFAULT_APPENDIX_HEADINGS, appendix_pattern
-from tasks.cleaning.pipeline import CleanDoc, Step, run_steps
+from tasks.cleaning import dedup_stages as ds
+from tasks.cleaning.config import PreprocessConfig, build_filters, build_steps
 from tasks.cleaning.report import build_report, report_markdown, stage_rows
-from tasks.cleaning.split import split_text
-from tasks.cleaning.steps import ExactDuplicates, NearDuplicates, NonEmpty, Normalize, QualityFilter
-from tasks.sources.document import DOCUMENT_SCHEMA, DOCUMENTS_FILE, Document, read_documents, write_table
-from tasks.storage.artifacts import Artifact, materialize, phase_fingerprint, publish, verify
+from tasks.cleaning.shard_jobs import (
+    CLEAN_SCHEMA,
+    EXACT_RULE,
+    NEAR_RULE,
+    REJECTED_SCHEMA,
+    ShardJob,
+    filter_shard,
+    prepare_shard,
+)
+from tasks.shard_map import Mapper, serial_map, task_map
+from tasks.storage.artifacts import Artifact, materialize, phase_fingerprint, publish, scratch_dir, verify
 from tasks.storage.cache_records import artifact_cache
+from tasks.storage.shards import shard_name
 
-CODE_VERSION = "1"
-REJECTED_FILE = "rejected.parquet"
+__all__ = ["CLEAN_SCHEMA", "REJECTED_SCHEMA", "PreprocessConfig", "build_filters", "build_steps"]
+
+CODE_VERSION = "2"
+DOCUMENTS_TABLE, REJECTED_TABLE = "documents", "rejected"
 REPORT_FILE = "report.json"
-
-CLEAN_SCHEMA = pa.schema(
-    [
-        *DOCUMENT_SCHEMA,
-        pa.field("part", pa.int32(), nullable=False),
-        pa.field("n_chars", pa.int64()),
-        pa.field("n_words", pa.int64()),
-        pa.field("n_sentences", pa.int64()),
-        pa.field("mean_sentence_words", pa.float64()),
-        pa.field("distinct_chars", pa.int64()),
-        pa.field("symbol_ratio", pa.float64()),
-        pa.field("repeated_line_ratio", pa.float64()),
-    ]
-)
-REJECTED_SCHEMA = pa.schema(
-    [
-        pa.field("doc_id", pa.string(), nullable=False),
-        pa.field("source", pa.string()),
-        pa.field("title", pa.string()),
-        pa.field("url", pa.string()),
-        pa.field("rule", pa.string(), nullable=False),
-        pa.field("detail", pa.string()),
-        pa.field("duplicate_of", pa.string()),
-        pa.field("similarity", pa.float64()),
-        pa.field("n_chars", pa.int64()),
-    ]
-)
-
-
-class PreprocessConfig(BaseModel):
-    """How raw documents are cleaned, deduplicated and filtered."""
-
-    wikipedia_cleanup_sources: list[str] = Field(
-        default_factory=lambda: ["wikipedia", "web", "local"],
-        description="Sources whose text gets Wikipedia clean-up (reference markers like [12], appendix "
-        "sections). Not 'builtin': in Python docs '[i]' is an index, not a footnote.",
-    )
-    appendix_headings: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_APPENDIX_HEADINGS),
-        description="Section headings that start a Wikipedia appendix; it and all after it are removed.",
-    )
-    exact_dedup: bool = Field(True, description="Drop documents whose normalised text equals an earlier one.")
-    near_dedup: bool = Field(True, description="Drop near-duplicates of earlier documents (MinHash LSH).")
-    shingle_size: int = Field(3, ge=1, le=10, description="Words per shingle for near dedup.")
-    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (more: finer, slower).")
-    threshold: float = Field(
-        0.7,
-        gt=0,
-        lt=1,
-        description="Jaccard similarity of shingle sets at or above which a document is a duplicate.",
-    )
-    minhash_seed: int = Field(1, description="Seed of the MinHash permutations.")
-    lsh_recall_weight: float = Field(
-        0.9,
-        gt=0,
-        lt=1,
-        description="Weight of missed duplicates against extra candidates when choosing LSH bands "
-        "(candidates are verified, so extra ones only cost time).",
-    )
-    min_chars: int = Field(100, ge=0, description="Fewest characters a document may have.")
-    max_chars: int = Field(50_000, ge=1000, description="Longest document row; see `long_documents`.")
-    long_documents: Literal["split", "keep", "drop"] = Field(
-        "split",
-        description="Documents over max_chars: 'split' into parts at paragraph boundaries (same doc_id, "
-        "numbered `part`), 'keep' whole, or 'drop' (the first version's behaviour).",
-    )
-    min_words: int = Field(20, ge=0, description="A document needs MORE than this many words.")
-    min_mean_sentence_words: float = Field(3.0, ge=0, description="Lowest mean words per sentence.")
-    max_mean_sentence_words: float = Field(100.0, gt=0, description="Highest mean words per sentence.")
-    min_distinct_chars: int = Field(10, ge=0, description="Fewest distinct characters (catches 'aaaa...').")
-    max_symbol_ratio: float = Field(
-        0.1,
-        ge=0,
-        le=1,
-        description="Highest share of markup/code symbols (# { } < > | = * _ ...) in the text.",
-    )
-    max_repeated_line_ratio: float = Field(
-        0.3, ge=0, le=1, description="Highest share of non-empty lines that repeat an earlier line."
-    )
-
-    @model_validator(mode="after")
-    def _bounds(self) -> PreprocessConfig:
-        if self.min_mean_sentence_words > self.max_mean_sentence_words:
-            raise ValueError("preprocess.min_mean_sentence_words is above max_mean_sentence_words")
-        if self.min_chars > self.max_chars:
-            raise ValueError("preprocess.min_chars is above max_chars")
-        return self
 
 
 class EmptyCorpusError(ValueError):
     """Every document was dropped: the message lists the rules that dropped them."""
 
 
-def build_filters(cfg: PreprocessConfig) -> list[Filter]:
-    filters: list[Filter] = [
-        MinChars(cfg.min_chars),
-        MinWords(cfg.min_words),
-        MeanSentenceWords(cfg.min_mean_sentence_words, cfg.max_mean_sentence_words),
-        MinDistinctChars(cfg.min_distinct_chars),
-        MaxSymbolRatio(cfg.max_symbol_ratio),
-        MaxRepeatedLines(cfg.max_repeated_line_ratio),
-    ]
-    if cfg.long_documents == "drop":
-        filters.insert(1, MaxChars(cfg.max_chars))
-    return filters
-
-
-def build_steps(cfg: PreprocessConfig) -> list[Step]:
-    """The steps in order, fresh (the dedup steps remember what they kept): see the module docstring."""
-    appendix = appendix_pattern(cfg.appendix_headings) if cfg.appendix_headings else None
-    steps: list[Step] = [
-        Normalize(cfg.wikipedia_cleanup_sources, appendix),
-        NonEmpty(),
-        *(QualityFilter(rule) for rule in build_filters(cfg)),
+def dedup(cfg: PreprocessConfig, work: Path, prepared: list[dict[str, Any]], mapper: Mapper) -> None:
+    """Stages 2 and 3: exact drops per partition, verified pairs per partition, then the near drops."""
+    n = len(prepared)
+    jobs = [
+        ds.PartitionJob(p, str(work), n, threshold=cfg.threshold, collapse_exact=cfg.exact_dedup)
+        for p in range(n)
     ]
     if cfg.exact_dedup:
-        steps.append(ExactDuplicates())
+        mapper(ds.exact_partition, jobs)
     if cfg.near_dedup:
-        near = NearDedup(
-            cfg.threshold, cfg.num_perm, cfg.shingle_size, cfg.minhash_seed, cfg.lsh_recall_weight
-        )
-        steps.append(NearDuplicates(near))
-    return steps
+        mapper(ds.pair_partition, jobs)
+        ds.keep_first(work, n, [r["rows"] for r in prepared])
 
 
-@dataclass
-class CleanResult:
-    rows: list[dict[str, Any]]
-    rejected: list[dict[str, Any]]
-    report: dict[str, Any]
+def clean_shards(cfg: PreprocessConfig, raw_shards: list[Path], work: Path, mapper: Mapper) -> dict[str, Any]:
+    """Every stage over the shards; returns what assembling the artifact needs (names and counts)."""
+    n = max(len(raw_shards), 1)
+    jobs = [ShardJob(s, str(work), cfg, n, source=str(path)) for s, path in enumerate(raw_shards)]
+    prepared = mapper(prepare_shard, jobs)
+    dedup(cfg, work, prepared, mapper)
+    filtered = mapper(filter_shard, jobs)
+    return {"prepared": prepared, "filtered": filtered, "report": _report(cfg, prepared, filtered)}
 
 
-def clean_documents(raw: list[Document], cfg: PreprocessConfig) -> CleanResult:
-    """The whole preprocessing over in-memory documents (no I/O): rows to keep, rejections, report."""
-    run = run_steps(build_steps(cfg), [CleanDoc(d) for d in raw])
-    rows, split_docs = clean_rows(run.kept, cfg)
-    report = build_report(
-        sources_in=[d.source for d in raw],
-        chars_in=sum(len(d.text) for d in raw),
-        chars_normalized=run.stage(Normalize.name).chars_out,
-        stages=run.stage_rows(),
-        rejected_rules=[r["rule"] for r in run.rejected],
-        rejected_sources=[r["source"] for r in run.rejected],
-        kept_sources=[r["source"] for r in rows],
-        row_chars=[r["n_chars"] for r in rows],
-        row_words=[r["n_words"] for r in rows],
-        split_documents=split_docs,
+def _report(cfg: PreprocessConfig, prepared: list[dict[str, Any]], filtered: list[dict[str, Any]]) -> dict:
+    stages: list[dict[str, Any]] = []
+    for result in prepared:
+        if not stages:
+            stages = [dict(s) for s in result["stages"]]
+            continue
+        for into, s in zip(stages, result["stages"], strict=True):
+            into.update({k: into[k] + s[k] for k in ("in", "dropped", "chars_out")})
+    rows = [
+        {"stage": s["name"], "in": s["in"], "dropped": s["dropped"], "out": s["in"] - s["dropped"]}
+        for s in stages
+        if s["drops"]
+    ]
+    for rule, key, on in (
+        (EXACT_RULE, "exact_dropped", cfg.exact_dedup),
+        (NEAR_RULE, "near_dropped", cfg.near_dedup),
+    ):
+        if on:
+            n_in = rows[-1]["out"] if rows else sum(r["rows"] for r in prepared)
+            dropped = sum(r[key] for r in filtered)
+            rows.append({"stage": rule, "in": n_in, "dropped": dropped, "out": n_in - dropped})
+    return build_report(
+        sources_in=_sum(r["sources_in"] for r in prepared),
+        chars_in=sum(r["chars_in"] for r in prepared),
+        chars_normalized=next((s["chars_out"] for s in stages if s["name"] == "normalize"), 0),
+        stages=rows,
+        rejected_by_rule={r["stage"]: r["dropped"] for r in rows if r["dropped"]},
+        rejected_sources=_sum(r["rejected_sources"] for r in [*prepared, *filtered]),
+        kept_sources=_sum(r["kept_sources"] for r in filtered),
+        row_chars={int(v): c for v, c in _sum(r["row_chars"] for r in filtered).items()},
+        row_words={int(v): c for v, c in _sum(r["row_words"] for r in filtered).items()},
+        split_documents=sum(r["split_documents"] for r in filtered),
     )
-    return CleanResult(rows, run.rejected, report)
 
 
-def clean_rows(kept: list[CleanDoc], cfg: PreprocessConfig) -> tuple[list[dict[str, Any]], int]:
-    """Rows of the clean table (long documents split into parts per `long_documents`), and how many split."""
-    rows, split_docs = [], 0
-    for doc in kept:
-        parts = split_text(doc.text, cfg.max_chars) if cfg.long_documents == "split" else [doc.text]
-        split_docs += len(parts) > 1
-        for k, part in enumerate(parts):
-            part_stats = doc.stats if len(parts) == 1 else text_stats(part)
-            rows.append({**asdict(doc.doc), "text": part, "part": k, **part_stats.as_dict()})
-    return rows, split_docs
+def _sum(counts: Any) -> Counter:
+    total: Counter = Counter()
+    for c in counts:
+        total.update(c)
+    return total
 
 
-def run_preprocess(cfg: PreprocessConfig, raw: Artifact, root: str | Path) -> Artifact:
-    if raw.phase != "collect" or DOCUMENTS_FILE not in raw.files:
+def _place(src: Path, dst: Path) -> None:
+    """A work file into the staging folder: a hard link when both are on one file system, else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def assemble(staging: Path, work: Path, done: dict[str, Any]) -> None:
+    """The clean and rejected shards of every shard, renumbered into one table each, and the report."""
+    found: dict[str, list[Path]] = {DOCUMENTS_TABLE: [], REJECTED_TABLE: []}
+    for prep, filt in zip(done["prepared"], done["filtered"], strict=True):
+        shard = prep["shard"]
+        found[REJECTED_TABLE] += [work / f"filtered-{shard:05d}" / name for name in prep["rejected"]]
+        final = work / f"final-{shard:05d}"
+        found[DOCUMENTS_TABLE] += [final / name for name in filt["documents"]]
+        found[REJECTED_TABLE] += [final / name for name in filt["rejected"]]
+    for table, paths in found.items():
+        for k, path in enumerate(paths):
+            _place(path, staging / shard_name(table, k))
+    if not found[REJECTED_TABLE]:  # the table exists even when nothing was rejected
+        pq.write_table(REJECTED_SCHEMA.empty_table(), staging / shard_name(REJECTED_TABLE, 0))
+    (staging / REPORT_FILE).write_text(json.dumps(done["report"], indent=2))
+
+
+def run_preprocess(
+    cfg: PreprocessConfig, raw: Artifact, root: str | Path, *, mapper: Mapper = serial_map
+) -> Artifact:
+    if raw.phase != "collect" or DOCUMENTS_TABLE not in raw.shards:
         raise ValueError(
-            f"preprocess needs a collect artifact with {DOCUMENTS_FILE}; got {raw.phase} at {raw.path}"
+            f"preprocess needs a collect artifact with a sharded {DOCUMENTS_TABLE!r} table; got {raw.phase} "
+            f"at {raw.path} with tables {sorted(raw.shards) or 'none'} (collect again with this code)"
         )
     raw = materialize(raw)
     fingerprint = phase_fingerprint("preprocess", CODE_VERSION, cfg=cfg, raw=raw)
 
     def build(staging: Path) -> dict[str, Any]:
         verify(raw)
-        result = clean_documents(read_documents(raw.file(DOCUMENTS_FILE)), cfg)
-        if not result.rows:
+        work = scratch_dir(root, "preprocess", fingerprint)
+        done = clean_shards(cfg, raw.shard_paths(DOCUMENTS_TABLE), work, mapper)
+        r = done["report"]
+        if not r["rows_out"]:
             raise EmptyCorpusError(
-                f"preprocess dropped all {result.report['documents_in']} documents "
-                f"(by rule: {result.report['rejected_by_rule']}); loosen the preprocess bounds "
+                f"preprocess dropped all {r['documents_in']} documents "
+                f"(by rule: {r['rejected_by_rule']}); loosen the preprocess bounds "
                 f"or collect more text. The raw documents are untouched at {raw.path}."
             )
-        write_table(staging / DOCUMENTS_FILE, result.rows, CLEAN_SCHEMA)
-        write_table(staging / REJECTED_FILE, result.rejected, REJECTED_SCHEMA)
-        (staging / REPORT_FILE).write_text(json.dumps(result.report, indent=2))
-        r = result.report
+        assemble(staging, work, done)
         return {
             "documents_in": r["documents_in"],
             "documents_kept": r["documents_kept"],
@@ -255,7 +201,8 @@ def load_report(artifact: Artifact) -> dict[str, Any]:
     **artifact_cache("preprocess", CODE_VERSION),
 )
 def preprocess(cfg: PreprocessConfig, raw: Artifact, root: str) -> Artifact:
-    artifact = run_preprocess(cfg, raw, root)
+    """The phase with its per-shard jobs as task runs on the flow's task runner (Dask workers on Dask)."""
+    artifact = run_preprocess(cfg, raw, root, mapper=task_map)
     report = load_report(artifact)
     get_run_logger().info(
         "preprocess: %d in, %d kept, %d rejected",

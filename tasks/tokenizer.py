@@ -1,49 +1,75 @@
-"""The tokenizer and encode phases: train SentencePiece on the clean corpus, then turn it into token Parquet.
+"""The tokenizer and encode phases: train SentencePiece on a sample of the clean corpus, then encode it all.
 
-tokenizer: clean `documents.parquet` -> `tokenizer.model` + a report (bytes per token, vocabulary use,
-a round-trip check on every document). The tokenizer learns from the training side of the split only, so
-the held-out documents that measure bits per byte never shaped the vocabulary.
+tokenizer: clean `documents` shards -> `tokenizer.model` + a report (bytes per token, vocabulary use,
+a round-trip check). It learns from a sample of the training side of the split (`tasks/corpus_sample.py`:
+at most `max_docs` documents and `max_chars` characters, drawn across the corpus by a hash of doc_id),
+so the held-out documents that measure bits per byte never shaped the vocabulary; the report encodes
+and decodes the same sample, both sides, rather than the whole corpus.
 
-encode: clean `documents.parquet` + `tokenizer.model` -> `train.parquet` and `val.parquet`, one row per
-document: `doc_id`, `tokens` (list<uint16>, or list<uint32> past 65,536 ids), `n_bytes` (the UTF-8 size
-of the text, the denominator of bits per byte). Documents are never joined here; the trainer packs them.
+encode: clean `documents` shards + `tokenizer.model` -> `train-NNNNN.parquet` and `val-NNNNN.parquet`,
+one job per clean shard (`tasks/token_shards.py`), run by the phase's mapper: here, or as Prefect task
+runs on the data flow's Dask workers. A finished shard is kept in the work folder, so a phase killed
+halfway encodes only the shards it had not finished.
 
-The train/validation split is a pure function of each `doc_id` (a hash compared to `val_fraction`), so a
-document stays on its side across rebuilds however the corpus grows. Both phases read Parquet in record
-batches, so memory stays bounded by one batch of documents, and write nothing but their outputs.
+Both phases stream the shards a record batch at a time, so memory stays bounded by one batch of
+documents however large the corpus; the tokenizer's single job goes through the mapper too, so on a
+cluster the flow's own process holds only artifacts and counts.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
+import json
 import re
+import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
-from tasks.storage.artifacts import Artifact, materialize, phase_fingerprint, publish
+from tasks.corpus_sample import (
+    DocSplit,
+    Sample,
+    TooFewDocumentsError,
+    choose_sample,
+    document_paths,
+    iter_doc_ids,
+    iter_documents,
+    sample_score,
+    split_score,
+)
+from tasks.shard_map import Mapper, serial_map, task_map
+from tasks.storage.artifacts import Artifact, materialize, phase_fingerprint, publish, scratch_dir
 from tasks.storage.cache_records import artifact_cache
+from tasks.token_shards import SPLITS, EncodeJob, encode_shard, iter_token_docs, place_shards, token_schema
 from tinyllama_model.data import token_dtype
+from tinyllama_model.files import atomic_write
 from tinyllama_model.tokenizer import N_SPECIAL, TOKENIZER_FILE, Tokenizer, train_sentencepiece
 
-CODE_VERSION = "1"
-DOCUMENTS = "documents.parquet"
-TRAIN_FILE, VAL_FILE = "train.parquet", "val.parquet"
+__all__ = ["TooFewDocumentsError", "split_score", "token_schema"]  # re-exported for callers of the phases
+
+CODE_VERSION = "2"
 N_BYTE_PIECES = 256  # byte-fallback pieces <0x00> ... <0xFF>
+REPORT_RECORD = "tokenizer-report.json"
 
 
 class TokenizerConfig(BaseModel):
     vocab_size: int = Field(
         12_000, ge=N_SPECIAL + N_BYTE_PIECES + 2, description="SentencePiece BPE vocabulary size (ids)."
+    )
+    max_docs: int = Field(
+        500_000, gt=0, description="Most training documents the tokenizer learns from (a hash-drawn sample)."
+    )
+    max_chars: int = Field(
+        200_000_000,
+        gt=0,
+        description="Most characters the tokenizer learns from (the sample stops before this many).",
     )
     input_sentence_size: int = Field(
         2_000_000, gt=0, description="Lines SentencePiece samples from the corpus to learn merges from."
@@ -72,78 +98,30 @@ class RoundTripError(ValueError):
     """decode(encode(text)) did not give back the normalised text: the tokenizer would lose information."""
 
 
-class TooFewDocumentsError(ValueError):
-    """A split needs at least one training and one validation document."""
-
-
-# -- the split ----------------------------------------------------------------------------------------
-
-
-def split_score(doc_id: str) -> float:
-    """A stable uniform number in [0, 1) per document: the first 8 bytes of sha256(doc_id)."""
-    return int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") / 2**64
-
-
-def validation_ids(doc_ids: Iterable[str], val_fraction: float) -> set[str]:
-    """The doc_ids held out for validation: those whose score is below `val_fraction`.
-
-    A small corpus may have no document below the threshold (or only such documents); then the one with
-    the lowest score is held out (or the one with the highest is kept for training), so both sides are
-    non-empty whenever there are two documents. Only such corpora can see a document change sides, when
-    documents are added and a natural validation document appears.
-    """
-    scores = {d: split_score(d) for d in doc_ids}
-    if len(scores) < 2:
-        raise TooFewDocumentsError(
-            f"the corpus has {len(scores)} document(s); at least 2 are needed to hold one out for validation "
-            "(bits per byte on unseen text); add documents (more topics or sources in the collect section)"
-        )
-    val = {d for d, s in scores.items() if s < val_fraction}
-    if not val:
-        val = {min(scores, key=scores.__getitem__)}
-    if len(val) == len(scores):
-        val.discard(max(scores, key=scores.__getitem__))
-    return val
-
-
-# -- reading the clean corpus -------------------------------------------------------------------------
-
-
-def iter_documents(path: Path, batch_docs: int) -> Iterator[tuple[list[str], list[str]]]:
-    """(doc_ids, texts) per Parquet record batch."""
-    if not path.is_file():
-        raise FileNotFoundError(f"no clean corpus at {path}; run the preprocess phase first")
-    pf = pq.ParquetFile(path)
-    missing = {"doc_id", "text"} - set(pf.schema_arrow.names)
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {sorted(missing)}; expected the preprocess phase's schema")
-    for batch in pf.iter_batches(batch_size=batch_docs, columns=["doc_id", "text"]):
-        ids = batch.column("doc_id").to_pylist()
-        texts = [t or "" for t in batch.column("text").to_pylist()]
-        yield ids, texts
-
-
-def read_doc_ids(path: Path) -> list[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"no clean corpus at {path}; run the preprocess phase first")
-    return pq.read_table(path, columns=["doc_id"]).column("doc_id").to_pylist()
-
-
 # -- tokenizer ----------------------------------------------------------------------------------------
 
 _MAX_VOCAB = re.compile(r"Please set it to a value <= (\d+)")
 
 
-def train_tokenizer(cfg: TokenizerConfig, documents: Path, model_file: Path, exclude: set[str]) -> Path:
-    """Train SentencePiece on the texts of `documents` whose doc_id is not in `exclude`."""
+def sampled_texts(
+    paths: list[Path], split: DocSplit, sample: Sample, batch_docs: int, *, train_only: bool
+) -> Iterator[tuple[list[str], list[str]]]:
+    """(doc_ids, texts) per batch of the sampled documents (training side only, or both sides)."""
+    for ids, texts in iter_documents(paths, batch_docs):
+        keep = [
+            i
+            for i, d in enumerate(ids)
+            if sample_score(d) <= sample.threshold and not (train_only and split.is_val(d))
+        ]
+        if keep:
+            yield [ids[i] for i in keep], [texts[i] for i in keep]
 
-    def texts() -> Iterator[str]:
-        for ids, batch in iter_documents(documents, cfg.batch_docs):
-            yield from (t for d, t in zip(ids, batch, strict=True) if d not in exclude)
 
+def train_tokenizer(cfg: TokenizerConfig, texts: Iterator[str], model_file: Path, where: str) -> Path:
+    """Train SentencePiece on `texts`; SentencePiece's own errors become ones that name the fix."""
     try:
         return train_sentencepiece(
-            texts(),
+            texts,
             model_file,
             cfg.vocab_size,
             input_sentence_size=cfg.input_sentence_size,
@@ -155,17 +133,18 @@ def train_tokenizer(cfg: TokenizerConfig, documents: Path, model_file: Path, exc
         if m := _MAX_VOCAB.search(str(e)):
             raise VocabTooLargeError(
                 f"tokenizer.vocab_size={cfg.vocab_size} is larger than the training text supports; "
-                f"set tokenizer.vocab_size to {m.group(1)} or less (or add text)"
+                f"set tokenizer.vocab_size to {m.group(1)} or less (or add text, or raise "
+                "tokenizer.max_docs / tokenizer.max_chars)"
             ) from e
         if "sentences_.empty()" in str(e):
-            raise ValueError(
-                f"{documents} has no training text; the tokenizer needs non-empty documents"
-            ) from e
+            raise ValueError(f"{where} has no training text; the tokenizer needs non-empty documents") from e
         raise
 
 
-def tokenizer_report(tok: Tokenizer, documents: Path, batch_docs: int, num_threads: int) -> dict[str, Any]:
-    """Encode every document once: bytes per token, vocabulary use, byte fallback, and the round trip.
+def tokenizer_report(
+    tok: Tokenizer, batches: Iterator[tuple[list[str], list[str]]], num_threads: int
+) -> dict[str, Any]:
+    """Encode and decode every document of `batches`: bytes per token, vocabulary use, byte fallback.
 
     Raises RoundTripError naming the documents whose decoded text differs from the normalised text.
     """
@@ -176,17 +155,18 @@ def tokenizer_report(tok: Tokenizer, documents: Path, batch_docs: int, num_threa
     )
     n_docs = n_bytes = n_tokens = n_fallback = 0
     failures: list[str] = []
-    for ids, texts in iter_documents(documents, batch_docs):
+    for ids, texts in batches:
         encoded = tok.encode_batch(texts, num_threads=num_threads)
-        for doc_id, text, toks in zip(ids, texts, encoded, strict=True):
-            if tok.decode(toks) != tok.normalize(text):
-                failures.append(doc_id)
-            arr = np.asarray(toks, dtype=np.int64)
-            used[arr] = True
-            n_fallback += int(is_byte[arr].sum())
-            n_tokens += arr.size
-            n_bytes += len(text.encode())
-            n_docs += 1
+        decoded = tok.decode_batch(encoded, num_threads=num_threads)
+        normal = tok.normalize_batch(texts)
+        failures += [d for d, a, b in zip(ids, decoded, normal, strict=True) if a != b]
+        count = sum(len(toks) for toks in encoded)
+        flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64, count=count)
+        used[flat] = True
+        n_fallback += int(is_byte[flat].sum())
+        n_tokens += flat.size
+        n_bytes += sum(len(t.encode()) for t in texts)
+        n_docs += len(ids)
     if failures:
         raise RoundTripError(
             f"decode(encode(text)) != normalise(text) for {len(failures)} of {n_docs} documents "
@@ -206,99 +186,117 @@ def tokenizer_report(tok: Tokenizer, documents: Path, batch_docs: int, num_threa
     }
 
 
-def run_tokenizer(cfg: TokenizerConfig, clean: Artifact, root: str | Path) -> Artifact:
+@dataclass(frozen=True)
+class TokenizerJob:
+    """Everything the tokenizer's one job needs: small, so it can run on a Dask worker."""
+
+    cfg: TokenizerConfig
+    paths: tuple[str, ...]
+    work: str
+
+
+def tokenizer_job(job: TokenizerJob) -> dict[str, Any]:
+    """Split, sample, train, report; model and report stay in the work folder, for a retry to reuse."""
+    cfg, paths, work = job.cfg, [Path(p) for p in job.paths], Path(job.work)
+    record = work / REPORT_RECORD
+    if record.is_file() and (work / TOKENIZER_FILE).is_file():
+        return json.loads(record.read_text())
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    split = DocSplit.scan(iter_doc_ids(paths, cfg.batch_docs), cfg.val_fraction)
+    sample = choose_sample(paths, split, cfg.max_docs, cfg.max_chars, cfg.batch_docs)
+    seconds["sample_seconds"] = time.perf_counter() - t0
+    batches = sampled_texts(paths, split, sample, cfg.batch_docs, train_only=True)
+    t0 = time.perf_counter()
+    model_file = train_tokenizer(
+        cfg, (t for _, texts in batches for t in texts), work / TOKENIZER_FILE, paths[0].parent.as_posix()
+    )
+    seconds["train_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    both_sides = sampled_texts(paths, split, sample, cfg.batch_docs, train_only=False)
+    report = tokenizer_report(Tokenizer(model_file), both_sides, cfg.num_threads)
+    seconds["report_seconds"] = time.perf_counter() - t0
+    stats = {
+        **report,
+        "corpus_documents": split.documents,
+        "held_out_documents": split.held_out,
+        "sampled_documents": sample.documents,
+        "sampled_characters": sample.characters,
+        **{k: round(v, 3) for k, v in seconds.items()},
+    }
+    atomic_write(record, json.dumps(stats))
+    return stats
+
+
+def run_tokenizer(
+    cfg: TokenizerConfig, clean: Artifact, root: str | Path, *, mapper: Mapper = serial_map
+) -> Artifact:
     clean = materialize(clean)
-    documents = clean.file(DOCUMENTS)
+    paths = document_paths(clean)
     fp = phase_fingerprint("tokenizer", CODE_VERSION, cfg=cfg, clean=clean)
 
     def build(out: Path) -> dict[str, Any]:
-        held_out = validation_ids(read_doc_ids(documents), cfg.val_fraction)
-        t0 = time.perf_counter()
-        model_file = train_tokenizer(cfg, documents, out / TOKENIZER_FILE, exclude=held_out)
-        seconds = time.perf_counter() - t0
-        report = tokenizer_report(Tokenizer(model_file), documents, cfg.batch_docs, cfg.num_threads)
-        return {**report, "held_out_documents": len(held_out), "train_seconds": round(seconds, 3)}
+        work = scratch_dir(root, "tokenizer", fp)
+        job = TokenizerJob(cfg, tuple(str(p) for p in paths), str(work))
+        stats = mapper(tokenizer_job, [job])[0]
+        shutil.copyfile(work / TOKENIZER_FILE, out / TOKENIZER_FILE)
+        return stats
 
     return publish(root, "tokenizer", fp, build)
 
 
 # -- encode -------------------------------------------------------------------------------------------
 
-SPLITS = ("train", "val")
 
-
-def token_schema(vocab_size: int) -> pa.Schema:
-    value_type = pa.uint16() if token_dtype(vocab_size) == np.uint16 else pa.uint32()
-    return pa.schema([("doc_id", pa.string()), ("tokens", pa.list_(value_type)), ("n_bytes", pa.int64())])
-
-
-def _token_column(encoded: list[list[int]], dtype: np.dtype, value_type: pa.DataType) -> pa.Array:
-    lengths = np.fromiter((len(t) for t in encoded), dtype=np.int32, count=len(encoded))
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)  # one batch of documents stays far below 2**31
-    np.cumsum(lengths, out=offsets[1:])
-    values = np.fromiter(itertools.chain.from_iterable(encoded), dtype=dtype, count=int(offsets[-1]))
-    return pa.ListArray.from_arrays(offsets, pa.array(values, type=value_type))
-
-
-def encode_corpus(cfg: TokenizerConfig, documents: Path, tok: Tokenizer, out: Path) -> dict[str, Any]:
-    """Write `train.parquet` and `val.parquet` (one row per document) and return per-split counts."""
-    held_out = validation_ids(read_doc_ids(documents), cfg.val_fraction)
-    schema = token_schema(tok.vocab_size)
-    dtype = token_dtype(tok.vocab_size)
-    value_type = schema.field("tokens").type.value_type
-    counts = {s: {"docs": 0, "tokens": 0, "bytes": 0} for s in SPLITS}
-    writers = {s: pq.ParquetWriter(out / f"{s}.parquet", schema) for s in SPLITS}
-    try:
-        for ids, texts in iter_documents(documents, cfg.batch_docs):
-            encoded = tok.encode_batch(texts, num_threads=cfg.num_threads)
-            n_bytes = [len(t.encode()) for t in texts]
-            for split in SPLITS:
-                rows = [i for i, d in enumerate(ids) if (d in held_out) == (split == "val")]
-                if not rows:
-                    continue
-                table = pa.Table.from_arrays(
-                    [
-                        pa.array([ids[i] for i in rows], pa.string()),
-                        _token_column([encoded[i] for i in rows], dtype, value_type),
-                        pa.array([n_bytes[i] for i in rows], pa.int64()),
-                    ],
-                    schema=schema,
-                )
-                writers[split].write_table(table)
-                c = counts[split]
-                c["docs"] += len(rows)
-                c["tokens"] += sum(len(encoded[i]) for i in rows)
-                c["bytes"] += sum(n_bytes[i] for i in rows)
-    finally:
-        for w in writers.values():
-            w.close()
-    stats: dict[str, Any] = {f"{s}_{k}": v for s in SPLITS for k, v in counts[s].items()}
-    return {**stats, "vocab_size": tok.vocab_size, "dtype": str(dtype), "val_fraction": cfg.val_fraction}
-
-
-def run_encode(cfg: TokenizerConfig, clean: Artifact, tokenizer: Artifact, root: str | Path) -> Artifact:
+def run_encode(
+    cfg: TokenizerConfig,
+    clean: Artifact,
+    tokenizer: Artifact,
+    root: str | Path,
+    *,
+    mapper: Mapper = serial_map,
+) -> Artifact:
+    """One `encode_shard` job per clean shard, then the finished shards published as one artifact."""
     clean, tokenizer = materialize(clean), materialize(tokenizer)
+    paths = document_paths(clean)
     fp = phase_fingerprint("encode", CODE_VERSION, cfg=cfg, clean=clean, tokenizer=tokenizer)
 
     def build(out: Path) -> dict[str, Any]:
-        return encode_corpus(cfg, clean.file(DOCUMENTS), Tokenizer(tokenizer.file(TOKENIZER_FILE)), out)
+        work = scratch_dir(root, "encode", fp)
+        split = DocSplit.scan(iter_doc_ids(paths, cfg.batch_docs), cfg.val_fraction)
+        model = str(tokenizer.file(TOKENIZER_FILE))
+        jobs = [
+            EncodeJob(i, str(p), model, str(work), split, cfg.batch_docs, cfg.num_threads)
+            for i, p in enumerate(paths)
+        ]
+        results = mapper(encode_shard, jobs)
+        place_shards(results, work, out)
+        stats: dict[str, Any] = {
+            f"{s}_{k}": sum(r[f"{s}_{k}"] for r in results)
+            for s in SPLITS
+            for k in ("docs", "tokens", "bytes")
+        }
+        vocab = Tokenizer(model).vocab_size
+        return {
+            **stats,
+            "vocab_size": vocab,
+            "dtype": str(token_dtype(vocab)),
+            "val_fraction": cfg.val_fraction,
+            "shards": len(jobs),
+        }
 
     return publish(root, "encode", fp, build)
 
 
 def read_split(tokens: Artifact, split: str) -> Iterator[tuple[str, np.ndarray, int]]:
     """(doc_id, tokens, n_bytes) for each document of one split of an encode artifact, streamed."""
-    path = tokens.file(f"{split}.parquet")
-    if not path.is_file():
-        raise FileNotFoundError(f"no {split} tokens at {path}; run the encode phase first")
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-        col = batch.column("tokens")
-        values = col.values.to_numpy(zero_copy_only=False)
-        offsets = col.offsets.to_numpy()
-        for i, (doc_id, n_bytes) in enumerate(
-            zip(batch.column("doc_id").to_pylist(), batch.column("n_bytes").to_pylist(), strict=True)
-        ):
-            yield doc_id, values[offsets[i] - offsets[0] : offsets[i + 1] - offsets[0]], n_bytes
+    if split not in SPLITS:
+        raise ValueError(f"no split {split!r}; the encode phase writes {SPLITS}")
+    if split not in tokens.shards:
+        raise FileNotFoundError(
+            f"the encode artifact at {tokens.path} has no {split} shards; run the encode phase again"
+        )
+    yield from iter_token_docs(tokens.shard_paths(split))
 
 
 # -- Prefect ------------------------------------------------------------------------------------------
@@ -312,27 +310,30 @@ def tokenizer_markdown(stats: dict[str, Any]) -> str:
             "| metric | value |",
             "|---|---|",
             f"| vocabulary size | {stats['vocab_size']:,} |",
-            f"| documents | {stats['documents']:,} |",
+            f"| documents in the corpus | {stats['corpus_documents']:,} |",
             f"| held out (not trained on) | {stats['held_out_documents']:,} |",
+            f"| trained on (the sample) | {stats['sampled_documents']:,} |",
+            f"| reported on (the sample, both sides) | {stats['documents']:,} |",
             f"| bytes per token | {stats['bytes_per_token']:.3f} |",
             f"| vocabulary used on the corpus | {stats['vocab_used']:.1%} |",
             f"| tokens from byte fallback | {stats['byte_fallback_share']:.3%} |",
-            "| decode(encode(x)) == normalise(x) | checked on every document |",
-            f"| training time | {stats['train_seconds']:.1f} s |",
+            "| decode(encode(x)) == normalise(x) | checked on every reported document |",
+            f"| split and sample / training / report | {stats['sample_seconds']:.1f} s / "
+            f"{stats['train_seconds']:.1f} s / {stats['report_seconds']:.1f} s |",
         ]
     )
 
 
 @task(name="train-tokenizer", **artifact_cache("tokenizer", CODE_VERSION))
 def build_tokenizer(cfg: TokenizerConfig, clean: Artifact, root: str) -> Artifact:
-    artifact = run_tokenizer(cfg, clean, root)
+    artifact = run_tokenizer(cfg, clean, root, mapper=task_map)
     create_markdown_artifact(tokenizer_markdown(artifact.stats), key="tokenizer-report")
     return artifact
 
 
 @task(name="encode", **artifact_cache("encode", CODE_VERSION))
 def encode(cfg: TokenizerConfig, clean: Artifact, tokenizer: Artifact, root: str) -> Artifact:
-    artifact = run_encode(cfg, clean, tokenizer, root)
+    artifact = run_encode(cfg, clean, tokenizer, root, mapper=task_map)
     s = artifact.stats
     rows = [
         {"split": k, "documents": s[f"{k}_docs"], "tokens": s[f"{k}_tokens"], "bytes": s[f"{k}_bytes"]}

@@ -122,9 +122,17 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode([int(i) for i in ids if i >= N_SPECIAL or i == UNK_ID])
 
+    def decode_batch(self, encoded: list[list[int]], num_threads: int = -1) -> list[str]:
+        """Decode many outputs of `encode_batch` (no special ids in them) on SentencePiece's thread pool."""
+        return self.sp.decode(encoded, num_threads=num_threads)
+
     def normalize(self, text: str) -> str:
         """The text as the model sees it (NFKC), i.e. what decode(encode(text)) gives back."""
         return self.sp.normalize(text).replace("\u2581", " ")
+
+    def normalize_batch(self, texts: list[str]) -> list[str]:
+        """`normalize` over many texts in one call."""
+        return [t.replace("\u2581", " ") for t in self.sp.normalize(texts)]
 
     def pieces(self, text: str) -> list[str]:
         return self.sp.encode(text, out_type=str)

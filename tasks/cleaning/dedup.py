@@ -1,6 +1,7 @@
-"""Deduplication: exact (hash of normalised text) and near (MinHash LSH over word shingles, datasketch).
+"""Deduplication's hashing: exact (hash of normalised text) and near (MinHash over word shingles, LSH bands).
 
-Both keep the FIRST document of a group, in input order, and name it as `duplicate_of` for the others.
+The stages that use these over a sharded corpus (keys and buckets on disk, partitions, the keep-first
+pass) are in `tasks.cleaning.dedup_stages`.
 
 Near dedup hashes whole batches of documents at once with numpy; no Python loop runs per word:
   words        runs of word characters (`str.isalnum()` or "_", as regex `\\w`) of the case-folded
@@ -13,9 +14,9 @@ Near dedup hashes whole batches of documents at once with numpy; no Python loop 
                `MinHash(seed=...)` draws them, so a signature equals datasketch's own
                `MinHash.update_batch` over the same shingle hashes (a test checks it); the per-document
                minimum is one `np.minimum.reduceat` over the batch
-  index        datasketch `MinHashLSH` over `LeanMinHash`es, queried then filled one document at a
-               time in input order; a candidate is a duplicate only when its estimated Jaccard
-               similarity is at least the threshold (LSH bands alone let through some pairs below it)
+  bands        the signature cut into b bands of r rows, b and r chosen by datasketch's `MinHashLSH`
+               rule for the threshold and weights; each band hashed to 64 bits with its band index, so
+               two documents are LSH candidates when one of their band keys is equal
 
 Hashes are stable (no Python `hash()`, which is salted per process), so results are reproducible.
 """
@@ -27,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash, MinHashLSH
+from datasketch import MinHash, MinHashLSH
 
 SCHEME = "affine32"
 # P**i (mod 2**64) for a character at position i of its word; characters past 64 share the last power.
@@ -42,14 +43,9 @@ def dedup_key(text: str) -> str:
     return hashlib.sha256(" ".join(text.casefold().split()).encode()).hexdigest()
 
 
-class ExactDedup:
-    def __init__(self) -> None:
-        self.first: dict[str, str] = {}  # content hash -> doc_id of the kept document
-
-    def check(self, doc_id: str, text: str) -> str | None:
-        """doc_id of an earlier identical document, or None (and this one is remembered)."""
-        first = self.first.setdefault(dedup_key(text), doc_id)
-        return None if first == doc_id else first
+def exact_key(text: str) -> bytes:
+    """`dedup_key` as its 32 raw bytes, the form the exact-dedup stage sorts and compares."""
+    return bytes.fromhex(dedup_key(text))
 
 
 # --- hashing --------------------------------------------------------------------------------------
@@ -79,7 +75,8 @@ def word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(hashes (n_words,) uint64, doc (n_words,) int64): every word of every text, in order."""
     if isinstance(texts, str):
         raise TypeError("word_hashes takes a sequence of texts, not one string")
-    joined = " ".join(t.casefold() for t in texts)
+    folded = [t.casefold() for t in texts]  # may change a text's length ("ß" -> "ss")
+    joined = " ".join(folded)
     codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)  # (N,)
     is_word = np.where(codes < 0x10000, _word_char_table()[np.minimum(codes, 0xFFFF)], True)  # (N,)
     edges = np.diff(np.concatenate(([False], is_word, [False])).astype(np.int8))
@@ -93,8 +90,8 @@ def word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     terms = (codes.astype(np.uint64) + np.uint64(1)) * _POWERS[np.minimum(pos, len(_POWERS) - 1)]
     terms[~is_word] = 0  # separators add nothing, so each sum below covers exactly one word
     hashes = _fmix64(np.add.reduceat(terms, starts))  # (n_words,) sum of (code + 1) * P^pos
-    # Text i starts at character sum(len(t) + 1 for earlier t): the joining spaces count.
-    text_starts = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
+    # Text i starts at character sum(len(t) + 1 for earlier folded t): the joining spaces count.
+    text_starts = np.cumsum([0] + [len(t) + 1 for t in folded[:-1]])
     doc = np.searchsorted(text_starts, starts, side="right") - 1
     return hashes, doc
 
@@ -155,64 +152,43 @@ class MinHasher:
             sig[:, ids] = np.minimum(sig[:, ids], np.minimum.reduceat(permuted, first, axis=1))
         return np.ascontiguousarray(sig.T)
 
-    def lean(self, signature: np.ndarray) -> LeanMinHash:
-        return LeanMinHash(seed=self.seed, hashvalues=signature, scheme=SCHEME)
+
+def signatures(texts: Sequence[str], hasher: MinHasher, shingle_size: int) -> Iterator[np.ndarray]:
+    """(num_perm,) signature of each text, computed in numpy batches of ~1M characters."""
+    batch: list[str] = []
+    size = 0
+    for text in [*texts, None]:
+        if text is not None:
+            batch.append(text)
+            size += len(text)
+        if batch and (text is None or size >= _BATCH_CHARS):
+            hashes, doc = shingle_hashes(batch, shingle_size)
+            yield from hasher.signatures(hashes, doc, len(batch))
+            batch, size = [], 0
 
 
-class NearDedup:
-    """Near-duplicate detector: documents are checked once each, in the order in which to keep them."""
+def lsh_bands(threshold: float, num_perm: int, recall_weight: float) -> tuple[int, int]:
+    """(bands, rows per band) as datasketch's `MinHashLSH` picks them for these settings.
 
-    def __init__(
-        self,
-        threshold: float = 0.7,
-        num_perm: int = 128,
-        shingle_size: int = 3,
-        seed: int = 1,
-        recall_weight: float = 0.9,
-    ) -> None:
-        self.threshold, self.shingle_size = threshold, shingle_size
-        self.hasher = MinHasher(num_perm, seed)
-        # datasketch picks the bands to balance missed pairs against extra candidates. Every candidate
-        # is verified by its estimated similarity, so extra candidates only cost time: favour recall.
-        # (With equal weights a pair right at the threshold is found less than half the time.)
-        weights = (1.0 - recall_weight, recall_weight)
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=weights)
-        self.kept: dict[str, LeanMinHash] = {}
+    Every candidate is verified by its estimated similarity, so extra candidates only cost time: the
+    weights favour recall (with equal weights a pair right at the threshold is found less than half the
+    time).
+    """
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(1.0 - recall_weight, recall_weight))
+    return lsh.b, lsh.r
 
-    def signatures(self, texts: Sequence[str]) -> Iterator[np.ndarray]:
-        """(num_perm,) signature of each text, computed in numpy batches of ~2M characters."""
-        batch: list[str] = []
-        size = 0
-        for text in [*texts, None]:
-            if text is not None:
-                batch.append(text)
-                size += len(text)
-            if batch and (text is None or size >= _BATCH_CHARS):
-                hashes, doc = shingle_hashes(batch, self.shingle_size)
-                yield from self.hasher.signatures(hashes, doc, len(batch))
-                batch, size = [], 0
 
-    def check_signature(self, doc_id: str, signature: np.ndarray) -> tuple[str, float] | None:
-        """(doc_id of the kept near-duplicate, estimated Jaccard) or None, and then this one is kept."""
-        m = self.hasher.lean(signature)
-        best: tuple[str, float] | None = None
-        for candidate in self.lsh.query(m):
-            similarity = m.jaccard(self.kept[candidate])
-            if similarity >= self.threshold and (best is None or similarity > best[1]):
-                best = (candidate, similarity)
-        if best is None:
-            self.lsh.insert(doc_id, m)
-            self.kept[doc_id] = m
-        return best
+def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) uint64: a hash of each band of each signature, salted with the band's index."""
+    keys = np.empty((len(sigs), bands), dtype=np.uint64)
+    for b in range(bands):
+        h = np.full(len(sigs), b + 1, dtype=np.uint64)
+        for value in sigs[:, b * rows : (b + 1) * rows].T.astype(np.uint64):
+            h = _fmix64(h * _SHINGLE_MULT + value)
+        keys[:, b] = h
+    return keys
 
-    def check(self, doc_id: str, text: str) -> tuple[str, float] | None:
-        return self.check_signature(doc_id, next(self.signatures([text])))
 
-    def run(self, docs: Sequence[tuple[str, str]]) -> dict[str, tuple[str, float]]:
-        """doc_id -> (kept doc_id, similarity) for every near-duplicate among (doc_id, text) pairs."""
-        found = {}
-        for (doc_id, _), signature in zip(docs, self.signatures([t for _, t in docs]), strict=True):
-            match = self.check_signature(doc_id, signature)
-            if match is not None:
-                found[doc_id] = match
-        return found
+def jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Estimated Jaccard similarity of signature rows, as `LeanMinHash.jaccard` computes it."""
+    return np.count_nonzero(a == b, axis=-1) / np.float64(a.shape[-1])

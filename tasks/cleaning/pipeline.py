@@ -3,9 +3,10 @@
 As in datatrove, a document flows through small steps in order. A step looks at one document and
 keeps it (the same, or changed: the normaliser rewrites the text) or drops it with a `Drop` naming
 the rule and the reason. The loop counts every step's documents in, dropped and out, and turns every
-drop into a row of the rejected table, so each dropped document can be audited. A step that needs the
-whole corpus (dedup remembers what it kept) is an object holding that state; one that works faster
-on batches (near dedup hashes with numpy) is shown every document it will see before the first one.
+drop into a row of the rejected table, so each dropped document can be audited. The phase runs the
+steps over one record batch of one shard at a time (`tasks.cleaning.shard_jobs`); a step that works
+faster on many documents at once is shown the batch before its first document (`prepare`). What needs
+the whole corpus (dedup) is not a step but a stage over shards (`tasks.cleaning.dedup_stages`).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Step(ABC):
     drops: ClassVar[bool] = True  # False for a step that only rewrites text: it has no row in the table
 
     def prepare(self, docs: Sequence[CleanDoc]) -> None:  # noqa: B027  (a hook: most steps need nothing)
-        """Called once with every document this step will see, in order, before the first call."""
+        """Called with each batch of documents (one shard's, in order) before the first call on it."""
 
     @abstractmethod
     def __call__(self, doc: CleanDoc) -> CleanDoc | Drop:

@@ -1,12 +1,15 @@
 """The preprocess report: counts in and out per rule and source, and the length distribution.
 
-Built from plain lists so it is testable without Parquet; `report_markdown` renders the same dict for
-the Prefect UI and MLflow (the JSON is the source of truth, the markdown a view of it).
+Built from counts (documents per source and rule, rows per length) that each shard's job returns and
+the phase adds up, so it is testable without Parquet and never needs the documents; `report_markdown`
+renders the same dict for the Prefect UI and MLflow (the JSON is the source of truth, the markdown a
+view of it).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,55 +20,73 @@ QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
 CHAR_BUCKETS = (0, 1_000, 5_000, 20_000, 50_000)
 
 
-def distribution(values: list[int]) -> dict[str, float]:
-    if not values:
+def distribution(counts: Mapping[int, int]) -> dict[str, float]:
+    """Quantiles and mean of values given as value -> how many times, equal to `np.quantile` of the list."""
+    counts = {v: c for v, c in counts.items() if c}
+    if not counts:
         return {}
-    arr = np.asarray(values, dtype=np.float64)
-    out = {f"p{int(q * 100)}": float(np.quantile(arr, q)) for q in QUANTILES}
-    out["mean"] = float(arr.mean())
+    values = np.array(sorted(counts), dtype=np.float64)
+    cum = np.cumsum([counts[int(v)] for v in values])
+    n = int(cum[-1])
+
+    def at(k: int) -> float:  # the k-th smallest value, counting from 0
+        return float(values[np.searchsorted(cum, k, side="right")])
+
+    out = {}
+    for q in QUANTILES:
+        h = q * (n - 1)
+        low = int(np.floor(h))
+        a, b, t = at(low), at(min(low + 1, n - 1)), h - low
+        out[f"p{int(q * 100)}"] = b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t  # numpy's lerp
+    out["mean"] = float(np.dot(values, np.diff(np.r_[0, cum])) / n)
     return out
 
 
-def histogram(values: list[int], edges: tuple[int, ...] = CHAR_BUCKETS) -> list[dict[str, Any]]:
+def histogram(counts: Mapping[int, int], edges: tuple[int, ...] = CHAR_BUCKETS) -> list[dict[str, Any]]:
     rows = []
     for i, low in enumerate(edges):
         high = edges[i + 1] if i + 1 < len(edges) else None
         label = f"{low:,}-{high:,}" if high is not None else f"{low:,}+"
-        n = sum(1 for v in values if v >= low and (high is None or v < high))
+        n = sum(c for v, c in counts.items() if v >= low and (high is None or v < high))
         rows.append({"characters": label, "documents": n})
     return rows
 
 
 def build_report(
     *,
-    sources_in: list[str],
+    sources_in: Mapping[str, int],
     chars_in: int,
     chars_normalized: int,
     stages: list[dict[str, Any]],
-    rejected_rules: list[str],
-    rejected_sources: list[str],
-    kept_sources: list[str],
-    row_chars: list[int],
-    row_words: list[int],
+    rejected_by_rule: Mapping[str, int],
+    rejected_sources: Mapping[str, int],
+    kept_sources: Mapping[str, int],
+    row_chars: Mapping[int, int],
+    row_words: Mapping[int, int],
     split_documents: int,
 ) -> dict[str, Any]:
-    by_rule = Counter(rejected_rules)
-    src_in, src_rej, src_kept = Counter(sources_in), Counter(rejected_sources), Counter(kept_sources)
+    """The report from counts (per source, per rule, rows per length), so no document list is kept."""
+    documents_in, rejected = sum(sources_in.values()), sum(rejected_by_rule.values())
     return {
-        "documents_in": len(sources_in),
-        "documents_kept": len(sources_in) - len(rejected_rules),
-        "rows_out": len(row_chars),
+        "documents_in": documents_in,
+        "documents_kept": documents_in - rejected,
+        "rows_out": sum(row_chars.values()),
         "split_documents": split_documents,
-        "rejected": len(rejected_rules),
-        "rejected_by_rule": dict(by_rule.most_common()),
+        "rejected": rejected,
+        "rejected_by_rule": dict(Counter(rejected_by_rule).most_common()),
         "stages": stages,
         "by_source": {
-            s: {"in": src_in[s], "rejected": src_rej[s], "rows_out": src_kept[s]} for s in sorted(src_in)
+            s: {
+                "in": sources_in[s],
+                "rejected": rejected_sources.get(s, 0),
+                "rows_out": kept_sources.get(s, 0),
+            }
+            for s in sorted(sources_in)
         },
         "characters": {
             "in": chars_in,
             "after_normalization": chars_normalized,
-            "out": int(sum(row_chars)),
+            "out": int(sum(v * c for v, c in row_chars.items())),
         },
         "length_chars": distribution(row_chars),
         "length_words": distribution(row_words),

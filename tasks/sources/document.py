@@ -18,7 +18,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-DOCUMENTS_FILE = "documents.parquet"  # preprocess's clean table; collect writes the sharded table below
 DOCUMENTS_TABLE = "documents"  # collect's output: documents-00000.parquet, ... (tasks.storage.shards)
 
 DOCUMENT_SCHEMA = pa.schema(
@@ -126,18 +125,14 @@ def document_row(doc: Document) -> dict[str, Any]:
     return {name: getattr(doc, name) for name in DOCUMENT_SCHEMA.names}
 
 
-def write_table(path: Path, rows: Sequence[dict[str, Any]], schema: pa.Schema) -> int:
-    """Write rows (dicts) with an explicit schema; returns the row count."""
-    columns = {name: [row.get(name) for row in rows] for name in schema.names}
-    table = pa.Table.from_pydict(columns, schema=schema)
+def write_documents(path: Path, docs: Sequence[Document]) -> int:
+    """One shard of the documents table, written whole; returns the row count."""
+    table = pa.Table.from_pylist([document_row(d) for d in docs], schema=DOCUMENT_SCHEMA)
     pq.write_table(table, path, compression="zstd")
     return table.num_rows
 
 
-def write_documents(path: Path, docs: Sequence[Document]) -> int:
-    return write_table(path, [document_row(d) for d in docs], DOCUMENT_SCHEMA)
-
-
 def read_documents(path: Path) -> list[Document]:
+    """One shard of the documents table as Document objects (for small shards: tests, inspection)."""
     table = pq.read_table(path, columns=DOCUMENT_SCHEMA.names)
     return [Document.from_record(row) for row in table.to_pylist()]

@@ -9,10 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.cleaning.report import report_markdown
-from tasks.collect import CollectConfig, run_collect
 from tasks.preprocess import (
     CLEAN_SCHEMA,
-    REJECTED_FILE,
     REJECTED_SCHEMA,
     EmptyCorpusError,
     PreprocessConfig,
@@ -20,9 +18,8 @@ from tasks.preprocess import (
     run_preprocess,
 )
 from tasks.sources.builtin import builtin_documents
-from tasks.sources.document import DOCUMENTS_FILE
-
-OFFLINE = {"wikipedia": {"enabled": False}}
+from tasks.sources.document import Document, make_doc_id
+from tests.tasks.collect_shards import publish_collect, read_rows
 
 
 def paraphrase(text: str, seed: int) -> str:
@@ -36,7 +33,7 @@ def paraphrase(text: str, seed: int) -> str:
 
 @pytest.fixture(scope="module")
 def raw_artifact(tmp_path_factory):
-    """A collect artifact from local jsonl with planted problems, built through the real collect phase."""
+    """A collect artifact of local documents with planted problems, in three shards."""
     root = tmp_path_factory.mktemp("root")
     prose = [d.text for d in builtin_documents() if 3_000 < len(d.text) < 20_000][:12]
     rows = [{"title": f"Doc {i}", "text": t} for i, t in enumerate(prose)]
@@ -54,10 +51,8 @@ def raw_artifact(tmp_path_factory):
             "text": "Body of an article.[1] " * 30 + "\n\nSee also\n\nOther\n\nReferences\n\n1. A book.",
         },
     ]
-    path = root / "docs.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows))
-    cfg = CollectConfig(local={"paths": [str(path)]}, **OFFLINE)
-    return run_collect(cfg, root), root
+    docs = [Document(make_doc_id("local", r["title"]), "local", r["title"], r["text"]) for r in rows]
+    return publish_collect(root, docs, 3), root
 
 
 def test_clean_and_rejected_tables_and_report(raw_artifact):
@@ -65,22 +60,22 @@ def test_clean_and_rejected_tables_and_report(raw_artifact):
     cfg = PreprocessConfig(max_chars=30_000)
     artifact = run_preprocess(cfg, raw, root)
 
-    clean = pq.read_table(artifact.file(DOCUMENTS_FILE))
-    rejected = pq.read_table(artifact.file(REJECTED_FILE))
-    assert clean.schema.equals(CLEAN_SCHEMA, check_metadata=False)
-    assert rejected.schema.equals(REJECTED_SCHEMA, check_metadata=False)
+    for table, schema in (("documents", CLEAN_SCHEMA), ("rejected", REJECTED_SCHEMA)):
+        for path in artifact.shard_paths(table):
+            assert pq.read_schema(path).equals(schema, check_metadata=False)
+    clean = read_rows(artifact, "documents")
 
-    rules = {r["title"]: r for r in rejected.to_pylist()}
+    rules = {r["title"]: r for r in read_rows(artifact, "rejected")}
     assert set(rules) == {"Exact copy", "Near copy", "Stub", "Menu"}
     assert rules["Stub"]["rule"] == "min_chars"
     assert rules["Menu"]["rule"] == "repeated_lines"
-    titles = {r["doc_id"]: r["title"] for r in clean.to_pylist()}
+    titles = {r["doc_id"]: r["title"] for r in clean}
     assert titles[rules["Exact copy"]["duplicate_of"]] == "Doc 0"
     assert rules["Near copy"]["rule"] == "near_duplicate"
     assert titles[rules["Near copy"]["duplicate_of"]] == "Doc 1"
     assert 0.7 <= rules["Near copy"]["similarity"] < 1
 
-    rows = clean.to_pylist()
+    rows = clean
     wiki = next(r for r in rows if r["title"] == "Wiki")
     assert "[1]" not in wiki["text"] and "See also" not in wiki["text"] and "A book" not in wiki["text"]
     long_parts = [r for r in rows if r["title"] == "Long"]
@@ -91,7 +86,7 @@ def test_clean_and_rejected_tables_and_report(raw_artifact):
     report = load_report(artifact)
     assert report["documents_in"] == 18
     assert report["documents_kept"] == 18 - 4 == report["documents_in"] - report["rejected"]
-    assert report["rows_out"] == clean.num_rows == 14 + len(long_parts) - 1
+    assert report["rows_out"] == len(clean) == 14 + len(long_parts) - 1
     assert report["rejected_by_rule"] == {
         "min_chars": 1,
         "repeated_lines": 1,
@@ -112,9 +107,9 @@ def test_clean_and_rejected_tables_and_report(raw_artifact):
 def test_long_documents_kept_whole_or_dropped_on_request(raw_artifact, mode, n_long_rows, rule):
     raw, root = raw_artifact
     artifact = run_preprocess(PreprocessConfig(max_chars=30_000, long_documents=mode), raw, root)
-    rows = pq.read_table(artifact.file(DOCUMENTS_FILE)).to_pylist()
+    rows = read_rows(artifact, "documents")
     assert len([r for r in rows if r["title"] == "Long"]) == n_long_rows
-    rejected = {r["title"]: r["rule"] for r in pq.read_table(artifact.file(REJECTED_FILE)).to_pylist()}
+    rejected = {r["title"]: r["rule"] for r in read_rows(artifact, "rejected")}
     assert rejected.get("Long") == rule
 
 
@@ -122,15 +117,20 @@ def test_everything_dropped_is_a_clear_error_and_the_input_survives(raw_artifact
     raw, root = raw_artifact
     with pytest.raises(EmptyCorpusError, match=r"dropped all 18 documents .*'min_words': 17"):
         run_preprocess(PreprocessConfig(min_words=1_000_000), raw, root)
-    assert raw.file(DOCUMENTS_FILE).is_file()
+    assert all(path.is_file() for path in raw.shard_paths("documents"))
     assert not list((root / "preprocess").glob(".tmp-*"))
 
 
+def dev_corpus_documents(path) -> list[Document]:
+    """The jsonl's articles as the local source reads them (title, content)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [Document(make_doc_id("local", r["title"]), "local", r["title"], r["content"]) for r in rows]
+
+
 def test_the_real_dev_corpus_keeps_its_punctuation(shared_corpus, tmp_path):
-    cfg = CollectConfig(local={"paths": [str(shared_corpus)], "text_field": "content"}, **OFFLINE)
-    raw = run_collect(cfg, tmp_path)
+    raw = publish_collect(tmp_path, dev_corpus_documents(shared_corpus), 3)
     artifact = run_preprocess(PreprocessConfig(), raw, tmp_path)
-    rows = pq.read_table(artifact.file(DOCUMENTS_FILE)).to_pylist()
+    rows = read_rows(artifact, "documents")
     assert len(rows) > 320
     text = "\n".join(r["text"] for r in rows)
     for kept in ("human-level", "GPT-4", "é", "ß", "Δ", "ł"):

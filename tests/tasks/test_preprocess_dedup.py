@@ -1,4 +1,8 @@
-"""Deduplication: datasketch-equal signatures, planted near-duplicates caught, distinct documents kept."""
+"""Deduplication: datasketch-equal signatures and bands, planted near-duplicates caught, distinct kept.
+
+The detectors here are the in-memory reference (`tests/tasks/preprocess_oracle.py`) over the hashing
+the staged phase shares with it; `test_preprocess_stages.py` checks the phase against the reference.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
-from tasks.cleaning.dedup import ExactDedup, MinHasher, NearDedup, shingle_hashes
+from tasks.cleaning.dedup import MinHasher, band_keys, lsh_bands, shingle_hashes
 from tasks.sources.builtin import builtin_documents
+from tests.tasks.preprocess_oracle import ExactDedup, NearDedup
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +53,12 @@ def test_signatures_equal_datasketch_minhash_per_document():
 
 
 def test_batches_equal_single_documents_and_shingles_stay_inside_one():
-    texts = ["alpha beta gamma delta", "beta gamma delta epsilon", "x y"]
+    texts = ["alpha beta gamma delta", "Straßenbahn straße groß", "beta gamma delta epsilon", "x y"]
     hashes, doc = shingle_hashes(texts, 3)
     for i, text in enumerate(texts):
         alone, _ = shingle_hashes([text], 3)
         assert np.array_equal(hashes[doc == i], alone)
-    assert len(hashes) == 2 + 2 + 1  # "delta beta gamma" across texts 0 and 1 is not a shingle
+    assert len(hashes) == 2 + 1 + 2 + 1  # "delta straßenbahn straße" across texts 0 and 1 is not a shingle
 
 
 def test_shingle_hashes_are_stable_across_processes():
@@ -97,3 +102,14 @@ def test_unrelated_text_on_the_same_subject_is_not_a_duplicate(prose):
     half = prose[0].split()
     rewritten = " ".join(half[: len(half) // 3]) + " " + prose[1]
     assert near.check("b", rewritten) is None
+
+
+def test_bands_are_datasketchs_and_equal_bands_give_equal_keys():
+    assert lsh_bands(0.7, 128, 0.9) == (20, 6)  # what MinHashLSH(0.7, 128, weights=(0.1, 0.9)) uses
+    rng = np.random.default_rng(0)
+    sigs = rng.integers(0, 2**32, size=(3, 12), dtype=np.uint32)
+    sigs[1, :4] = sigs[0, :4]  # band 0 (rows 0-3) shared by documents 0 and 1
+    sigs[2, 4:8] = sigs[0, :4]  # the same values in band 1: a different bucket
+    keys = band_keys(sigs, 3, 4)
+    assert keys[0, 0] == keys[1, 0]
+    assert len({*keys[:, 1], *keys[:, 2]}) == 6 and keys[2, 1] != keys[0, 0]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.cleaning.dedup import NearDedup
 from tasks.cleaning.filters import MinWords
 from tasks.cleaning.normalize import DEFAULT_APPENDIX_HEADINGS, appendix_pattern
 from tasks.cleaning.pipeline import CleanDoc, Drop, Step, run_steps
-from tasks.cleaning.steps import ExactDuplicates, NearDuplicates, NonEmpty, Normalize, QualityFilter
+from tasks.cleaning.steps import NonEmpty, Normalize, QualityFilter
 from tasks.preprocess import PreprocessConfig, build_steps
 from tasks.sources.document import Document
+from tests.tasks.preprocess_oracle import ExactDuplicates, NearDedup, NearDuplicates
 
 PROSE = "Small language models learn the statistics of text and predict the next token from the ones before."
 
@@ -102,6 +102,7 @@ def test_near_dedup_refuses_documents_out_of_the_prepared_order():
 
 
 def test_build_steps_follows_the_config():
+    """The per-document steps; exact and near dedup follow as stages over every shard."""
     names = [s.name for s in build_steps(PreprocessConfig(long_documents="drop", near_dedup=False))]
     assert names == [
         "normalize",
@@ -113,5 +114,4 @@ def test_build_steps_follows_the_config():
         "distinct_chars",
         "symbol_ratio",
         "repeated_lines",
-        "exact_duplicate",
     ]

@@ -11,7 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.storage.artifacts import Artifact, verify
+from tasks.corpus_sample import DocSplit, sample_score
+from tasks.storage.artifacts import Artifact, publish, verify
+from tasks.storage.shards import ShardWriter
+from tasks.token_shards import EncodeJob, encode_shard
 from tasks.tokenizer import (
     RoundTripError,
     TokenizerConfig,
@@ -22,27 +25,41 @@ from tasks.tokenizer import (
     run_tokenizer,
     split_score,
     token_schema,
-    validation_ids,
 )
 from tinyllama_model.tokenizer import Tokenizer
 
 SMALL = TokenizerConfig(vocab_size=400, val_fraction=0.1, batch_docs=16)
+CLEAN_SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string())])
 
 
 def doc_id(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def write_clean(directory: Path, texts: list[str], ids: list[str] | None = None) -> Artifact:
-    """A clean-corpus artifact as the preprocess phase hands it over (doc_id + text suffice here)."""
-    directory.mkdir(parents=True, exist_ok=True)
+def write_clean(
+    root: Path, texts: list[str], ids: list[str] | None = None, rows_per_shard: int = 7
+) -> Artifact:
+    """A clean-corpus artifact as the preprocess phase publishes it: `documents` shards (doc_id + text)."""
     ids = ids or [doc_id(t) for t in texts]
-    pq.write_table(pa.table({"doc_id": ids, "text": texts}), directory / "documents.parquet")
-    return Artifact(
-        phase="preprocess",
-        fingerprint=hashlib.sha256("".join(ids).encode()).hexdigest()[:20],
-        path=str(directory),
-    )
+
+    def build(out: Path) -> dict[str, int]:
+        with ShardWriter(out, "documents", CLEAN_SCHEMA, max_bytes=1, row_group_rows=rows_per_shard) as w:
+            w.write_rows({"doc_id": d, "text": t} for d, t in zip(ids, texts, strict=True))
+        return {"rows": len(ids)}
+
+    fingerprint = hashlib.sha256(("".join(ids) + f"/{rows_per_shard}").encode()).hexdigest()[:20]
+    return publish(root, "preprocess", fingerprint, build)
+
+
+def clean_texts(clean: Artifact) -> dict[str, str]:
+    tables = [pq.read_table(p) for p in clean.shard_paths("documents")]
+    pairs = (zip(t["doc_id"].to_pylist(), t["text"].to_pylist(), strict=True) for t in tables)
+    return {d: text for rows in pairs for d, text in rows}
+
+
+def validation_ids(ids: list[str], val_fraction: float) -> set[str]:
+    split = DocSplit.scan(ids, val_fraction)
+    return {d for d in ids if split.is_val(d)}
 
 
 def doc_texts(n: int = 40) -> list[str]:
@@ -53,7 +70,7 @@ def doc_texts(n: int = 40) -> list[str]:
 def corpus(tmp_path_factory) -> tuple[Artifact, Artifact, Artifact, Path]:
     """(clean, tokenizer, encode, root) built once for the module."""
     root = tmp_path_factory.mktemp("root")
-    clean = write_clean(root / "clean", doc_texts())
+    clean = write_clean(root, doc_texts())
     tok = run_tokenizer(SMALL, clean, root)
     enc = run_encode(SMALL, clean, tok, root)
     return clean, tok, enc, root
@@ -78,10 +95,13 @@ def test_validation_is_never_empty_with_two_documents():
     assert len(validation_ids(["a", "b"], 0.99)) == 1  # and training is never empty either
 
 
-@pytest.mark.parametrize("n", [0, 1])
-def test_fewer_than_two_documents_is_a_clear_error(tmp_path, n):
-    clean = write_clean(tmp_path / "clean", doc_texts(n))
-    with pytest.raises(TooFewDocumentsError, match="at least 2 are needed"):
+@pytest.mark.parametrize(
+    ("n", "error", "message"),
+    [(0, FileNotFoundError, "has no `documents` shards"), (1, TooFewDocumentsError, "at least 2 documents")],
+)
+def test_fewer_than_two_documents_is_a_clear_error(tmp_path, n, error, message):
+    clean = write_clean(tmp_path, doc_texts(n))
+    with pytest.raises(error, match=message):
         run_tokenizer(SMALL, clean, tmp_path)
     assert not (tmp_path / "tokenizer").exists() or not any((tmp_path / "tokenizer").glob("[!.]*"))
 
@@ -95,13 +115,13 @@ def test_tokenizer_phase_writes_the_model_and_its_report(corpus):
     tok = Tokenizer(tok_art.file("tokenizer.model"))
     s = tok_art.stats
     assert tok.vocab_size == s["vocab_size"] == 400
-    assert s["documents"] == 40 and s["roundtrip_ok"] is True
+    assert s["documents"] == s["corpus_documents"] == 40 and s["roundtrip_ok"] is True
+    assert s["sampled_documents"] == 40 - s["held_out_documents"]  # the caps are far above this corpus
     assert 0.5 < s["vocab_used"] <= 1.0
     assert 1.2 < s["bytes_per_token"] < 6
     assert s["bytes"] == sum(len(t.encode()) for t in doc_texts())
-    assert s["held_out_documents"] == len(
-        validation_ids(pq.read_table(clean.file("documents.parquet"))["doc_id"].to_pylist(), 0.1)
-    )
+    assert s["held_out_documents"] == len(validation_ids(list(clean_texts(clean)), 0.1))
+    assert len(clean.shards["documents"]) == 6  # the corpus arrives in several shards
 
 
 def test_the_tokenizer_is_trained_on_the_training_side_only(tmp_path):
@@ -112,14 +132,14 @@ def test_the_tokenizer_is_trained_on_the_training_side_only(tmp_path):
     marker = "Zyxqwvut"
     texts = [t + f" {marker}" * 300 if i in val else t for i, t in zip(ids, texts, strict=True)]
     art = run_tokenizer(
-        TokenizerConfig(vocab_size=400, val_fraction=0.2), write_clean(tmp_path / "c", texts, ids), tmp_path
+        TokenizerConfig(vocab_size=400, val_fraction=0.2), write_clean(tmp_path, texts, ids), tmp_path
     )
     pieces = Tokenizer(art.file("tokenizer.model")).pieces(f" {marker}")
     assert len(pieces) > 2  # spelled out, not learned as a piece
 
 
 def test_a_vocabulary_too_large_names_the_field_and_a_value_that_works(tmp_path):
-    clean = write_clean(tmp_path / "clean", doc_texts(5))
+    clean = write_clean(tmp_path, doc_texts(5))
     with pytest.raises(
         VocabTooLargeError, match=r"tokenizer\.vocab_size=50000 .* set tokenizer\.vocab_size to (\d+)"
     ) as e:
@@ -134,14 +154,14 @@ def test_a_vocabulary_too_large_names_the_field_and_a_value_that_works(tmp_path)
 
 def test_a_failed_round_trip_fails_loudly(tmp_path, monkeypatch):
     texts = doc_texts(6)
-    clean = write_clean(tmp_path / "clean", texts)
-    original = Tokenizer.decode
+    clean = write_clean(tmp_path, texts)
+    original = Tokenizer.decode_batch
 
-    def lossy(self, ids):  # a tokenizer that drops characters of one document
-        text = original(self, ids)
-        return text.replace("e", "") if text == self.normalize(texts[2]) else text
+    def lossy(self, encoded, num_threads=-1):  # a tokenizer that drops characters of one document
+        target = self.normalize(texts[2])
+        return [t.replace("e", "") if t == target else t for t in original(self, encoded, num_threads)]
 
-    monkeypatch.setattr(Tokenizer, "decode", lossy)
+    monkeypatch.setattr(Tokenizer, "decode_batch", lossy)
     with pytest.raises(RoundTripError, match=r"1 of 6 documents"):
         run_tokenizer(SMALL, clean, tmp_path)
 
@@ -153,16 +173,11 @@ def test_encode_writes_both_splits_with_byte_counts(corpus):
     clean, tok_art, enc, _ = corpus
     verify(enc)
     tok = Tokenizer(tok_art.file("tokenizer.model"))
-    texts = dict(
-        zip(
-            *(pq.read_table(clean.file("documents.parquet"))[c].to_pylist() for c in ("doc_id", "text")),
-            strict=True,
-        )
-    )
+    texts = clean_texts(clean)
     expected_val = validation_ids(list(texts), SMALL.val_fraction)
     seen = {}
     for split in ("train", "val"):
-        table = pq.read_table(enc.file(f"{split}.parquet"))
+        table = pa.concat_tables(pq.read_table(p) for p in enc.shard_paths(split))
         assert table.schema == token_schema(400)
         assert table.schema.field("tokens").type == pa.list_(pa.uint16())
         for doc_id, toks, n_bytes in read_split(enc, split):
@@ -198,8 +213,90 @@ def test_encoded_tokens_are_the_tokenizers_ids(corpus):
 
 def test_rare_characters_fall_back_to_bytes_and_are_counted(tmp_path):
     texts = [*doc_texts(8), "A llama emoji 🦙 and a rare glyph ꙮ."]
-    art = run_tokenizer(SMALL, write_clean(tmp_path / "clean", texts), tmp_path)
+    art = run_tokenizer(SMALL, write_clean(tmp_path, texts), tmp_path)
     tok = Tokenizer(art.file("tokenizer.model"))
     pieces = tok.pieces("🦙")
     assert all(p.startswith("<0x") for p in pieces) and len(pieces) == 4  # four UTF-8 bytes
     assert 0 < art.stats["byte_fallback_share"] < 0.01
+
+
+# -- the sample -----------------------------------------------------------------------------------------
+
+
+def test_the_tokenizer_learns_from_a_hash_drawn_sample_within_both_caps(tmp_path):
+    texts = doc_texts(60)
+    clean = write_clean(tmp_path, texts)
+    ids = [doc_id(t) for t in texts]
+    val = validation_ids(ids, SMALL.val_fraction)
+    train_ids = [d for d in ids if d not in val]
+
+    art = run_tokenizer(SMALL.model_copy(update={"max_docs": 12}), clean, tmp_path)
+    lowest = sorted(train_ids, key=sample_score)[:12]
+    assert art.stats["sampled_documents"] == 12
+    assert art.stats["sampled_characters"] == sum(len(texts[ids.index(d)]) for d in lowest)
+    assert set(lowest) != set(train_ids[:12])  # drawn across the corpus, not its first documents
+    threshold = sample_score(lowest[-1])
+    assert art.stats["documents"] == sum(sample_score(d) <= threshold for d in ids)  # the report: both sides
+
+    by_score = sorted(train_ids, key=sample_score)
+    cap = sum(len(texts[ids.index(d)]) for d in by_score[:20]) + 1  # the 21st document would not fit
+    capped = run_tokenizer(SMALL.model_copy(update={"max_chars": cap}), clean, tmp_path)
+    assert capped.stats["sampled_documents"] == 20 and capped.stats["sampled_characters"] == cap - 1
+
+
+# -- encode: shards and resume --------------------------------------------------------------------------
+
+
+def test_encode_resumes_at_shard_granularity(corpus, tmp_path):
+    """A run that dies after two shards redoes only the others, and publishes the same files."""
+    clean, tok_art, enc, _ = corpus
+    root = tmp_path / "root"
+    ran: list[int] = []
+
+    def dying(fn, jobs):
+        results = []
+        for job in jobs:
+            if len(ran) == 2:
+                raise KeyboardInterrupt("killed halfway")
+            ran.append(job.index)
+            results.append(fn(job))
+        return results
+
+    with pytest.raises(KeyboardInterrupt):
+        run_encode(SMALL, clean, tok_art, root, mapper=dying)
+    assert not (root / "encode" / enc.fingerprint).exists()
+    work = root / "encode" / f".work-{enc.fingerprint}"
+    finished = {p.name: p.stat().st_mtime_ns for p in work.glob("train-*.parquet")}
+    assert sorted(finished) == ["train-00000.parquet", "train-00001.parquet"]
+    assert sorted(p.name for p in work.glob("done-*.json")) == ["done-00000.json", "done-00001.json"]
+
+    redone: list[int] = []
+
+    def recording(fn, jobs):
+        redone.extend(j.index for j in jobs if not (Path(j.work) / f"done-{j.index:05d}.json").is_file())
+        return [fn(j) for j in jobs]
+
+    again = run_encode(SMALL, clean, tok_art, root, mapper=recording)
+    assert redone == list(range(2, len(clean.shards["documents"])))
+    assert again.files == enc.files and again.shards == enc.shards  # byte for byte what one run gives
+    assert len(enc.shards["train"]) == len(clean.shards["documents"]) > 1
+    assert not work.exists()  # published: the work folder is gone
+    for name, mtime in finished.items():  # the finished shards were reused, not written again
+        assert (again.dir / name).stat().st_mtime_ns == mtime
+
+
+def test_a_shard_this_machine_cannot_see_names_the_shared_folder_it_needs(corpus, tmp_path):
+    _, tok_art, _, _ = corpus
+    split = DocSplit(0.1, documents=2, held_out=1)
+    job = EncodeJob(
+        0,
+        str(tmp_path / "elsewhere.parquet"),
+        str(tok_art.file("tokenizer.model")),
+        str(tmp_path),
+        split,
+        16,
+        1,
+    )
+    with pytest.raises(FileNotFoundError, match=r"not on this machine .* shared file system"):
+        encode_shard(job)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no done record

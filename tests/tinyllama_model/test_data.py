@@ -38,6 +38,10 @@ def test_write_packed_streams_the_same_layout_to_disk(tmp_path):
     on_disk = PackedTokens.from_file(path, np.uint16)
     assert np.array_equal(np.asarray(on_disk.tokens), pack_documents(docs))
     assert [p.name for p in tmp_path.iterdir()] == ["train.bin"]  # no partial file left behind
+    # the trainer reads the stream from the page cache, never a copy in its own memory
+    assert isinstance(on_disk.tokens, np.memmap) and on_disk.tokens.mode == "r"
+    x, y = on_disk.windows([0], 4)
+    assert x.tolist() == [[1, 4, 5, 6]] and y.tolist() == [[4, 5, 6, 1]]
 
 
 def test_token_dtype_is_the_narrowest_that_holds_every_id():

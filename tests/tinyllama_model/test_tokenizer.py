@@ -77,6 +77,13 @@ def test_encode_batch_equals_encode(tok):
     assert tok.encode_batch(SAMPLES, num_threads=1) == [tok.encode(s) for s in SAMPLES]
 
 
+def test_the_batch_calls_equal_the_one_text_calls(tok):
+    encoded = tok.encode_batch(SAMPLES, num_threads=2)
+    assert tok.decode_batch(encoded, num_threads=2) == [tok.decode(ids) for ids in encoded]
+    assert tok.normalize_batch(SAMPLES) == [tok.normalize(t) for t in SAMPLES]
+    assert tok.normalize_batch(["a  b"]) == ["a  b"]  # the whitespace marker is a space again
+
+
 def test_special_ids_are_dropped_by_decode_but_unk_kept(tok):
     ids = tok.encode("ab")
     assert tok.decode([BOS_ID, *ids, EOS_ID, PAD_ID]) == "ab"
