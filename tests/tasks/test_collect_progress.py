@@ -6,24 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tasks.collect import CollectConfig, run_collect
 from tasks.monitoring.progress_artifact import PagesBar
 from tasks.sources.base import SourceContext
 from tasks.sources.wikipedia import WikipediaSource
 from tests.factories import collect_all
 from tests.tasks.fakes.mediawiki import serve_mediawiki
-from tests.tasks.fakes.server import loopback
 from tests.tasks.fakes.web import serve_site
 from tests.tasks.test_collect_web import AGENT, web_config
 from tests.tasks.test_collect_wikipedia import populate, wiki_cfg
-
-
-@pytest.fixture(scope="module")
-def server():
-    with loopback() as lb:
-        yield lb
 
 
 def test_web_reports_every_url_done_failed_or_not(server, tmp_path: Path) -> None:

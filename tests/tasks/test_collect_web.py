@@ -25,17 +25,11 @@ from tasks.sources.progress import ProgressLog
 from tasks.sources.retry import RetryConfig
 from tasks.sources.web import Rejected, WebConfig, WebFetcher, WebSource
 from tests.factories import collect_all
-from tests.tasks.fakes.server import loopback, raw_socket_server
+from tests.tasks.fakes.server import raw_socket_server
 from tests.tasks.fakes.web import ARTICLE, FakeSite, serve_site
 
 AGENT = "tinyllama-tests/0.1 (tests@example.org)"
 FAST = RetryConfig(retries=3, backoff_s=0.001, max_backoff_s=0.01)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with loopback() as lb:
-        yield lb
 
 
 @pytest.fixture

@@ -17,24 +17,11 @@ from tasks.sources.progress import ProgressLog
 from tasks.sources.retry import RetryConfig
 from tasks.sources.wikipedia import WikipediaConfig, WikipediaSource
 from tests.factories import collect_all
-from tests.tasks.fakes.mediawiki import FakeMediaWiki, article, serve_mediawiki
-from tests.tasks.fakes.server import loopback
+from tests.tasks.fakes.mediawiki import FakeMediaWiki, article
 from tinyllama_model.errors import ConfigError
 
 AGENT = "tinyllama-tests/0.1 (https://example.org/tests; tests@example.org)"
 FAST = RetryConfig(retries=4, backoff_s=0.001, max_backoff_s=0.01, jitter=0.5)
-
-
-@pytest.fixture(scope="module")
-def server():
-    with loopback() as lb:
-        yield lb
-
-
-@pytest.fixture
-def wiki(server):
-    with serve_mediawiki(server) as fake:
-        yield fake
 
 
 def populate(wiki: FakeMediaWiki, n_ai: int = 8, n_ml: int = 6) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,8 @@ from tasks.storage.artifacts import (
 )
 from tasks.storage.data_root import DataRoot
 from tasks.storage.store_sync import WorkMirror
-from tests.moto_s3 import s3_server, use_s3
+from tests.moto_s3 import use_s3
 from tinyllama_model.training.run_state import BEST_DIR, CHECKPOINT_DIR, METRICS_FILE
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with s3_server() as url:
-        yield url
 
 
 @pytest.fixture

@@ -19,23 +19,11 @@ from tasks.sources.errors import TransientSourceError
 from tasks.sources.mediawiki import MediaWikiClient, split_endpoint
 from tasks.sources.retry import RetryConfig
 from tasks.sources.wikipedia import WikipediaConfig
-from tests.tasks.fakes.mediawiki import article, serve_mediawiki
-from tests.tasks.fakes.server import loopback, raw_socket_server
+from tests.tasks.fakes.mediawiki import article
+from tests.tasks.fakes.server import raw_socket_server
 
 AGENT = "tinyllama-tests/0.1 (https://example.org/tests; tests@example.org)"
 SECRETS = ("s3cret", "tok-abc")
-
-
-@pytest.fixture(scope="module")
-def server():
-    with loopback() as lb:
-        yield lb
-
-
-@pytest.fixture
-def wiki(server):
-    with serve_mediawiki(server) as fake:
-        yield fake
 
 
 # -- the language code is the endpoint's host name -------------------------------------------------------

@@ -26,17 +26,11 @@ from tasks.storage.artifacts import (
 )
 from tasks.storage.data_root import DataRoot
 from tasks.storage.store_sync import WorkMirror
-from tests.moto_s3 import s3_server, use_memory, use_s3
+from tests.moto_s3 import use_memory, use_s3
 from tinyllama_model.training.run_state import CHECKPOINT_DIR
 
 UPLOAD = "0123456789ab"
 DEEP = ("a", "b", "c", "d", "e", "f", "g")  # deeper than any `..` chain below climbs
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with s3_server() as url:
-        yield url
 
 
 @pytest.fixture(params=["memory", "s3"])

@@ -16,16 +16,10 @@ import torch
 
 from tasks.storage.data_root import DataRoot
 from tasks.storage.store_sync import WorkMirror
-from tests.moto_s3 import s3_server, use_memory, use_s3
+from tests.moto_s3 import use_memory, use_s3
 from tinyllama_model.training.run_state import BEST_DIR, CHECKPOINT_DIR, METRICS_FILE
 
 BEST_FILES = ("config.json", "model.safetensors", "tokenizer.model")
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with s3_server() as url:
-        yield url
 
 
 @pytest.fixture(params=["memory", "s3"])

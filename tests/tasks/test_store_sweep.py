@@ -8,7 +8,6 @@ replaced needs objects of different ages, made on fsspec's memory filesystem by 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,16 +18,10 @@ from flows.cli import app
 from tasks.storage.artifacts import MANIFEST, load_artifact, publish
 from tasks.storage.data_root import DataRoot
 from tasks.storage.store_sweep import sweep_uploads
-from tests.moto_s3 import s3_server, use_memory, use_s3
+from tests.moto_s3 import use_memory, use_s3
 
 GRACE = timedelta(hours=24)
 LATER = GRACE + timedelta(hours=1)
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with s3_server() as url:
-        yield url
 
 
 @pytest.fixture

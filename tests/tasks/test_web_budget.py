@@ -13,16 +13,10 @@ import pytest
 from tasks.sources.addresses import system_resolve
 from tasks.sources.retry import RetryConfig
 from tasks.sources.web import Rejected, WebConfig, WebFetcher
-from tests.tasks.fakes.server import loopback, raw_socket_server
+from tests.tasks.fakes.server import raw_socket_server
 from tests.tasks.fakes.web import serve_site
 
 AGENT = "tinyllama-tests/0.1 (tests@example.org)"
-
-
-@pytest.fixture(scope="module")
-def server():
-    with loopback() as lb:
-        yield lb
 
 
 def config(host: str, **kw) -> WebConfig:

@@ -7,7 +7,6 @@ import pytest
 
 from tasks.sources.retry import RetryConfig
 from tasks.sources.web import WebConfig, WebFetcher
-from tests.tasks.fakes.server import loopback
 from tests.tasks.fakes.web import ROBOTS, serve_site
 
 AGENT = "tinyllama-tests/0.1 (tests@example.org)"
@@ -26,12 +25,6 @@ class FakeTime:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
-
-
-@pytest.fixture(scope="module")
-def server():
-    with loopback() as lb:
-        yield lb
 
 
 @pytest.mark.parametrize(("crawl_delay", "cap", "expected"), [(7, 30.0, 7.0), (1000, 30.0, 30.0)])
