@@ -40,8 +40,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from tasks.preprocess import CLEAN_SCHEMA, REJECTED_SCHEMA, PreprocessConfig, run_preprocess
-from tasks.sources.document import DOCUMENT_SCHEMA, Document, make_doc_id, write_table
+from tasks.sources.document import DOCUMENT_SCHEMA, Document, make_doc_id
 from tasks.storage.artifacts import Artifact, publish
 from tasks.storage.shards import ShardWriter, iter_batches
 from tests.tasks.preprocess_oracle import clean_documents
@@ -142,8 +145,10 @@ def run_child(method: str, artifact_file: Path) -> dict[str, object]:
         ]
         result = clean_documents(docs, cfg)
         folder = Path(tempfile.mkdtemp(dir=artifact_file.parent))
-        write_table(folder / "documents.parquet", result.rows, CLEAN_SCHEMA)
-        write_table(folder / "rejected.parquet", result.rejected, REJECTED_SCHEMA)
+        pq.write_table(pa.Table.from_pylist(result.rows, schema=CLEAN_SCHEMA), folder / "documents.parquet")
+        pq.write_table(
+            pa.Table.from_pylist(result.rejected, schema=REJECTED_SCHEMA), folder / "rejected.parquet"
+        )
         kept = [r["doc_id"] for r in result.rows if r["part"] == 0]
     seconds = time.perf_counter() - start
     return {

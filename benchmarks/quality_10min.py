@@ -41,6 +41,8 @@ import pyarrow.parquet as pq
 from tasks.corpus_sample import DocSplit
 from tasks.evaluate import evaluate_file
 from tasks.storage.artifacts import Artifact
+from tasks.storage.file_hashes import sha256_file
+from tasks.storage.shards import shard_name
 from tasks.tokenizer import TokenizerConfig, run_encode, run_tokenizer
 from tasks.train import run_train
 from tinyllama_model import hardware
@@ -112,12 +114,14 @@ def main() -> int:
     clean_dir.mkdir(parents=True, exist_ok=True)
     pq.write_table(
         pa.table({"doc_id": [i for _, i in kept], "text": [r["content"] for r, _ in kept]}),
-        clean_dir / "documents.parquet",
+        clean_dir / shard_name("documents", 0),
     )
     clean = Artifact(
         phase="preprocess",
         fingerprint=hashlib.sha256(args.data.read_bytes() + f"{args.split_seed}".encode()).hexdigest()[:20],
         path=str(clean_dir),
+        files={shard_name("documents", 0): sha256_file(clean_dir / shard_name("documents", 0))},
+        shards={"documents": [shard_name("documents", 0)]},
     )
 
     t0 = time.perf_counter()

@@ -25,7 +25,6 @@ from tasks.storage.artifacts import Artifact
 from tasks.storage.shards import iter_batches
 
 DOCUMENTS_TABLE = "documents"
-LEGACY_DOCUMENTS = "documents.parquet"
 
 
 class TooFewDocumentsError(ValueError):
@@ -93,15 +92,9 @@ class DocSplit:
 
 
 def document_paths(clean: Artifact) -> list[Path]:
-    """The clean artifact's `documents` shards, in order.
-
-    An artifact made by hand (tests, benchmarks) with a single `documents.parquet` is read as one shard.
-    """
+    """The clean artifact's `documents` shards, in order."""
     if DOCUMENTS_TABLE in clean.shards:
         return clean.shard_paths(DOCUMENTS_TABLE)
-    legacy = clean.file(LEGACY_DOCUMENTS)
-    if not clean.shards and legacy.is_file():
-        return [legacy]
     raise FileNotFoundError(
         f"the {clean.phase} artifact at {clean.path} has no `{DOCUMENTS_TABLE}` shards; run the "
         "preprocess phase first (its clean documents are what the tokenizer reads)"
