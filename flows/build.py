@@ -35,7 +35,7 @@ quiet_server_telemetry()
 
 
 class DataArtifacts(BaseModel):
-    """What the data flow hands to training: three artifacts (paths and fingerprints, never the data)."""
+    """What the data flow hands on: four artifacts (paths and fingerprints, never the data)."""
 
     raw: Artifact
     clean: Artifact
