@@ -101,7 +101,10 @@ def test_a_document_cache_is_scored_and_sampled_and_can_be_left_out(model_dir: P
     assert alone.returncode == 0, alone.stderr
     network = json.loads(alone.stdout)
     assert network["scored"] == "the network alone" and "model_bpb" not in network
-    assert network["bpb"] == result["model_bpb"] and network["tokens"] == result["tokens"]
+    # The same network over the same tokens; the two passes batch their windows differently, so the
+    # float sums may differ in their last digits (they did on a loaded machine).
+    assert network["bpb"] == pytest.approx(result["model_bpb"], rel=1e-4)
+    assert network["tokens"] == result["tokens"]
     prompt = f"{phrase} {phrase} {phrase} alpha beta"
     args = ("generate", "-m", str(cached), "--prompt", prompt, "-n", "16", "-t", "0", "--no-stream")
     with_cache, alone = _run(*args), _run(*args, "--model-only")
