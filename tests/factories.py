@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
+from tasks.sources.document import DOCUMENT_SCHEMA, Document, document_row
 from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.tokenizer import train_sentencepiece
 
@@ -53,3 +56,16 @@ def collect_all(source, ctx=None):
 
     summary = source.collect(ctx if ctx is not None else SourceContext(), _ListSink())
     return documents, summary
+
+
+def write_documents(path: Path, docs: list[Document]) -> int:
+    """One shard of the documents table, written whole (a test's hand-made input); returns the row count."""
+    table = pa.Table.from_pylist([document_row(d) for d in docs], schema=DOCUMENT_SCHEMA)
+    pq.write_table(table, path, compression="zstd")
+    return table.num_rows
+
+
+def read_documents(path: Path) -> list[Document]:
+    """One small shard of the documents table as Document objects."""
+    table = pq.read_table(path, columns=DOCUMENT_SCHEMA.names)
+    return [Document.from_record(row) for row in table.to_pylist()]

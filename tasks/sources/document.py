@@ -10,13 +10,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 DOCUMENTS_TABLE = "documents"  # collect's output: documents-00000.parquet, ... (tasks.storage.shards)
 
@@ -123,16 +121,3 @@ def content_digest(docs: Iterable[Document]) -> str:
 def document_row(doc: Document) -> dict[str, Any]:
     """The document as a row of DOCUMENT_SCHEMA."""
     return {name: getattr(doc, name) for name in DOCUMENT_SCHEMA.names}
-
-
-def write_documents(path: Path, docs: Sequence[Document]) -> int:
-    """One shard of the documents table, written whole; returns the row count."""
-    table = pa.Table.from_pylist([document_row(d) for d in docs], schema=DOCUMENT_SCHEMA)
-    pq.write_table(table, path, compression="zstd")
-    return table.num_rows
-
-
-def read_documents(path: Path) -> list[Document]:
-    """One shard of the documents table as Document objects (for small shards: tests, inspection)."""
-    table = pq.read_table(path, columns=DOCUMENT_SCHEMA.names)
-    return [Document.from_record(row) for row in table.to_pylist()]

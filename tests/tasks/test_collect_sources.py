@@ -11,11 +11,11 @@ import pytest
 from tasks.collect import CollectConfig, CollectSummary, build_sources, gather
 from tasks.sources.base import Failure, PreviousDocuments, SourceContext, SourceSummary
 from tasks.sources.builtin import BuiltinSource
-from tasks.sources.document import Document, make_doc_id, write_documents
+from tasks.sources.document import Document, make_doc_id
 from tasks.sources.progress import ProgressLog
 from tasks.sources.sink import DocumentSink
 from tasks.sources.wikipedia import WikipediaFailure, WikipediaSummary
-from tests.factories import collect_all
+from tests.factories import collect_all, write_documents
 from tinyllama_model.errors import ConfigError
 
 

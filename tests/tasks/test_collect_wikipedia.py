@@ -10,13 +10,13 @@ from pydantic import ValidationError
 
 from tasks.collect import CollectConfig, run_collect
 from tasks.sources.base import SourceContext
-from tasks.sources.document import DOCUMENTS_TABLE, read_documents
+from tasks.sources.document import DOCUMENTS_TABLE
 from tasks.sources.errors import TooManyFailuresError, TransientSourceError
 from tasks.sources.mediawiki import MediaWikiClient, extract_to_text
 from tasks.sources.progress import ProgressLog
 from tasks.sources.retry import RetryConfig
 from tasks.sources.wikipedia import WikipediaConfig, WikipediaSource
-from tests.factories import collect_all
+from tests.factories import collect_all, read_documents
 from tests.tasks.fakes.mediawiki import FakeMediaWiki, article
 from tinyllama_model.errors import ConfigError
 
