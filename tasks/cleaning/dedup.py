@@ -7,7 +7,7 @@ Near dedup hashes whole batches of documents at once with numpy; no Python loop 
   words        runs of word characters (`str.isalnum()` or "_", as regex `\\w`) of the case-folded
                text, found on its UTF-32 code points; the batch's texts are joined by spaces
   word hashes  a polynomial hash of each word's code points, sum((code + 1) * P^position) (uint64,
-               wrapping) by one `np.add.reduceat`, then the MurmurHash3 64-bit finaliser
+               wrapping), read off running sums over the batch, then the MurmurHash3 64-bit finaliser
   shingles     k consecutive words of one document combined polynomially, folded to 32 bits
   signature    datasketch's "affine32" MinHash: fmix32 pre-mix, then the minimum over a document's
                shingles of a*h + b (uint32, wrapping) for each of `num_perm` (a, b) drawn exactly as
@@ -32,7 +32,9 @@ from datasketch import MinHash, MinHashLSH
 
 SCHEME = "affine32"
 # P**i (mod 2**64) for a character at position i of its word; characters past 64 share the last power.
-_POWERS = np.cumprod(np.r_[np.uint64(1), np.full(63, 0x100000001B3, dtype=np.uint64)]).astype(np.uint64)
+_P = 0x100000001B3
+_POWERS = np.cumprod(np.r_[np.uint64(1), np.full(63, _P, dtype=np.uint64)]).astype(np.uint64)
+_LAST_POWER = len(_POWERS) - 1
 _SHINGLE_MULT = np.uint64(0x9E3779B97F4A7C15)
 _BATCH_CHARS = 1 << 20  # characters hashed per numpy batch (~40 MB of temporaries)
 _SHINGLE_CHUNK = 1 << 12  # shingles per (num_perm, chunk) block: 2 MB, stays in cache
@@ -55,6 +57,34 @@ def _word_char_table() -> np.ndarray:
     return np.array([chr(c).isalnum() or c == 0x5F for c in range(0x10000)], dtype=bool)
 
 
+@lru_cache(maxsize=1)
+def _word_char_table_all() -> np.ndarray:
+    """(0x110000,) bool: `_word_char_table` for every code point, so one lookup serves any character."""
+    return np.concatenate([_word_char_table(), np.ones(0x110000 - 0x10000, dtype=bool)])
+
+
+_position_power_cache: list[np.ndarray] = [np.ones(0, dtype=np.uint64)]
+
+
+def _position_powers(n: int) -> np.ndarray:
+    """(>= n,) uint64: P^i (mod 2^64) for i < n, kept for the next batch (a quarter longer: grown seldom)."""
+    powers = _position_power_cache[0]
+    if len(powers) < n:
+        powers = np.full(n + n // 4, _P, dtype=np.uint64)
+        powers[0] = 1
+        np.cumprod(powers, out=powers)
+        _position_power_cache[0] = powers  # whole before it is shared, for threads that read it meanwhile
+    return powers
+
+
+def _inverse(odd: np.ndarray) -> np.ndarray:
+    """x with x * odd == 1 (mod 2^64), by Newton's iteration: 3 correct low bits, doubled 5 times."""
+    x = odd.copy()
+    for _ in range(5):
+        x *= np.uint64(2) - odd * x
+    return x
+
+
 def _fmix64(h: np.ndarray) -> np.ndarray:
     h = h ^ (h >> np.uint64(33))
     h = h * np.uint64(0xFF51AFD7ED558CCD)
@@ -72,28 +102,41 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 
 
 def word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(hashes (n_words,) uint64, doc (n_words,) int64): every word of every text, in order."""
+    """(hashes (n_words,) uint64, doc (n_words,) int64): every word of every text, in order.
+
+    A word's sum of (code + 1) * P^position is read off running sums over the whole batch: with
+    G[i] = (code[i] + 1) * P^i and C its prefix sum, the word [s, e) sums to (C[e] - C[s]) * P^-s, as
+    P is odd and so invertible modulo 2^64. Characters past the 63rd of a word share P^63, a term added
+    apart for the few longer words.
+    """
     if isinstance(texts, str):
         raise TypeError("word_hashes takes a sequence of texts, not one string")
     folded = [t.casefold() for t in texts]  # may change a text's length ("ß" -> "ss")
     joined = " ".join(folded)
     codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)  # (N,)
-    is_word = np.where(codes < 0x10000, _word_char_table()[np.minimum(codes, 0xFFFF)], True)  # (N,)
-    edges = np.diff(np.concatenate(([False], is_word, [False])).astype(np.int8))
-    starts = np.flatnonzero(edges == 1)  # (n_words,) first character of each word
+    n = len(codes)
+    is_word = np.zeros(n + 2, dtype=bool)  # (N + 2,) padded with a non-word character at either end
+    np.take(_word_char_table_all(), codes, out=is_word[1:-1])
+    bounds = np.flatnonzero(is_word[1:] != is_word[:-1])  # starts and ends (exclusive) of words, in turn
+    starts, ends = bounds[0::2], bounds[1::2]  # (n_words,) each
     if len(starts) == 0:
         return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-    # Position of every character inside its word: index minus the index of the last word start.
-    last_start = np.zeros(len(codes), dtype=np.int32)
-    last_start[starts] = starts
-    pos = np.arange(len(codes), dtype=np.int32) - np.maximum.accumulate(last_start)  # (N,)
-    terms = (codes.astype(np.uint64) + np.uint64(1)) * _POWERS[np.minimum(pos, len(_POWERS) - 1)]
-    terms[~is_word] = 0  # separators add nothing, so each sum below covers exactly one word
-    hashes = _fmix64(np.add.reduceat(terms, starts))  # (n_words,) sum of (code + 1) * P^pos
+    terms = codes.astype(np.uint64)
+    terms += np.uint64(1)
+    powers = _position_powers(n)
+    terms *= powers[:n]
+    running = np.zeros(n + 1, dtype=np.uint64)  # (N + 1,) running[i] = sum of terms before i
+    np.cumsum(terms, out=running[1:])
+    head = np.minimum(ends, starts + _LAST_POWER)  # end of the characters with a power of their own
+    hashes = (running[head] - running[starts]) * _inverse(powers[starts])
+    if (long := np.flatnonzero(ends > head)).size:
+        plain = np.zeros(n + 1, dtype=np.uint64)  # running sums of code + 1, for the shared power
+        np.cumsum(codes + np.uint64(1), out=plain[1:])
+        hashes[long] += (plain[ends[long]] - plain[head[long]]) * _POWERS[_LAST_POWER]
     # Text i starts at character sum(len(t) + 1 for earlier folded t): the joining spaces count.
     text_starts = np.cumsum([0] + [len(t) + 1 for t in folded[:-1]])
     doc = np.searchsorted(text_starts, starts, side="right") - 1
-    return hashes, doc
+    return _fmix64(hashes), doc
 
 
 def shingle_hashes(texts: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +144,11 @@ def shingle_hashes(texts: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray
 
     A text with fewer than k words (but some) is one shingle of all its words.
     """
-    w, doc = word_hashes(texts)
+    return shingles(*word_hashes(texts), len(texts), k)
+
+
+def shingles(w: np.ndarray, doc: np.ndarray, n_texts: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`shingle_hashes` from the texts' word hashes `w` and the text `doc` each word belongs to."""
     out_h, out_doc = [], []
     if len(w) >= k:
         n = len(w) - k + 1
@@ -111,7 +158,7 @@ def shingle_hashes(texts: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray
         inside = doc[:n] == doc[k - 1 : k - 1 + n]  # the shingle does not cross into the next text
         out_h.append(h[inside])
         out_doc.append(doc[:n][inside])
-    counts = np.bincount(doc, minlength=len(texts))
+    counts = np.bincount(doc, minlength=n_texts)
     for i in np.flatnonzero((counts > 0) & (counts < k)):
         h = np.zeros(1, dtype=np.uint64)
         for x in w[doc == i]:
