@@ -6,8 +6,9 @@ worker, from a `DocSplit` of a few fields: nothing holds the set of every id.
 
 The tokenizer learns from a sample: the training-side documents with the lowest `sample_score` (a second
 hash of the doc_id, independent of the split), as many as fit under `max_docs` documents and `max_chars`
-characters. A hash draws across the whole corpus (every shard, every source) rather than its first N
-documents, and the same corpus always gives the same sample.
+characters. Its report reads a smaller sample the same way, from both sides of the split. A hash draws
+across the whole corpus (every shard, every source) rather than its first N documents, and the same
+corpus always gives the same sample.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -25,6 +27,8 @@ from tasks.storage.artifacts import Artifact
 from tasks.storage.shards import iter_batches
 
 DOCUMENTS_TABLE = "documents"
+# One match per line holding a non-space character: the lines the tokenizer trains on (a blank line is not).
+NONBLANK_LINE = r"[^\n]*\S[^\n]*"
 
 
 class TooFewDocumentsError(ValueError):
@@ -127,13 +131,17 @@ def iter_doc_ids(paths: Sequence[Path], batch_docs: int) -> Iterator[str]:
             yield from batch.column("doc_id").to_pylist()
 
 
-def iter_ids_and_chars(paths: Sequence[Path], batch_docs: int) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(doc_ids, characters per text) per record batch: the texts are measured in Arrow, never in Python."""
+def iter_measured(paths: Sequence[Path], batch_docs: int) -> Iterator[tuple[list[str], pa.Array]]:
+    """(doc_ids, texts as an Arrow array) per record batch, for measuring the texts in Arrow."""
     for path in paths:
         check_columns(path)
         for batch in iter_batches([path], ["doc_id", "text"], batch_docs):
-            chars = pc.fill_null(pc.utf8_length(batch.column("text")), 0).to_numpy(zero_copy_only=False)
-            yield batch.column("doc_id").to_pylist(), chars.astype(np.int64)
+            yield batch.column("doc_id").to_pylist(), batch.column("text")
+
+
+def _count(texts: pa.Array, what: str) -> np.ndarray:
+    counted = pc.utf8_length(texts) if what == "chars" else pc.count_substring_regex(texts, NONBLANK_LINE)
+    return pc.fill_null(counted, 0).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 # -- the tokenizer's sample ---------------------------------------------------------------------------
@@ -144,45 +152,75 @@ class Sample:
     """Documents with `sample_score <= threshold` are in the sample (training side for training)."""
 
     threshold: float
-    documents: int  # training-side documents in the sample
+    documents: int  # documents of the sampled sides in the sample
     characters: int
+    lines: int = 0  # their non-blank lines (counted when the sample has a line cap)
 
 
 class _Lowest:
-    """The `cap` lowest (score, chars) pairs seen so far, trimmed now and then: memory O(cap)."""
+    """The lowest-scoring documents seen so far, as many as the caps can still take: memory O(cap).
 
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
+    Trimmed now and then; once a cap binds, `cutoff` is the score of the first document left out, and
+    nothing scoring above it can ever be sampled, so the caller measures only the documents below it.
+    """
+
+    def __init__(self, max_docs: int, caps: dict[str, int]) -> None:
+        self.max_docs, self.caps, self.cutoff = max_docs, caps, np.inf
         self.scores: list[np.ndarray] = []
-        self.chars: list[np.ndarray] = []
+        self.sizes: dict[str, list[np.ndarray]] = {k: [] for k in caps}
         self.held = 0
+        self.totals = dict.fromkeys(caps, 0)
 
-    def add(self, scores: np.ndarray, chars: np.ndarray) -> None:
+    def add(self, scores: np.ndarray, sizes: dict[str, np.ndarray]) -> None:
         self.scores.append(scores)
-        self.chars.append(chars)
         self.held += scores.size
-        if self.held > 2 * self.cap:
+        for k, v in sizes.items():
+            self.sizes[k].append(v)
+            self.totals[k] += int(v.sum())
+        if self.held > 2 * self.max_docs or any(self.totals[k] > 2 * c for k, c in self.caps.items()):
             self.trim()
 
-    def trim(self) -> tuple[np.ndarray, np.ndarray]:
-        scores = np.concatenate(self.scores) if self.scores else np.zeros(0)
-        chars = np.concatenate(self.chars) if self.chars else np.zeros(0, dtype=np.int64)
-        order = np.argsort(scores, kind="stable")[: self.cap]
-        self.scores, self.chars, self.held = [scores[order]], [chars[order]], order.size
-        return scores[order], chars[order]
+    def trim(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The documents within every cap, lowest score first (at least one: it still teaches)."""
+        scores = np.concatenate([np.zeros(0), *self.scores])
+        order = np.argsort(scores, kind="stable")
+        sizes = {k: np.concatenate([np.zeros(0, np.int64), *v])[order] for k, v in self.sizes.items()}
+        fits = [int(np.searchsorted(np.cumsum(sizes[k]), c, side="right")) for k, c in self.caps.items()]
+        take = min(order.size, self.max_docs, *fits)
+        take = max(1, take) if order.size else 0
+        if take < order.size:  # the first document left out bounds every later one: the sample is a prefix
+            self.cutoff = float(scores[order[take]])
+        self.scores, self.sizes = [scores[order[:take]]], {k: [v[:take]] for k, v in sizes.items()}
+        self.held, self.totals = take, {k: int(v[:take].sum()) for k, v in sizes.items()}
+        return self.scores[0], {k: v[0] for k, v in self.sizes.items()}
 
 
 def choose_sample(
-    paths: Sequence[Path], split: DocSplit, max_docs: int, max_chars: int, batch_docs: int
+    paths: Sequence[Path],
+    split: DocSplit,
+    max_docs: int,
+    max_chars: int,
+    batch_docs: int,
+    *,
+    max_lines: int | None = None,
+    train_only: bool = True,
 ) -> Sample:
-    """The sample threshold: the lowest-scoring training documents within both caps."""
-    lowest = _Lowest(max_docs)
-    for ids, chars in iter_ids_and_chars(paths, batch_docs):
-        train = np.fromiter((not split.is_val(d) for d in ids), dtype=bool, count=len(ids))
+    """The lowest-scoring training documents (or documents of both sides) within every cap, in one pass.
+
+    `max_lines` caps the non-blank lines: SentencePiece draws its own subset of the lines it is given past
+    `input_sentence_size`, and that draw is not reproducible (seeded from the system's entropy), so a
+    sample that stays under it keeps the vocabulary a function of the corpus.
+    """
+    caps = {"chars": max_chars} | ({"lines": max_lines} if max_lines is not None else {})
+    lowest = _Lowest(max_docs, caps)
+    for ids, texts in iter_measured(paths, batch_docs):
         scores = np.fromiter((sample_score(d) for d in ids), dtype=np.float64, count=len(ids))
-        lowest.add(scores[train], chars[train])
-    scores, chars = lowest.trim()
-    within = int(np.searchsorted(np.cumsum(chars), max_chars, side="right"))
-    take = max(1, within) if scores.size else 0  # one document over the character cap still teaches
-    threshold = float(scores[take - 1]) if take else -1.0
-    return Sample(threshold, documents=take, characters=int(chars[:take].sum()))
+        side = np.fromiter((not (train_only and split.is_val(d)) for d in ids), dtype=bool, count=len(ids))
+        keep = side & (scores < lowest.cutoff)
+        if keep.any():
+            kept = texts.filter(pa.array(keep))
+            lowest.add(scores[keep], {k: _count(kept, k) for k in caps})
+    scores, sizes = lowest.trim()
+    threshold = float(scores[-1]) if scores.size else -1.0
+    lines = int(sizes["lines"].sum()) if "lines" in sizes else 0
+    return Sample(threshold, documents=scores.size, characters=int(sizes["chars"].sum()), lines=lines)

@@ -2,9 +2,12 @@
 
 tokenizer: clean `documents` shards -> `tokenizer.model` + a report (bytes per token, vocabulary use,
 a round-trip check). It learns from a sample of the training side of the split (`tasks/corpus_sample.py`:
-at most `max_docs` documents and `max_chars` characters, drawn across the corpus by a hash of doc_id),
-so the held-out documents that measure bits per byte never shaped the vocabulary; the report encodes
-and decodes the same sample, both sides, rather than the whole corpus.
+at most `max_docs` documents, `max_chars` characters and `input_sentence_size` lines, drawn across the
+corpus by a hash of doc_id), so the held-out documents that measure bits per byte never shaped the
+vocabulary, and the same corpus gives the same `tokenizer.model` byte for byte. The report encodes and
+decodes a smaller part of the same draw, both sides (at most `report_max_chars` characters): bytes per
+token and the byte-fallback share are ratios a few megabytes measure closely; vocabulary use grows with
+the text it is counted on. The round trip of every document is checked by encode, which has its ids.
 
 encode: clean `documents` shards + `tokenizer.model` -> `train-NNNNN.parquet` and `val-NNNNN.parquet`,
 one job per clean shard (`tasks/token_shards.py`), run by the phase's mapper: here, or as Prefect task
@@ -35,7 +38,6 @@ from pydantic import BaseModel, Field
 
 from tasks.corpus_sample import (
     DocSplit,
-    Sample,
     TooFewDocumentsError,
     choose_sample,
     document_paths,
@@ -47,14 +49,32 @@ from tasks.corpus_sample import (
 from tasks.shard_map import Mapper, serial_map, task_map
 from tasks.storage.artifacts import Artifact, materialize, phase_fingerprint, publish, scratch_dir
 from tasks.storage.cache_records import artifact_cache
-from tasks.token_shards import SPLITS, EncodeJob, encode_shard, iter_token_docs, place_shards, token_schema
-from tinyllama_model.data import token_dtype
+from tasks.token_shards import (
+    SPLITS,
+    EncodeJob,
+    RoundTripError,
+    encode_shard,
+    iter_token_docs,
+    place_shards,
+    roundtrip_error,
+    roundtrip_failures,
+    token_schema,
+)
+from tinyllama_model.config_fields import operational
 from tinyllama_model.files import atomic_write
-from tinyllama_model.tokenizer import N_SPECIAL, TOKENIZER_FILE, Tokenizer, train_sentencepiece
+from tinyllama_model.tokenizer import (
+    CACHE_WORDS,
+    N_SPECIAL,
+    TOKENIZER_FILE,
+    Tokenizer,
+    token_dtype,
+    train_sentencepiece,
+)
 
-__all__ = ["TooFewDocumentsError", "split_score", "token_schema"]  # re-exported for callers of the phases
+# re-exported for callers of the phases
+__all__ = ["RoundTripError", "TooFewDocumentsError", "split_score", "token_schema"]
 
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 N_BYTE_PIECES = 256  # byte-fallback pieces <0x00> ... <0xFF>
 REPORT_RECORD = "tokenizer-report.json"
 
@@ -71,8 +91,18 @@ class TokenizerConfig(BaseModel):
         gt=0,
         description="Most characters the tokenizer learns from (the sample stops before this many).",
     )
+    report_max_chars: int = Field(
+        4_000_000,
+        gt=0,
+        description="Most characters the tokenizer's report (bytes per token, vocabulary use, byte "
+        "fallback, a round-trip check) encodes: a hash-drawn part of the sample, both sides of the split. "
+        "Vocabulary use grows with it; the encode phase checks the round trip of every document.",
+    )
     input_sentence_size: int = Field(
-        2_000_000, gt=0, description="Lines SentencePiece samples from the corpus to learn merges from."
+        2_000_000,
+        gt=0,
+        description="Most non-blank lines the tokenizer learns from (the sample stops before this many, "
+        "so SentencePiece never draws lines itself: its draw is not reproducible).",
     )
     max_sentence_length: int = Field(
         16_384, gt=0, description="Longest line (bytes) SentencePiece trains on; longer lines are skipped."
@@ -88,14 +118,17 @@ class TokenizerConfig(BaseModel):
     )
     batch_docs: int = Field(512, gt=0, description="Documents read, checked and encoded per batch.")
     num_threads: int = Field(-1, description="Threads SentencePiece encodes with (-1: all cores).")
+    cache_words: int = Field(
+        CACHE_WORDS,
+        ge=0,
+        description="Distinct words an encoding process keeps the ids of, so a repeated word skips "
+        "SentencePiece (the same ids; ~300 bytes a word); 0 encodes every word with SentencePiece.",
+        json_schema_extra=operational(),
+    )
 
 
 class VocabTooLargeError(ValueError):
     """The corpus holds fewer distinct pieces than the requested vocabulary."""
-
-
-class RoundTripError(ValueError):
-    """decode(encode(text)) did not give back the normalised text: the tokenizer would lose information."""
 
 
 # -- tokenizer ----------------------------------------------------------------------------------------
@@ -104,14 +137,14 @@ _MAX_VOCAB = re.compile(r"Please set it to a value <= (\d+)")
 
 
 def sampled_texts(
-    paths: list[Path], split: DocSplit, sample: Sample, batch_docs: int, *, train_only: bool
+    paths: list[Path], split: DocSplit, threshold: float, batch_docs: int, *, train_only: bool
 ) -> Iterator[tuple[list[str], list[str]]]:
-    """(doc_ids, texts) per batch of the sampled documents (training side only, or both sides)."""
+    """(doc_ids, texts) per batch of the documents scoring at most `threshold` (training side, or both)."""
     for ids, texts in iter_documents(paths, batch_docs):
         keep = [
             i
             for i, d in enumerate(ids)
-            if sample_score(d) <= sample.threshold and not (train_only and split.is_val(d))
+            if sample_score(d) <= threshold and not (train_only and split.is_val(d))
         ]
         if keep:
             yield [ids[i] for i in keep], [texts[i] for i in keep]
@@ -134,7 +167,7 @@ def train_tokenizer(cfg: TokenizerConfig, texts: Iterator[str], model_file: Path
             raise VocabTooLargeError(
                 f"tokenizer.vocab_size={cfg.vocab_size} is larger than the training text supports; "
                 f"set tokenizer.vocab_size to {m.group(1)} or less (or add text, or raise "
-                "tokenizer.max_docs / tokenizer.max_chars)"
+                "tokenizer.max_docs / tokenizer.max_chars / tokenizer.input_sentence_size)"
             ) from e
         if "sentences_.empty()" in str(e):
             raise ValueError(f"{where} has no training text; the tokenizer needs non-empty documents") from e
@@ -157,9 +190,7 @@ def tokenizer_report(
     failures: list[str] = []
     for ids, texts in batches:
         encoded = tok.encode_batch(texts, num_threads=num_threads)
-        decoded = tok.decode_batch(encoded, num_threads=num_threads)
-        normal = tok.normalize_batch(texts)
-        failures += [d for d, a, b in zip(ids, decoded, normal, strict=True) if a != b]
+        failures += roundtrip_failures(tok, ids, texts, encoded, num_threads)
         count = sum(len(toks) for toks in encoded)
         flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64, count=count)
         used[flat] = True
@@ -168,11 +199,7 @@ def tokenizer_report(
         n_bytes += sum(len(t.encode()) for t in texts)
         n_docs += len(ids)
     if failures:
-        raise RoundTripError(
-            f"decode(encode(text)) != normalise(text) for {len(failures)} of {n_docs} documents "
-            f"(first: {failures[:5]}); the tokenizer would change these texts. Check them for characters "
-            "SentencePiece reserves (U+2581) or control characters, and clean them in the preprocess phase"
-        )
+        raise roundtrip_error(failures, n_docs, "the tokenizer's report sample")
     return {
         "documents": n_docs,
         "bytes": n_bytes,
@@ -204,16 +231,23 @@ def tokenizer_job(job: TokenizerJob) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     split = DocSplit.scan(iter_doc_ids(paths, cfg.batch_docs), cfg.val_fraction)
-    sample = choose_sample(paths, split, cfg.max_docs, cfg.max_chars, cfg.batch_docs)
+    sample = choose_sample(
+        paths, split, cfg.max_docs, cfg.max_chars, cfg.batch_docs, max_lines=cfg.input_sentence_size
+    )
     seconds["sample_seconds"] = time.perf_counter() - t0
-    batches = sampled_texts(paths, split, sample, cfg.batch_docs, train_only=True)
+    batches = sampled_texts(paths, split, sample.threshold, cfg.batch_docs, train_only=True)
     t0 = time.perf_counter()
     model_file = train_tokenizer(
         cfg, (t for _, texts in batches for t in texts), work / TOKENIZER_FILE, paths[0].parent.as_posix()
     )
     seconds["train_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    both_sides = sampled_texts(paths, split, sample, cfg.batch_docs, train_only=False)
+    within = sample.documents + split.held_out  # at least the both-sides documents of the training draw
+    report_sample = choose_sample(
+        paths, split, within, cfg.report_max_chars, cfg.batch_docs, train_only=False
+    )
+    threshold = min(sample.threshold, report_sample.threshold)  # a part of the training sample's draw
+    both_sides = sampled_texts(paths, split, threshold, cfg.batch_docs, train_only=False)
     report = tokenizer_report(Tokenizer(model_file), both_sides, cfg.num_threads)
     seconds["report_seconds"] = time.perf_counter() - t0
     stats = {
@@ -222,6 +256,7 @@ def tokenizer_job(job: TokenizerJob) -> dict[str, Any]:
         "held_out_documents": split.held_out,
         "sampled_documents": sample.documents,
         "sampled_characters": sample.characters,
+        "sampled_lines": sample.lines,
         **{k: round(v, 3) for k, v in seconds.items()},
     }
     atomic_write(record, json.dumps(stats))
@@ -266,7 +301,7 @@ def run_encode(
         split = DocSplit.scan(iter_doc_ids(paths, cfg.batch_docs), cfg.val_fraction)
         model = str(tokenizer.file(TOKENIZER_FILE))
         jobs = [
-            EncodeJob(i, str(p), model, str(work), split, cfg.batch_docs, cfg.num_threads)
+            EncodeJob(i, str(p), model, str(work), split, cfg.batch_docs, cfg.num_threads, cfg.cache_words)
             for i, p in enumerate(paths)
         ]
         results = mapper(encode_shard, jobs)
@@ -313,11 +348,12 @@ def tokenizer_markdown(stats: dict[str, Any]) -> str:
             f"| documents in the corpus | {stats['corpus_documents']:,} |",
             f"| held out (not trained on) | {stats['held_out_documents']:,} |",
             f"| trained on (the sample) | {stats['sampled_documents']:,} |",
-            f"| reported on (the sample, both sides) | {stats['documents']:,} |",
+            f"| reported on (part of the sample, both sides) | {stats['documents']:,} |",
             f"| bytes per token | {stats['bytes_per_token']:.3f} |",
-            f"| vocabulary used on the corpus | {stats['vocab_used']:.1%} |",
+            f"| vocabulary used on the reported documents | {stats['vocab_used']:.1%} |",
             f"| tokens from byte fallback | {stats['byte_fallback_share']:.3%} |",
-            "| decode(encode(x)) == normalise(x) | checked on every reported document |",
+            "| decode(encode(x)) == normalise(x) | checked on every reported document (and on every document "
+            "by the encode phase) |",
             f"| split and sample / training / report | {stats['sample_seconds']:.1f} s / "
             f"{stats['train_seconds']:.1f} s / {stats['report_seconds']:.1f} s |",
         ]

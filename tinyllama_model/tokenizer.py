@@ -7,15 +7,28 @@ survive a round trip. Nothing here knows about Parquet, Prefect or where the tex
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
+
+from tinyllama_model.files import atomic_write
+from tinyllama_model.word_cache import word_cache
 
 PAD_ID, EOS_ID, UNK_ID, BOS_ID = 0, 1, 2, 3
 N_SPECIAL = 4
 TOKENIZER_FILE = "tokenizer.model"
+# Distinct words `encode_batch` remembers by default: a corpus's frequent words, yet small for one encode job.
+CACHE_WORDS = 200_000
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest unsigned dtype that holds every id: uint16 up to 65,535 ids, else uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 65_536 else np.dtype(np.uint32)
 
 
 def train_sentencepiece(
@@ -34,13 +47,14 @@ def train_sentencepiece(
     Texts are streamed through `sentence_iterator`, so nothing is spooled to a temporary file; each
     text is split into lines because SentencePiece silently skips any "sentence" longer than
     `max_sentence_length`. `input_sentence_size` caps how many lines it samples from a larger stream.
+    The model comes back in memory and is written without the run's thread count, so the file's bytes
+    (and the SHA-256 the artifacts record) depend on the texts and the settings only.
     """
     model_file = Path(model_file)
-    model_file.parent.mkdir(parents=True, exist_ok=True)
-    prefix = model_file.with_name(f".{model_file.stem}.{os.getpid()}.partial")
+    proto = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=_lines(sentences),
-        model_prefix=str(prefix),
+        model_writer=proto,
         model_type="bpe",
         vocab_size=vocab_size,
         normalization_rule_name="nfkc",
@@ -62,9 +76,17 @@ def train_sentencepiece(
         num_threads=num_threads or os.cpu_count() or 1,
         minloglevel=2,
     )
-    os.replace(f"{prefix}.model", model_file)
-    Path(f"{prefix}.vocab").unlink(missing_ok=True)
+    atomic_write(model_file, _without_run_details(proto.getvalue()))
     return model_file
+
+
+def _without_run_details(serialized: bytes) -> bytes:
+    """The model proto less the fields that describe the run rather than the model (the pieces do not
+    depend on them): the thread count, and the output prefix SentencePiece would have written to."""
+    model = sentencepiece_model_pb2.ModelProto.FromString(serialized)
+    for field in ("num_threads", "model_prefix"):
+        model.trainer_spec.ClearField(field)
+    return model.SerializeToString(deterministic=True)
 
 
 def _lines(texts: Iterable[str]) -> Iterator[str]:
@@ -93,6 +115,8 @@ class Tokenizer:
         ids = (self.sp.pad_id(), self.sp.eos_id(), self.sp.unk_id(), self.sp.bos_id())
         if ids != (PAD_ID, EOS_ID, UNK_ID, BOS_ID):
             raise ValueError(f"{path} has special ids (pad, eos, unk, bos) = {ids}, expected (0, 1, 2, 3)")
+        # None when the model's vocabulary lets BPE merge across words (`word_cache_refusal` says why)
+        self.word_cache, self.word_cache_refusal = word_cache(self.sp)
 
     @property
     def vocab_size(self) -> int:
@@ -115,9 +139,18 @@ class Tokenizer:
         ids = self.sp.encode(text)
         return ([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else [])
 
-    def encode_batch(self, texts: list[str], num_threads: int = -1) -> list[list[int]]:
-        """Encode many texts with SentencePiece's own thread pool (-1: all cores)."""
-        return self.sp.encode(texts, num_threads=num_threads)
+    def encode_batch(
+        self, texts: list[str], num_threads: int = -1, *, cache_words: int = CACHE_WORDS
+    ) -> list[list[int]]:
+        """Encode many texts, the same ids as SentencePiece's, through this tokenizer's word cache.
+
+        Words the cache has not seen go to SentencePiece's own thread pool (`num_threads`, -1: all
+        cores). The cache keeps up to `cache_words` distinct words across calls; 0 (or a model the
+        cache would not be exact for) encodes with SentencePiece alone.
+        """
+        if cache_words <= 0 or self.word_cache is None or isinstance(texts, str):
+            return self.sp.encode(texts, num_threads=num_threads)
+        return self.word_cache.encode_batch(texts, num_threads, cache_words)
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode([int(i) for i in ids if i >= N_SPECIAL or i == UNK_ID])

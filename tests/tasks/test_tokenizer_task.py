@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -11,10 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.corpus_sample import DocSplit, sample_score
+from tasks.corpus_sample import DocSplit, choose_sample, sample_score
 from tasks.storage.artifacts import Artifact, publish, verify
 from tasks.storage.shards import ShardWriter
-from tasks.token_shards import EncodeJob, encode_shard
+from tasks.token_shards import EncodeJob, encode_shard, loaded_tokenizer
 from tasks.tokenizer import (
     RoundTripError,
     TokenizerConfig,
@@ -138,6 +140,49 @@ def test_the_tokenizer_is_trained_on_the_training_side_only(tmp_path):
     assert len(pieces) > 2  # spelled out, not learned as a piece
 
 
+def test_a_rerun_publishes_the_same_tokenizer_bytes(corpus, tmp_path):
+    clean, tok_art, _, _ = corpus
+    again = run_tokenizer(SMALL, clean, tmp_path)  # another root: trained again, in another work folder
+    assert again.path != tok_art.path
+    assert again.files["tokenizer.model"] == tok_art.files["tokenizer.model"]
+
+
+RETRAIN = """
+import sys
+from pathlib import Path
+from tasks.storage.artifacts import Artifact
+from tasks.tokenizer import TokenizerConfig, run_tokenizer
+clean = Artifact.model_validate_json(sys.argv[1])
+cfg = TokenizerConfig.model_validate_json(sys.argv[2])
+print(run_tokenizer(cfg, clean, Path(sys.argv[3])).files["tokenizer.model"])
+"""
+
+
+def test_the_vocabulary_is_the_same_in_another_process_when_lines_are_capped(corpus, tmp_path):
+    """SentencePiece draws its own lines past input_sentence_size from a per-process random seed; the
+    sample stops below the cap, so two processes learn the same pieces."""
+    clean = corpus[0]
+    cfg = SMALL.model_copy(update={"input_sentence_size": 300})
+    digests = [
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                RETRAIN,
+                clean.model_dump_json(),
+                cfg.model_dump_json(),
+                str(tmp_path / r),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        ).stdout.split()[-1]
+        for r in ("a", "b")
+    ]
+    assert digests[0] == digests[1]
+
+
 def test_a_vocabulary_too_large_names_the_field_and_a_value_that_works(tmp_path):
     clean = write_clean(tmp_path, doc_texts(5))
     with pytest.raises(
@@ -164,6 +209,35 @@ def test_a_failed_round_trip_fails_loudly(tmp_path, monkeypatch):
     monkeypatch.setattr(Tokenizer, "decode_batch", lossy)
     with pytest.raises(RoundTripError, match=r"1 of 6 documents"):
         run_tokenizer(SMALL, clean, tmp_path)
+
+
+def test_encode_checks_the_round_trip_of_every_document_and_keeps_no_file_of_a_failed_shard(
+    tmp_path, monkeypatch
+):
+    texts = doc_texts(20)
+    clean = write_clean(tmp_path, texts)
+    tok_art = run_tokenizer(SMALL.model_copy(update={"report_max_chars": 1}), clean, tmp_path)
+    assert tok_art.stats["documents"] == 1  # the report read one document: encode alone sees the others
+    bad = next(i for i, t in enumerate(texts) if sample_score(doc_id(t)) > sample_score(doc_id(texts[0])))
+    original = Tokenizer.decode_batch
+
+    def lossy(self, encoded, num_threads=-1):  # a tokenizer that drops characters of one document
+        target = self.normalize(texts[bad])
+        return [t.replace("e", "") if t == target else t for t in original(self, encoded, num_threads)]
+
+    monkeypatch.setattr(Tokenizer, "decode_batch", lossy)
+    shard = bad // 7  # write_clean's shards hold 7 rows
+    in_shard = len(texts[shard * 7 : shard * 7 + 7])
+    with pytest.raises(
+        RoundTripError, match=rf"1 of {in_shard} documents of shard .*-{shard:05d}.parquet"
+    ) as e:
+        run_encode(SMALL, clean, tok_art, tmp_path)
+    assert doc_id(texts[bad]) in str(e.value) and "clean them in the preprocess phase" in str(e.value)
+    work = next((tmp_path / "encode").glob(".work-*"))
+    assert not [
+        p.name for p in work.iterdir() if p.name.endswith(f"{shard:05d}.parquet") or p.name.startswith(".")
+    ]
+    assert not (work / f"done-{shard:05d}.json").exists()
 
 
 # -- encode ---------------------------------------------------------------------------------------------
@@ -204,6 +278,21 @@ def test_phases_are_cached_on_their_inputs(corpus):
     assert other.path != enc.path and other.stats["val_docs"] > enc.stats["val_docs"]
 
 
+def test_encode_gives_the_same_tokens_with_the_word_cache_off_and_loads_the_tokenizer_once(corpus, tmp_path):
+    """The cache is operational: the same artifact content, and one Tokenizer (one cache) for every shard."""
+    clean, tok_art, enc, _ = corpus
+    assert len(clean.shard_paths("documents")) > 2  # several shards, so several jobs share the tokenizer
+    loaded_tokenizer.cache_clear()
+    cached = run_encode(SMALL, clean, tok_art, tmp_path / "cached")
+    assert loaded_tokenizer.cache_info().misses == 1 and loaded_tokenizer.cache_info().hits >= 2
+    plain = run_encode(SMALL.model_copy(update={"cache_words": 0}), clean, tok_art, tmp_path / "plain")
+    assert cached.fingerprint == plain.fingerprint == enc.fingerprint  # not a content field
+    for split in ("train", "val"):
+        a, b = list(read_split(cached, split)), list(read_split(plain, split))
+        assert [d for d, _, _ in a] == [d for d, _, _ in b]
+        assert all(np.array_equal(x, y) for (_, x, _), (_, y, _) in zip(a, b, strict=True))
+
+
 def test_encoded_tokens_are_the_tokenizers_ids(corpus):
     _, tok_art, enc, _ = corpus
     tok = Tokenizer(tok_art.file("tokenizer.model"))
@@ -238,7 +327,19 @@ def test_the_tokenizer_learns_from_a_hash_drawn_sample_within_both_caps(tmp_path
     threshold = sample_score(lowest[-1])
     assert art.stats["documents"] == sum(sample_score(d) <= threshold for d in ids)  # the report: both sides
 
+    both_sides = sorted(ids, key=sample_score)
+    report_cap = sum(len(texts[ids.index(d)]) for d in both_sides[:5]) + 1  # the 6th would not fit
+    reported = run_tokenizer(SMALL.model_copy(update={"report_max_chars": report_cap}), clean, tmp_path)
+    assert reported.stats["documents"] == 5 and reported.stats["sampled_documents"] == len(train_ids)
+    assert reported.stats["bytes"] == sum(len(texts[ids.index(d)].encode()) for d in both_sides[:5])
+
     by_score = sorted(train_ids, key=sample_score)
+    lines = {d: sum(1 for line in texts[ids.index(d)].split("\n") if line.strip()) for d in ids}
+    max_lines = sum(lines[d] for d in by_score[:15]) + lines[by_score[15]] - 1  # the 16th would not fit
+    fewer = run_tokenizer(SMALL.model_copy(update={"input_sentence_size": max_lines}), clean, tmp_path)
+    assert fewer.stats["sampled_documents"] == 15
+    assert fewer.stats["sampled_lines"] == sum(lines[d] for d in by_score[:15])
+
     cap = sum(len(texts[ids.index(d)]) for d in by_score[:20]) + 1  # the 21st document would not fit
     capped = run_tokenizer(SMALL.model_copy(update={"max_chars": cap}), clean, tmp_path)
     assert capped.stats["sampled_documents"] == 20 and capped.stats["sampled_characters"] == cap - 1
@@ -296,7 +397,62 @@ def test_a_shard_this_machine_cannot_see_names_the_shared_folder_it_needs(corpus
         split,
         16,
         1,
+        100,
     )
     with pytest.raises(FileNotFoundError, match=r"not on this machine .* shared file system"):
         encode_shard(job)
     assert list(tmp_path.iterdir()) == []  # nothing written, no done record
+
+
+@pytest.mark.parametrize(
+    ("max_docs", "max_chars", "max_lines"),
+    [
+        (1000, 10**9, None),
+        (17, 10**9, None),
+        (1000, 3000, None),
+        (1000, 10**9, 40),
+        (30, 5000, 60),
+        (5, 1, 1),
+    ],
+)
+def test_the_one_pass_sample_is_the_lowest_scoring_prefix_within_every_cap(
+    tmp_path, max_docs, max_chars, max_lines
+):
+    """Against the definition, on many small batches (so the running cut-off is trimmed many times)."""
+    words = doc_texts(1)[0].split()
+    texts = [
+        "\n".join(" ".join(words[i : i + 3 + (i * 7 + j) % 20]) for j in range(1 + i % 9)) + "\n\n \n"
+        for i in range(150)
+    ]
+    clean = write_clean(tmp_path, texts)
+    paths = clean.shard_paths("documents")
+    ids = [doc_id(t) for t in texts]
+    split = DocSplit.scan(ids, 0.1)
+    got = choose_sample(paths, split, max_docs, max_chars, batch_docs=5, max_lines=max_lines)
+
+    ranked = sorted(
+        (sample_score(d), len(t), sum(1 for line in t.split("\n") if line.strip()))
+        for d, t in zip(ids, texts, strict=True)
+        if not split.is_val(d)
+    )
+    take = 0
+    while (
+        take < min(len(ranked), max_docs)
+        and sum(r[1] for r in ranked[: take + 1]) <= max_chars
+        and (max_lines is None or sum(r[2] for r in ranked[: take + 1]) <= max_lines)
+    ):
+        take += 1
+    take = max(take, 1)
+    assert (got.documents, got.threshold) == (take, ranked[take - 1][0])
+    assert got.characters == sum(r[1] for r in ranked[:take])
+    if max_lines is not None:
+        assert got.lines == sum(r[2] for r in ranked[:take])
+
+
+def test_a_document_after_a_trim_still_fills_the_gap_the_first_left_out_leaves(tmp_path):
+    """Scores a < b < d < c; c (too long) is left out when the first batch is trimmed, then the short d
+    arrives and fits: the running cut-off is c's score, not b's."""
+    a, b, d, c = sorted((f"doc-{i}" for i in range(40)), key=sample_score)[:4]
+    clean = write_clean(tmp_path, ["x" * 10, "y" * 10, "z" * 100, "w" * 5], ids=[a, b, c, d])
+    got = choose_sample(clean.shard_paths("documents"), DocSplit(1e-12), 10, 25, batch_docs=3)
+    assert (got.documents, got.characters, got.threshold) == (3, 25, sample_score(d))

@@ -10,7 +10,7 @@ import pytest
 import sentencepiece as spm
 
 from tests.factories import TINY_VOCAB, train_tiny_tokenizer, training_texts
-from tinyllama_model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from tinyllama_model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_sentencepiece
 
 SAMPLES = [
     "Hello world",
@@ -135,3 +135,12 @@ def test_wrong_special_ids_rejected(tmp_path):
     )
     with pytest.raises(ValueError, match="special ids"):
         Tokenizer(f"{prefix}.model")
+
+
+def test_the_model_file_is_a_function_of_the_texts_and_settings_only(tmp_path):
+    """Two trainings in different folders, on different thread counts, give the same bytes (and SHA-256)."""
+    texts = training_texts()
+    one = train_sentencepiece(texts, tmp_path / "a" / "tokenizer.model", vocab_size=TINY_VOCAB, num_threads=1)
+    two = train_sentencepiece(texts, tmp_path / "b" / "tokenizer.model", vocab_size=TINY_VOCAB, num_threads=2)
+    assert one.read_bytes() == two.read_bytes()
+    assert sorted(p.name for p in one.parent.iterdir()) == ["tokenizer.model"]  # no partial files left
