@@ -49,7 +49,7 @@ from tasks.storage.store_sync import WorkMirror
 from tasks.tokenizer import read_split
 from tasks.tracking.mlflow_run import RunRef
 from tinyllama_model.checkpoint import update_model_config
-from tinyllama_model.data import token_dtype, write_packed
+from tinyllama_model.data import write_packed
 from tinyllama_model.doc_sample import sample_stream
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import mixture_logprobs, sliding_logprobs, tempered_logprobs
@@ -71,9 +71,9 @@ from tinyllama_model.mixture.fitting import (
 )
 from tinyllama_model.mixture.unadapted import UnadaptedExpert
 from tinyllama_model.model import ModelConfig, TinyLlama
-from tinyllama_model.tokenizer import EOS_ID, TOKENIZER_FILE, Tokenizer
+from tinyllama_model.tokenizer import EOS_ID, TOKENIZER_FILE, Tokenizer, token_dtype
 from tinyllama_model.training.launch import trainer_from_run_dir, write_run_spec
-from tinyllama_model.training.run_state import BEST_DIR, METRICS_FILE, RESULT_FILE
+from tinyllama_model.training.run_layout import BEST_DIR, METRICS_FILE, RESULT_FILE
 from tinyllama_model.training.train_config import TrainConfig
 
 CODE_VERSION = "3"  # 3: config.json keeps what is fitted after training in its mixture object

@@ -53,3 +53,12 @@ def modules_loaded_by(imports: str, watched: tuple[str, ...]) -> list[str]:
 def test_importing_the_model_package_pulls_in_neither_prefect_nor_mlflow() -> None:
     imports = "tinyllama_model, tinyllama_model.generate, tinyllama_model.tokenizer"
     assert modules_loaded_by(imports, ("prefect", "mlflow", "transformers", "pyarrow")) == []
+
+
+def test_the_data_phases_shard_jobs_do_not_load_torch() -> None:
+    """A Dask worker unpickling a shard job imports its module; torch would cost it seconds and ~200 MB."""
+    imports = (
+        "tasks.sources.local, tasks.cleaning.shard_jobs, tasks.cleaning.dedup_stages, tasks.token_shards, "
+        "tasks.tokenizer, tasks.storage.artifacts"
+    )
+    assert modules_loaded_by(imports, ("torch",)) == []

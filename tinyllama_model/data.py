@@ -28,19 +28,11 @@ import numpy as np
 import torch
 
 from tinyllama_model.files import atomic_path
-
-EOS_ID = (
-    1  # the tokenizer's EOS (tinyllama_model.tokenizer.EOS_ID), repeated to keep this module import-light
-)
+from tinyllama_model.tokenizer import EOS_ID
 
 
 class CorpusTooSmallError(ValueError):
     """The token stream cannot fill a single training window."""
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """The narrowest unsigned dtype that holds every id: uint16 up to 65,535 ids, else uint32."""
-    return np.dtype(np.uint16) if vocab_size <= 65_536 else np.dtype(np.uint32)
 
 
 def pack_documents(

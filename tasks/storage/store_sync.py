@@ -31,7 +31,7 @@ from tasks.storage.data_root import DataRoot
 from tasks.storage.file_hashes import sha256_file
 from tasks.storage.safe_names import UPLOAD_ID, UnsafeName, checked_name, inside, new_upload_id
 from tinyllama_model.files import atomic_path
-from tinyllama_model.training.run_state import (
+from tinyllama_model.training.run_layout import (
     BEST_DIR,
     CHECKPOINT_DIR,
     METRICS_FILE,

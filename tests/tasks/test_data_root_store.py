@@ -23,7 +23,7 @@ from tasks.storage.artifacts import (
 from tasks.storage.data_root import DataRoot
 from tasks.storage.store_sync import WorkMirror
 from tests.moto_s3 import use_s3
-from tinyllama_model.training.run_state import BEST_DIR, CHECKPOINT_DIR, METRICS_FILE
+from tinyllama_model.training.run_layout import BEST_DIR, CHECKPOINT_DIR, METRICS_FILE
 
 
 @pytest.fixture

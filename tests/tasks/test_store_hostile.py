@@ -27,7 +27,7 @@ from tasks.storage.artifacts import (
 from tasks.storage.data_root import DataRoot
 from tasks.storage.store_sync import WorkMirror
 from tests.moto_s3 import use_memory, use_s3
-from tinyllama_model.training.run_state import CHECKPOINT_DIR
+from tinyllama_model.training.run_layout import CHECKPOINT_DIR
 
 UPLOAD = "0123456789ab"
 DEEP = ("a", "b", "c", "d", "e", "f", "g")  # deeper than any `..` chain below climbs

@@ -17,7 +17,7 @@ import torch
 from tasks.storage.data_root import DataRoot
 from tasks.storage.store_sync import WorkMirror
 from tests.moto_s3 import use_memory, use_s3
-from tinyllama_model.training.run_state import BEST_DIR, CHECKPOINT_DIR, METRICS_FILE
+from tinyllama_model.training.run_layout import BEST_DIR, CHECKPOINT_DIR, METRICS_FILE
 
 BEST_FILES = ("config.json", "model.safetensors", "tokenizer.model")
 

@@ -16,7 +16,7 @@ import torch
 from tasks.train import fit_mixture
 from tinyllama_model import ModelConfig, TinyLlama
 from tinyllama_model.checkpoint import update_model_config
-from tinyllama_model.data import token_dtype, write_packed
+from tinyllama_model.data import write_packed
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import evaluate_stream, sliding_logprobs
 from tinyllama_model.export import export_hf
@@ -25,7 +25,7 @@ from tinyllama_model.mixture import registry
 from tinyllama_model.mixture.config import MixtureConfig
 from tinyllama_model.mixture.expert import Expert, FitInputs, Proposal, Reading, value
 from tinyllama_model.mixture.fitting import mixed_logprobs
-from tinyllama_model.tokenizer import EOS_ID
+from tinyllama_model.tokenizer import EOS_ID, token_dtype
 
 VOCAB = 64
 KEY = "repeat_weights"

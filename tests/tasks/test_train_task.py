@@ -14,14 +14,15 @@ from tasks.tokenizer import read_split, run_encode, run_tokenizer
 from tasks.train import MetricsTail, check_experts, fit_mixture, pack_split, run_train
 from tests.tasks.test_tokenizer_task import SMALL, doc_texts, write_clean
 from tinyllama_model import ModelConfig, TinyLlama
-from tinyllama_model.data import CorpusTooSmallError, token_dtype, write_packed
+from tinyllama_model.data import CorpusTooSmallError, write_packed
 from tinyllama_model.errors import ConfigError
 from tinyllama_model.evaluation import tempered_logprobs
 from tinyllama_model.mixture.config import MOVED, MixtureConfig
 from tinyllama_model.mixture.doc_cache import DocCacheExpert, stream_hits
 from tinyllama_model.mixture.fitting import fit_weights, mixed_logprobs
-from tinyllama_model.tokenizer import Tokenizer
-from tinyllama_model.training.run_state import METRICS_FILE, truncate_metrics
+from tinyllama_model.tokenizer import Tokenizer, token_dtype
+from tinyllama_model.training.run_layout import METRICS_FILE
+from tinyllama_model.training.run_state import truncate_metrics
 from tinyllama_model.training.train_config import TrainConfig
 
 MODEL = ModelConfig(dim=32, n_layers=2, n_heads=2, vocab_size=12_000, max_seq_len=32, multiple_of=16)

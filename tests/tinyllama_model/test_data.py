@@ -13,11 +13,11 @@ from tinyllama_model.data import (
     WindowSampler,
     eval_starts,
     pack_documents,
-    token_dtype,
     windows_per_epoch,
     write_packed,
 )
 from tinyllama_model.tokenizer import EOS_ID as TOKENIZER_EOS
+from tinyllama_model.tokenizer import token_dtype
 
 
 def test_eos_matches_the_tokenizer():

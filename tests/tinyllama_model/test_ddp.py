@@ -12,7 +12,7 @@ from tests.tinyllama_model.test_resume import final_state
 from tests.tinyllama_model.test_trainer import EQUIVALENT, TINY, synthetic_docs, tiny_train_config
 from tinyllama_model.data import write_packed
 from tinyllama_model.training.launch import trainer_from_run_dir, write_run_spec
-from tinyllama_model.training.run_state import BEST_DIR
+from tinyllama_model.training.run_layout import BEST_DIR
 
 
 def _write_run(run_dir, cfg, model_cfg=TINY) -> None:

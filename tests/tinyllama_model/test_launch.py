@@ -10,7 +10,7 @@ import pytest
 from tests.tinyllama_model.test_trainer import TINY, synthetic_docs, tiny_train_config
 from tinyllama_model.data import write_packed
 from tinyllama_model.training.launch import trainer_from_run_dir, write_run_spec
-from tinyllama_model.training.run_state import RUN_SPEC
+from tinyllama_model.training.run_layout import RUN_SPEC
 
 
 def test_the_trainer_rebuilt_from_run_json_is_the_one_described(tmp_path):

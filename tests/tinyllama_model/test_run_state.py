@@ -10,15 +10,14 @@ import pytest
 import torch
 
 from tinyllama_model.checkpoint import load_torch_file
+from tinyllama_model.training.run_layout import list_checkpoints, step_of
 from tinyllama_model.training.run_state import (
     CHECKPOINT_FORMAT,
     CheckpointMismatchError,
     diff_identity,
-    list_checkpoints,
     read_checkpoint,
     rng_state,
     set_rng_state,
-    step_of,
     truncate_metrics,
     write_checkpoint,
 )

@@ -14,14 +14,14 @@ import torch
 from tinyllama_model import ModelConfig, TinyLlama
 from tinyllama_model.checkpoint import CheckpointError, load_torch_file
 from tinyllama_model.data import CorpusTooSmallError, PackedTokens, pack_documents
-from tinyllama_model.training.run_state import (
+from tinyllama_model.training.run_layout import (
     BEST_DIR,
     CHECKPOINT_DIR,
     METRICS_FILE,
     RESULT_FILE,
-    CheckpointMismatchError,
     list_checkpoints,
 )
+from tinyllama_model.training.run_state import CheckpointMismatchError
 from tinyllama_model.training.train_config import TrainConfig
 from tinyllama_model.training.trainer import Trainer
 

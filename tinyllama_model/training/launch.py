@@ -23,7 +23,7 @@ import torch.distributed as dist
 from tinyllama_model.data import PackedTokens
 from tinyllama_model.files import atomic_write
 from tinyllama_model.model import ModelConfig
-from tinyllama_model.training.run_state import RUN_SPEC
+from tinyllama_model.training.run_layout import RUN_SPEC
 from tinyllama_model.training.train_config import TrainConfig
 from tinyllama_model.training.trainer import Trainer
 

@@ -29,9 +29,8 @@ import torch
 
 from tinyllama_model.checkpoint import load_torch_file, save_torch_file
 from tinyllama_model.files import atomic_write
+from tinyllama_model.training.run_layout import list_checkpoints
 
-CHECKPOINT_DIR, BEST_DIR = "checkpoints", "best"
-METRICS_FILE, RESULT_FILE, RUN_SPEC = "metrics.jsonl", "result.json", "run.json"
 CHECKPOINT_FORMAT = 2  # 2: optimizer state keyed by optimizer name (adamw, muon)
 
 
@@ -40,18 +39,6 @@ class CheckpointMismatchError(ValueError):
 
 
 # -- checkpoint files --------------------------------------------------------------------------------
-
-
-def list_checkpoints(directory: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary files of an interrupted save start with a dot)."""
-    if not directory.is_dir():
-        return []
-    return sorted(directory.glob("step-*.pt"), key=step_of)
-
-
-def step_of(path: Path) -> int:
-    """The step a checkpoint was written at, from its name (step-00000100.pt -> 100)."""
-    return int(path.stem.split("-")[1])
 
 
 def write_checkpoint(state: dict[str, Any], directory: Path, step: int, keep_last: int) -> Path:

@@ -53,18 +53,20 @@ from tinyllama_model.hardware import (
 from tinyllama_model.model import ModelConfig, TinyLlama
 from tinyllama_model.training.optim import build_optimizer
 from tinyllama_model.training.progress import ProgressLine, format_duration
-from tinyllama_model.training.run_state import (
+from tinyllama_model.training.run_layout import (
     BEST_DIR,
     CHECKPOINT_DIR,
-    CHECKPOINT_FORMAT,
     METRICS_FILE,
     RESULT_FILE,
     list_checkpoints,
+    step_of,
+)
+from tinyllama_model.training.run_state import (
+    CHECKPOINT_FORMAT,
     read_checkpoint,
     rng_state,
     seed_everything,
     set_rng_state,
-    step_of,
     truncate_metrics,
     write_checkpoint,
 )
