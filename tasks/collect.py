@@ -88,10 +88,12 @@ class CollectConfig(BaseModel):
     web: WebConfig = Field(default_factory=WebConfig, description="Individual web pages.")
     local: LocalConfig = Field(default_factory=LocalConfig, description="Local files and folders.")
     shard_mb: float = Field(
-        128.0,
+        32.0,
         gt=0,
         description="Size of one documents shard, in MB of uncompressed Arrow data; a local-files job reads "
-        "about this much. Changes only how the table is cut (the fingerprint hashes the content).",
+        "about this much, and each later phase runs one job per shard, so smaller shards spread a corpus "
+        "over more workers (and hold less each). Changes only how the table is cut (the fingerprint "
+        "hashes the content).",
         json_schema_extra=operational(),
     )
     resume_max_age_h: float = Field(
@@ -116,7 +118,7 @@ def shard_bytes(cfg: CollectConfig) -> int:
 
 
 def build_sources(cfg: CollectConfig, *, sleep: Callable[[float], None] = time.sleep) -> list[Source]:
-    """The switched-on sources, in the order their documents are listed (the first of a doc_id wins).
+    """The switched-on sources, in the order their documents are listed.
 
     Fails before any work when the config cannot produce documents (no source on, no User-Agent for a
     network source).

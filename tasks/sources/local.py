@@ -67,6 +67,12 @@ class LocalConfig(BaseModel):
         "url", description="Field or column holding the document's URL, if any (a dump's article URL)."
     )
     topic_field: str = Field("topic", description="Field or column holding the topic, if any.")
+    id_field: str | None = Field(
+        None,
+        description="Field or column holding a stable id of each record (a dump's article `id`): a row's "
+        "document id then comes from it instead of its file and position, so the validation split survives "
+        "moving, renaming or re-cutting the files. None (or a row without it): file and position.",
+    )
     topic: str | None = Field(None, description="Topic for documents whose file gives none.")
     max_file_bytes: int = Field(
         500_000_000, ge=1, description="Largest file read; bigger files are recorded as failures."
@@ -337,12 +343,14 @@ def _row_document(
 ) -> Document:
     """A document from one jsonl line or Parquet row; untitled rows are named after file and position.
 
-    Its id comes from the file and the position, so two files holding the same page stay two rows;
-    a `url_field` (a dump's article URL) is kept as the document's url.
+    Its id comes from the row's `id_field` when it has one, else from the file and the position (two
+    files holding the same page then stay two rows); a `url_field` (a dump's article URL) is kept as
+    the document's url.
     """
     title, topic, url = (row.get(f) for f in (cfg.title_field, cfg.topic_field, cfg.url_field))
+    record_id = row.get(cfg.id_field) if cfg.id_field else None
     return _document(
-        f"{uri}#{anchor}",
+        f"{cfg.id_field}={record_id}" if record_id is not None else f"{uri}#{anchor}",
         str(title) if title else f"{stem} {n}",
         text,
         str(topic) if topic else None,
@@ -352,7 +360,7 @@ def _row_document(
 
 
 def _wanted(columns: Sequence[str], cfg: LocalConfig) -> list[str]:
-    fields = (cfg.text_field, cfg.title_field, cfg.url_field, cfg.topic_field)
+    fields = (cfg.text_field, cfg.title_field, cfg.url_field, cfg.topic_field, cfg.id_field)
     return list(dict.fromkeys(c for c in fields if c in columns))
 
 
@@ -394,18 +402,6 @@ def _read_parquet(path: Path, cfg: LocalConfig, failures: list[Failure]) -> Iter
                     n += 1
     except (pa.ArrowException, OSError) as err:
         raise _Unreadable(f"{path} is damaged after row {n}: {err}") from err
-
-
-def _batch_documents(
-    rows: list[dict[str, Any]], first: int, path: Path, uri: str, cfg: LocalConfig, failures: list[Failure]
-) -> Iterator[Document]:
-    """The documents of one Parquet batch whose first row is row `first` of the file."""
-    for n, row in enumerate(rows, start=first):
-        text = row.get(cfg.text_field)
-        if isinstance(text, str):
-            yield _row_document(uri, path.stem, f"row={n}", n, row, text, cfg)
-        else:
-            failures.append(Failure(f"{path}#row={n}", f"{cfg.text_field!r} is null or not a string"))
 
 
 def _stored_size(metadata: pq.FileMetaData, columns: list[str]) -> int:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from prefect import flow
 
-from flows.build import cluster_kwargs, data_runner
+from flows.build import cluster_kwargs, data_runner, run_data, worker_settings
 from flows.config import DaskConfig
 from tasks.collect import CollectConfig
 from tasks.corpus_sample import document_paths
@@ -35,9 +35,29 @@ LOOPBACK_ANY_PORT = "127.0.0.1:0"  # the scheduler's HTTP endpoint, on loopback 
 
 
 def two_workers() -> distributed.LocalCluster:
-    return distributed.LocalCluster(
-        **cluster_kwargs(SMALL_WORKERS), processes=True, dashboard_address=LOOPBACK_ANY_PORT
-    )
+    with worker_settings(SMALL_WORKERS):
+        return distributed.LocalCluster(
+            **cluster_kwargs(SMALL_WORKERS), processes=True, dashboard_address=LOOPBACK_ANY_PORT
+        )
+
+
+def test_workers_keep_glibcs_adaptive_malloc() -> None:
+    """Dask's nanny would set MALLOC_TRIM_THRESHOLD_, which halves the shard jobs' speed."""
+
+    def trim_threshold() -> str | None:
+        import os
+
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+    with two_workers() as cluster, distributed.Client(cluster) as client:
+        assert set(client.run(trim_threshold).values()) == {None}
+    with (
+        distributed.LocalCluster(  # Dask's default, so the check above can fail
+            **cluster_kwargs(SMALL_WORKERS), processes=True, dashboard_address=LOOPBACK_ANY_PORT
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        assert set(client.run(trim_threshold).values()) == {"65536"}
 
 
 def where_ran(stream: distributed.get_task_stream) -> Counter[tuple[str, str]]:
@@ -66,7 +86,7 @@ def test_the_data_flow_on_two_workers_gives_what_it_gives_without_dask(
         address = f"dask.address={cluster.scheduler_address}"
         cfg = tiny_config(tmp_path / "dask", "dask.enabled=true", address, *TINY_SHARDS)
         with distributed.Client(cluster) as client, distributed.get_task_stream(client) as stream:
-            on_dask = data_runner(cfg)(cfg, str(tmp_path / "dask"))
+            on_dask = run_data(cfg, str(tmp_path / "dask"))
         ran = where_ran(stream)
     prefixes = {prefix for prefix, _ in ran}
     # the phases' own tasks stayed in the flow's process; their jobs (tokenizer, encode shards) did not
@@ -77,7 +97,7 @@ def test_the_data_flow_on_two_workers_gives_what_it_gives_without_dask(
     assert load_artifact(tmp_path / "dask", "encode", on_dask.tokens.fingerprint) == on_dask.tokens
 
     local_cfg = tiny_config(tmp_path / "local", *TINY_SHARDS)
-    local = data_runner(local_cfg)(local_cfg, str(tmp_path / "local"))
+    local = run_data(local_cfg, str(tmp_path / "local"))
     phases = ("raw", "clean", "tokenizer", "tokens")
     assert [getattr(local, p).fingerprint for p in phases] == [
         getattr(on_dask, p).fingerprint for p in phases

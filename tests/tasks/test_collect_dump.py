@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
 import tracemalloc
 from pathlib import Path
 
@@ -181,3 +182,23 @@ def test_a_finished_job_whose_shard_went_missing_is_done_again(tmp_path):
     artifact = run_collect(cfg, tmp_path / "root")
     assert artifact.fingerprint == reference.fingerprint
     assert documents(artifact) == documents(reference)
+
+
+def doc_ids(artifact) -> list[str]:
+    return [d for batch in iter_batches(artifact.shard_paths(DOCUMENTS_TABLE), ["doc_id"]) for d in
+            batch.column("doc_id").to_pylist()]  # fmt: skip
+
+
+def test_an_id_field_keeps_document_ids_when_the_dump_moves(tmp_path):
+    """The split hashes doc_id: with `id_field` it no longer depends on where the files lie."""
+    write_dump(tmp_path / "here", files=2, rows=30)
+    shutil.copytree(tmp_path / "here", tmp_path / "moved")
+    by_id = [doc_ids(run_collect(dump_config(tmp_path / f, 1.0, id_field="id"), tmp_path / f"r-{f}"))
+             for f in ("here", "moved")]  # fmt: skip
+    assert by_id[0] == by_id[1] and len(set(by_id[0])) == 60
+    by_place = [
+        doc_ids(run_collect(dump_config(tmp_path / f, 1.0), tmp_path / f"p-{f}")) for f in ("here", "moved")
+    ]
+    assert not set(by_place[0]) & set(by_place[1])  # file and position: the ids move with the files
+    no_such = run_collect(dump_config(tmp_path / "here", 1.0, id_field="nothing"), tmp_path / "n")
+    assert doc_ids(no_such) == by_place[0]  # rows without the field keep file and position
