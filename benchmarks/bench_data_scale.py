@@ -1,7 +1,7 @@
 """The data phases at scale: collect -> preprocess -> tokenizer -> encode on a synthetic dump of a given size.
 
     .venv/bin/python benchmarks/bench_data_scale.py --sizes 0.1 0.4 1.6
-    .venv/bin/python benchmarks/bench_data_scale.py --sizes 0.05 --source corpus.jsonl --dask-workers 2
+    .venv/bin/python benchmarks/bench_data_scale.py --sizes 0.4 --source corpus.jsonl --dask-workers 0 2
 
 Not a test: it prints a table per size. The corpus is a dump in the layout of a Wikipedia Parquet export
 (files of `id`, `url`, `title`, `text`): sentences of a real corpus (`--source`, jsonl with `content` or
@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 PHASES = ("collect", "preprocess", "tokenizer", "encode")
+ONE_JOB_PHASES = ("tokenizer",)  # it trains one model: one job, whatever the workers
 DUMP_SCHEMA = pa.schema(
     [("id", pa.string()), ("url", pa.string()), ("title", pa.string()), ("text", pa.string())]
 )
@@ -115,16 +116,19 @@ def dask_mapper(workers: int):
     """A mapper over a fresh LocalCluster: the jobs go to its workers as the data flow's runner sends them."""
     import distributed
 
-    from flows.build import cluster_kwargs
+    from flows.build import cluster_kwargs, worker_settings
     from flows.config import DaskConfig
 
-    cluster = distributed.LocalCluster(
-        **cluster_kwargs(DaskConfig(enabled=True, n_workers=workers)),
-        processes=True,
-        dashboard_address="127.0.0.1:0",
-        silence_logs=logging.WARNING,
-    )
+    dask_cfg = DaskConfig(enabled=True, n_workers=workers)
+    with worker_settings(dask_cfg):
+        cluster = distributed.LocalCluster(
+            **cluster_kwargs(dask_cfg),
+            processes=True,
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.WARNING,
+        )
     client = distributed.Client(cluster)
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # the cluster's start and stop, not the table
 
     def run(fn, jobs):
         return client.gather(client.map(fn, list(jobs), pure=False)) if jobs else []
@@ -133,7 +137,11 @@ def dask_mapper(workers: int):
 
 
 def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one phase from `spec` (config, artifacts so far); returns its artifact, time and peak RSS."""
+    """Run one phase from `spec` (config, artifacts so far); returns its artifact, times and peak RSS.
+
+    "shard_seconds" is the wall time spent inside the mapper: the per-shard stages that Dask spreads
+    over its workers, as against the driver's own work (planning, the keep-first pass, publishing).
+    """
     from flows.config import PipelineConfig
     from tasks.collect import run_collect
     from tasks.preprocess import run_preprocess
@@ -143,9 +151,18 @@ def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
 
     cfg = PipelineConfig.model_validate(spec["config"])
     arts = {k: Artifact.model_validate(v) for k, v in spec["artifacts"].items()}
-    mapper, close = (
+    inner, close = (
         (serial_map, lambda: None) if not spec["dask_workers"] else dask_mapper(spec["dask_workers"])
     )
+    in_mapper = [0.0]
+
+    def mapper(fn, jobs):
+        t = time.perf_counter()
+        try:
+            return inner(fn, jobs)
+        finally:
+            in_mapper[0] += time.perf_counter() - t
+
     root, phase = cfg.data_root, spec["phase"]
     t0 = time.perf_counter()
     try:
@@ -164,6 +181,7 @@ def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "artifact": json.loads(out.model_dump_json()),
         "seconds": seconds,
+        "shard_seconds": in_mapper[0],
         "driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib / 1e6,
         "workers_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib / 1e6,
     }
@@ -183,50 +201,93 @@ def docs_in_out(phase: str, dump: dict[str, Any], arts: dict[str, Any]) -> tuple
 
 
 def bench_size(gigabytes: float, sentences: list[str], args: argparse.Namespace) -> None:
-    from flows.config import load_config
-
+    """One dump of `gigabytes`, built once by every worker count asked for; then the per-shard ratios."""
     where = args.work / f"{gigabytes:g}GB"
     dump = write_dump(where / "dump", gigabytes, sentences, args)
+    runs = {workers: bench_run(where, dump, workers, args) for workers in args.dask_workers}
+    if len(runs) > 1:
+        compare_runs(runs)
+
+
+def bench_run(where: Path, dump: dict[str, Any], workers: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Every phase on the dump with `workers` Dask workers (0: one process); prints the phase table."""
+    from flows.config import load_config
+
     overrides = [
-        f"data_root={where / 'data'}",
+        f"data_root={where / f'data-{workers}w'}",
         "collect.builtin=false",
         "collect.wikipedia.enabled=false",
         f"collect.local.paths=[{where / 'dump'}]",
+        "collect.local.id_field=id",  # the split then does not depend on the work folder's path
         f"tokenizer.vocab_size={args.vocab_size}",
         *args.set,
     ]
     cfg = load_config(None, overrides)
     arts: dict[str, Any] = {}
+    results: dict[str, dict[str, Any]] = {}
     rows, total_s = [], 0.0
     mb = dump["bytes"] / 1e6
     for phase in PHASES:
         spec = {"phase": phase, "config": json.loads(cfg.model_dump_json()), "artifacts": arts}
-        spec["dask_workers"] = args.dask_workers
-        result = child(spec, where / f"{phase}.json")
+        spec["dask_workers"] = workers
+        result = results[phase] = child(spec, where / f"{phase}-{workers}w.json")
         arts[phase] = result["artifact"]
         total_s += result["seconds"]
         n_in, n_out = docs_in_out(phase, dump, arts)
-        worker = f"{result['workers_rss_mb']:.0f}" if args.dask_workers else "-"
         rows.append(
             (
                 phase,
                 f"{result['seconds']:.1f}",
+                f"{result['shard_seconds']:.1f}",
                 f"{mb / result['seconds']:.2f}",
                 f"{result['driver_rss_mb']:.0f}",
-                worker,
+                f"{result['workers_rss_mb']:.0f}" if workers else "-",
                 f"{n_in:,}",
                 f"{n_out:,}",
             )
         )
     print(
-        f"\n## {gigabytes:g} GB: {mb:.0f} MB of text, {dump['documents']:,} documents "
+        f"\n## {where.name}: {mb:.0f} MB of text, {dump['documents']:,} documents "
         f"({dump['near_duplicates']:,} planted near-duplicates) in {dump['files']} files; "
-        f"{args.dask_workers or 'no'} Dask workers"
+        f"{workers or 'no'} Dask workers"
     )
-    table(
-        ("phase", "seconds", "MB/s", "driver peak RSS MB", "worker peak RSS MB", "docs in", "docs out"), rows
-    )
+    header = ("phase", "seconds", "in shard jobs", "MB/s", "driver peak RSS MB", "worker peak RSS MB")
+    table((*header, "docs in", "docs out"), rows)
     print(f"end to end: {mb / total_s:.2f} MB/s ({total_s:.1f} s)")
+    return results
+
+
+def compare_runs(runs: dict[int, dict[str, dict[str, Any]]]) -> None:
+    """Each worker count against one process (the first count asked for): time in the shard jobs, and
+    whether every phase's artifact has the same fingerprint (where the shards ran must not matter)."""
+    base_workers, base = next(iter(runs.items()))
+    rows = []
+    for workers, results in list(runs.items())[1:]:
+        for phase in PHASES:
+            a, b = base[phase], results[phase]
+            same = a["artifact"]["fingerprint"] == b["artifact"]["fingerprint"]
+            rows.append(
+                (
+                    phase,
+                    f"{workers}",
+                    f"{a['shard_seconds']:.1f} / {b['shard_seconds']:.1f}",
+                    f"{a['shard_seconds'] / max(b['shard_seconds'], 1e-9):.2f}x",
+                    f"{a['seconds'] / b['seconds']:.2f}x",
+                    "yes" if same else "NO",
+                )
+            )
+        per_shard = [p for p in PHASES if p not in ONE_JOB_PHASES]
+        for label, phases in (
+            (f"per-shard phases ({', '.join(per_shard)})", per_shard),
+            ("all shard jobs", PHASES),
+        ):
+            shard_a = sum(base[p]["shard_seconds"] for p in phases)
+            shard_b = sum(results[p]["shard_seconds"] for p in phases)
+            rows.append(
+                (label, f"{workers}", f"{shard_a:.1f} / {shard_b:.1f}", f"{shard_a / shard_b:.2f}x", "", "")
+            )
+    print(f"\n## {base_workers or 'one process'} against Dask workers: speed-up (baseline seconds / these)")
+    table(("phase", "workers", "shard-job seconds", "shard jobs", "whole phase", "same fingerprint"), rows)
 
 
 def child(spec: dict[str, Any], spec_file: Path) -> dict[str, Any]:
@@ -247,7 +308,12 @@ def main() -> None:
     p.add_argument("--sizes", type=float, nargs="+", default=[0.1], help="corpus sizes, GB of text")
     p.add_argument("--source", type=Path, default=None, help="jsonl corpus whose sentences are recombined")
     p.add_argument(
-        "--dask-workers", type=int, default=0, help="run the shards on a LocalCluster of N workers"
+        "--dask-workers",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="run the shards on a LocalCluster of N workers (0: in one process); several counts, e.g. "
+        "`0 2`, run the same dump with each and print the speed-up against the first",
     )
     p.add_argument(
         "--work", type=Path, default=None, help="folder for dumps and data roots (default: a temp one)"
