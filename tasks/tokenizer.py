@@ -87,9 +87,11 @@ class TokenizerConfig(BaseModel):
         500_000, gt=0, description="Most training documents the tokenizer learns from (a hash-drawn sample)."
     )
     max_chars: int = Field(
-        200_000_000,
+        100_000_000,
         gt=0,
-        description="Most characters the tokenizer learns from (the sample stops before this many).",
+        description="Most characters the tokenizer learns from (the sample stops before this many). "
+        "SentencePiece's trainer holds a few bytes per sampled character, so this bounds the phase's memory; "
+        "raise it where memory allows.",
     )
     report_max_chars: int = Field(
         4_000_000,

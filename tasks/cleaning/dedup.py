@@ -63,26 +63,29 @@ def _word_char_table_all() -> np.ndarray:
     return np.concatenate([_word_char_table(), np.ones(0x110000 - 0x10000, dtype=bool)])
 
 
-_position_power_cache: list[np.ndarray] = [np.ones(0, dtype=np.uint64)]
-
-
-def _position_powers(n: int) -> np.ndarray:
-    """(>= n,) uint64: P^i (mod 2^64) for i < n, kept for the next batch (a quarter longer: grown seldom)."""
-    powers = _position_power_cache[0]
-    if len(powers) < n:
-        powers = np.full(n + n // 4, _P, dtype=np.uint64)
-        powers[0] = 1
-        np.cumprod(powers, out=powers)
-        _position_power_cache[0] = powers  # whole before it is shared, for threads that read it meanwhile
-    return powers
-
-
 def _inverse(odd: np.ndarray) -> np.ndarray:
     """x with x * odd == 1 (mod 2^64), by Newton's iteration: 3 correct low bits, doubled 5 times."""
     x = odd.copy()
     for _ in range(5):
         x *= np.uint64(2) - odd * x
     return x
+
+
+_P_INVERSE = _inverse(np.array([_P], dtype=np.uint64))[0]
+# (P^i, P^-i) for i below the longest batch so far; both tables are exact modulo 2^64
+_position_power_cache: list[tuple[np.ndarray, np.ndarray]] = [(np.ones(0, dtype=np.uint64),) * 2]
+
+
+def _position_powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """((>= n,) P^i, (>= n,) P^-i) mod 2^64, kept for the next batch (a quarter longer: grown seldom)."""
+    powers, inverses = _position_power_cache[0]
+    if len(powers) < n:
+        powers, inverses = (np.full(n + n // 4, base, dtype=np.uint64) for base in (_P, _P_INVERSE))
+        for table in (powers, inverses):
+            table[0] = 1
+            np.cumprod(table, out=table)
+        _position_power_cache[0] = (powers, inverses)  # whole before it is shared, for threads meanwhile
+    return powers, inverses
 
 
 def _fmix64(h: np.ndarray) -> np.ndarray:
@@ -123,12 +126,12 @@ def word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
     terms = codes.astype(np.uint64)
     terms += np.uint64(1)
-    powers = _position_powers(n)
+    powers, inverses = _position_powers(n)
     terms *= powers[:n]
     running = np.zeros(n + 1, dtype=np.uint64)  # (N + 1,) running[i] = sum of terms before i
     np.cumsum(terms, out=running[1:])
     head = np.minimum(ends, starts + _LAST_POWER)  # end of the characters with a power of their own
-    hashes = (running[head] - running[starts]) * _inverse(powers[starts])
+    hashes = (running[head] - running[starts]) * inverses[starts]
     if (long := np.flatnonzero(ends > head)).size:
         plain = np.zeros(n + 1, dtype=np.uint64)  # running sums of code + 1, for the shared power
         np.cumsum(codes + np.uint64(1), out=plain[1:])

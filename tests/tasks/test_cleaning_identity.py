@@ -191,7 +191,9 @@ def test_real_corpus_gives_the_reference_results(shared_corpus):
 
 
 def test_word_hashes_grow_their_cached_powers_for_a_longer_batch(monkeypatch):
-    monkeypatch.setattr(dedup, "_position_power_cache", [np.ones(0, dtype=np.uint64)])
+    monkeypatch.setattr(dedup, "_position_power_cache", [(np.ones(0, dtype=np.uint64),) * 2])
     for batch in (["a b"], TEXTS[:50], TEXTS, ["short again"]):
         assert_same_arrays(ref.word_hashes(batch), dedup.word_hashes(batch))
-    assert len(dedup._position_power_cache[0]) >= len(" ".join(t.casefold() for t in TEXTS))
+    powers, inverses = dedup._position_power_cache[0]
+    assert len(powers) == len(inverses) >= len(" ".join(t.casefold() for t in TEXTS))
+    assert (powers * inverses == 1).all()  # P^i * P^-i, modulo 2^64
