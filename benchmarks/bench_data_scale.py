@@ -46,15 +46,19 @@ SENTENCE = re.compile(r"(?<=[.!?])\s+")
 # -- the synthetic dump -------------------------------------------------------------------------------
 
 
-def source_sentences(source: Path | None) -> list[str]:
-    """Sentences of the given jsonl corpus (`content` or `text`), or of Python's documentation."""
+def source_texts(source: Path | None) -> list[str]:
+    """The documents of the given jsonl corpus (`content` or `text`), or of Python's documentation."""
     if source is None:
         from pydoc_data.topics import topics
 
-        texts = list(topics.values())
-    else:
-        rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-        texts = [r.get("content") or r.get("text") or "" for r in rows]
+        return list(topics.values())
+    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r.get("content") or r.get("text") or "" for r in rows]
+
+
+def source_sentences(source: Path | None) -> list[str]:
+    """Sentences of `source_texts(source)`, of a length that reads as prose."""
+    texts = source_texts(source)
     sentences = {s.strip() for t in texts for p in t.split("\n") for s in SENTENCE.split(p)}
     kept = sorted(s for s in sentences if 40 <= len(s) <= 600 and len(s.split()) >= 6)
     if len(kept) < 100:
@@ -71,6 +75,16 @@ def make_document(rng: random.Random, sentences: list[str], target_chars: int) -
         paragraphs.append(para)
         size += len(para) + 2
     return "\n\n".join(paragraphs)
+
+
+def recombined(source: Path | None, mb: float, doc_chars: int, seed: int) -> list[str]:
+    """`mb` megabytes of documents of ~`doc_chars` characters made of `source`'s sentences (a fixed draw)."""
+    rng, sentences = random.Random(seed), source_sentences(source)
+    docs, size = [], 0
+    while size < mb * 1e6:
+        docs.append(make_document(rng, sentences, doc_chars))
+        size += len(docs[-1].encode())
+    return docs
 
 
 def near_duplicate(rng: random.Random, text: str) -> str:

@@ -16,9 +16,7 @@ with SentencePiece's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -27,28 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks.bench_data_scale import make_document, source_sentences, table
+from benchmarks.bench_data_scale import recombined, source_texts, table
 from tasks.tokenizer import TokenizerConfig
 from tinyllama_model.hardware import machine_line
 from tinyllama_model.tokenizer import CACHE_WORDS, Tokenizer, train_sentencepiece
-
-
-def source_documents(source: Path | None) -> list[str]:
-    if source is None:
-        from pydoc_data.topics import topics
-
-        return list(topics.values())
-    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r.get("content") or r.get("text") or "" for r in rows]
-
-
-def recombined(source: Path | None, mb: float, doc_chars: int, seed: int) -> list[str]:
-    rng, sentences = random.Random(seed), source_sentences(source)
-    docs, size = [], 0
-    while size < mb * 1e6:
-        docs.append(make_document(rng, sentences, doc_chars))
-        size += len(docs[-1].encode())
-    return docs
 
 
 def cache_bytes(tok: Tokenizer) -> int:
@@ -110,7 +90,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     print(f"# {machine_line()}")
-    docs = source_documents(args.source)
+    docs = source_texts(args.source)
     model = args.model
     if model is None:
         model = Path(tempfile.mkdtemp(prefix="bench-encode-")) / "tokenizer.model"

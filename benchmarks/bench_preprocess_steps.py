@@ -14,7 +14,6 @@ after give equal results, and stops when they do not.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks.bench_data_scale import make_document, source_sentences
+from benchmarks.bench_data_scale import recombined
 from tasks.cleaning import dedup, filters, normalize
 from tests.tasks import cleaning_reference as ref
 
@@ -141,14 +140,8 @@ def main() -> None:
 
     from tinyllama_model.hardware import machine_line
 
-    rng = random.Random(args.seed)
-    sentences = source_sentences(args.source)
-    raw: list[str] = []
-    size = 0
-    while size < args.mb * 1e6:
-        raw.append(make_document(rng, sentences, args.doc_chars))
-        size += len(raw[-1].encode())
-    mb = size / 1e6
+    raw = recombined(args.source, args.mb, args.doc_chars, args.seed)
+    mb = sum(len(t.encode()) for t in raw) / 1e6
     print(f"# {machine_line()}")
     print(f"# {len(raw):,} documents, {mb:.1f} MB of text from {args.source or 'Python documentation'}")
     print("| step | before s | after s | before MB/s | after MB/s | speed-up |")
