@@ -34,11 +34,16 @@ TINY_SHARDS = ("collect.shard_mb=0.2",) if "shard_mb" in CollectConfig.model_fie
 LOOPBACK_ANY_PORT = "127.0.0.1:0"  # the scheduler's HTTP endpoint, on loopback only
 
 
+def local_cluster() -> distributed.LocalCluster:
+    """Two worker processes as the config sizes them, with Dask's settings as they stand."""
+    return distributed.LocalCluster(
+        **cluster_kwargs(SMALL_WORKERS), processes=True, dashboard_address=LOOPBACK_ANY_PORT
+    )
+
+
 def two_workers() -> distributed.LocalCluster:
     with worker_settings(SMALL_WORKERS):
-        return distributed.LocalCluster(
-            **cluster_kwargs(SMALL_WORKERS), processes=True, dashboard_address=LOOPBACK_ANY_PORT
-        )
+        return local_cluster()
 
 
 def test_workers_keep_glibcs_adaptive_malloc() -> None:
@@ -51,12 +56,8 @@ def test_workers_keep_glibcs_adaptive_malloc() -> None:
 
     with two_workers() as cluster, distributed.Client(cluster) as client:
         assert set(client.run(trim_threshold).values()) == {None}
-    with (
-        distributed.LocalCluster(  # Dask's default, so the check above can fail
-            **cluster_kwargs(SMALL_WORKERS), processes=True, dashboard_address=LOOPBACK_ANY_PORT
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    # Dask's own settings, so the check above can fail
+    with local_cluster() as cluster, distributed.Client(cluster) as client:
         assert set(client.run(trim_threshold).values()) == {"65536"}
 
 
